@@ -1,0 +1,1 @@
+"""momentor_jax: Momentor (ICML 2024) in JAX/Flax."""

@@ -1,0 +1,41 @@
+"""momentor_jax: a JAX/Flax reimplementation of Momentor (Qian et al., ICML 2024)."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.12,<0.13",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "grain==0.2.18",
+    "ml-collections>=1.1",
+    "tensorflow-datasets>=4.9.10",  # only for tf.train.Example protos: TensorFlow itself is not needed
+    "av>=19",
+    "sentencepiece>=0.2",
+    "numpy>=2",
+    "pillow>=11",
+    "matplotlib>=3.9",
+    "tqdm",
+    "absl-py",
+    "etils[epath]",
+    "tensorboardX>=2.6",
+    "yt-dlp",
+]
+# torch is imported lazily, only by conversion, parity tests and the PyTorch benchmark.
+CONVERT = ["torch", "transformers>=4.46", "safetensors"]
+EVAL = ["pycocoevalcap"]  # METEOR (needs a Java runtime) and CIDEr for dense captioning
+TPU = ["libtpu"]  # real TPU runtime; also lets tools.aot compile for TPU topologies on a CPU host
+
+setup(
+    name="momentor_jax",
+    version="0.1.0",
+    description="Momentor video LLM in JAX/Flax: temporal perception module, sharded training, HF conversion",
+    packages=find_packages(include=["momentor_jax", "momentor_jax.*"]),
+    python_requires=">=3.12",
+    install_requires=CORE,
+    extras_require={
+        "convert": CONVERT,
+        "eval": EVAL,
+        "tpu": TPU,
+        "test": CONVERT + EVAL + TPU + ["pytest", "pytest-xdist"],
+    },
+)
