@@ -1,0 +1,89 @@
+"""Model hyper-parameters as frozen dataclasses (hashable, so modules and jitted functions can close over them).
+
+`configs/*.py` hold ml_collections configs with a `model` section; `MomentorConfig.from_dict` turns it into these.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """CLIP vision tower (Hugging Face `CLIPVisionModel`). Defaults: ViT-L/14 at 224 px."""
+    image_size: int = 224
+    patch_size: int = 14
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_layers: int = 24
+    num_heads: int = 16
+    layer_norm_eps: float = 1e-5
+    dtype: str = "bfloat16"        # compute dtype
+    param_dtype: str = "float32"
+    remat_policy: str = "none"     # frozen tower: nothing to save for backward
+    scan_layers: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """LLaMA decoder (Hugging Face `LlamaForCausalLM`). Defaults: LLaMA-7B plus Momentor's 5 added tokens."""
+    vocab_size: int = 32005        # V: sentencepiece vocabulary + constants.ADDED_TOKENS
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: Optional[int] = None  # None: hidden_size // num_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    remat_policy: str = "nothing_saveable"  # see models/llama.py for the accepted names
+    scan_layers: bool = True
+    attention: str = "xla"         # jax.nn.dot_product_attention implementation ("xla", "cudnn") or "splash" on TPU
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class MomentorConfig:
+    vision: VisionConfig = VisionConfig()
+    llm: LlamaConfig = LlamaConfig()
+    num_frames: int = 300            # M frames per video, sampled uniformly including both ends
+    num_temporal_tokens: int = 300   # N temporal tokens <TEMP-000>..<TEMP-(N-1)>
+    tpm_enabled: bool = True         # False: ablation with times as plain text, no temporal tables
+    neighbor_propagation: bool = True  # NTP: W' = W + RW - stop_gradient(RW), R_ij = 2^-|i-j|
+    use_cached_features: bool = False  # batches carry pooled ViT features instead of frames
+
+    @property
+    def vision_feature_dim(self) -> int:
+        return self.vision.hidden_size
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "MomentorConfig":
+        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+        vision = VisionConfig(**dict(d.pop("vision", {})))
+        llm = LlamaConfig(**dict(d.pop("llm", {})))
+        return cls(vision=vision, llm=llm, **d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def momentor_7b() -> MomentorConfig:
+    """The paper's model: CLIP ViT-L/14 224 px, LLaMA-7B, 300 frames, 300 temporal tokens."""
+    return MomentorConfig()
+
+
+def tiny(**overrides) -> MomentorConfig:
+    """A few-thousand-parameter model for tests (fp32 so numerics can be compared exactly)."""
+    vision = VisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2,
+                          num_heads=4, dtype="float32")
+    llm = LlamaConfig(vocab_size=300 + 5, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=2, max_position_embeddings=256, dtype="float32", remat_policy="none")
+    cfg = MomentorConfig(vision=vision, llm=llm, num_frames=8, num_temporal_tokens=16)
+    return dataclasses.replace(cfg, **overrides)
