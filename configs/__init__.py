@@ -1,0 +1,87 @@
+"""Training configs: `get_config(arg)` in each file returns an ml_collections.ConfigDict; `sweep()` lists overrides.
+
+    python -m momentor_jax.train --config=configs/momentor_7b.py:gesm --workdir=DIR [--config.key=value ...]
+
+`base_config` holds the keys every config shares (the trainer, tools and tests rely on these names); values that
+must agree are tied with FieldReferences: `num_frames` (model and data), `max_length` (data and the model's
+position table floor), `remat_policy` (trainer key and model.llm).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+# `stage1` / `stage2` are accepted as aliases of the paper's two stages.
+VARIANT_ALIASES = {"stage1": "gesm", "stage2": "instruct"}
+
+
+def parse_variant(arg, default: str, allowed: tuple) -> str:
+    variant = (arg or default).strip()
+    variant = VARIANT_ALIASES.get(variant, variant)
+    if variant not in allowed:
+        raise ValueError(f"unknown config variant {variant!r}; choose one of {allowed} (or {sorted(VARIANT_ALIASES)})")
+    return variant
+
+
+def model_section(model_config) -> ml_collections.ConfigDict:
+    """A MomentorConfig dataclass as a ConfigDict (None fields become typed placeholders, so flags can set them)."""
+    section = ml_collections.ConfigDict(dataclasses.asdict(model_config))
+    if section.llm.head_dim is None:
+        section.llm.head_dim = config_dict.placeholder(int)
+    return section
+
+
+def base_config(model_config, *, num_frames: int, max_length: int, remat_policy: str) -> ml_collections.ConfigDict:
+    """Keys shared by all configs, with the paper's optimisation settings as defaults."""
+    c = ml_collections.ConfigDict()
+    num_frames_ref = ml_collections.FieldReference(num_frames)
+    max_length_ref = ml_collections.FieldReference(max_length)
+    remat_ref = ml_collections.FieldReference(remat_policy)
+
+    c.variant = "gesm"                 # 'gesm' (stage 1) | 'instruct' (stage 2)
+    c.seed = 0
+    c.batch_size = 32                  # global, across all processes and micro-batches
+    c.num_epochs = 2
+    c.total_steps = -1                 # -1: num_epochs passes over the training set
+    c.grad_accum_steps = 1             # micro-batches per step (scan): each holds batch_size / grad_accum_steps
+    c.mesh = (1, -1, 1)                # (data, fsdp, tensor); -1 fills the remaining devices
+    c.logical_axis_rules = ()          # ((logical name, mesh axes), ...) overriding training/sharding.py's rules
+
+    c.learning_rate = 2e-5
+    c.warmup_steps = -1                # -1: ceil(warmup_fraction x total_steps)
+    c.warmup_fraction = 0.01
+    c.weight_decay = 0.0
+    c.grad_clip_norm = 1.0             # Hugging Face Trainer default; <= 0 disables clipping
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-8
+    c.trainable = "momentor"           # 'momentor' (projector, TPM, input embeddings) | 'all' | 'none'
+    c.remat_policy = remat_ref
+
+    c.init_from = config_dict.placeholder(str)   # `convert import_hf` output, or a previous stage's workdir
+    c.tokenizer = config_dict.placeholder(str)   # sentencepiece .model; unset: <data.dir>/tokenizer.model
+
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+    c.log_every_steps = 10
+    c.peak_flops_per_device = 0.0      # for MFU; 0: look up jax.devices()[0].device_kind (unknown: no MFU)
+
+    c.num_frames = num_frames_ref
+    c.max_length = max_length_ref
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = config_dict.placeholder(str)    # prepared data (examples.jsonl + frame shards); see data/
+    c.data.num_frames = num_frames_ref
+    c.data.max_length = max_length_ref
+    c.data.use_features = False        # batches carry cached pooled ViT features instead of frames
+    c.data.worker_count = 0            # grain worker processes (0: in the main process)
+    c.data.synthetic_videos = 0        # >0: with data.dir unset, render and prepare this many videos in the workdir
+
+    c.model = model_section(model_config)
+    c.model.num_frames = num_frames_ref
+    c.model.use_cached_features = c.data.get_ref("use_features")
+    c.model.llm.remat_policy = remat_ref
+    return c

@@ -1,0 +1,44 @@
+"""The CPU demo: a small CLIP-style ViT and LLaMA from random init, every parameter trainable, the paper's TPM
+(300 temporal tokens, neighbouring token propagation, soft temporal labels). Variants :gesm (default) and :instruct.
+
+With `data.dir` unset the run renders and prepares a synthetic dataset inside the workdir.
+"""
+import dataclasses
+
+from configs import base_config, parse_variant
+from momentor_jax.models import config as model_configs
+
+VARIANTS = ("gesm", "instruct")
+
+
+def demo_model() -> model_configs.MomentorConfig:
+    vision = model_configs.VisionConfig(image_size=64, patch_size=16, hidden_size=128, intermediate_size=512,
+                                        num_layers=2, num_heads=4, dtype="float32")
+    llm = model_configs.LlamaConfig(vocab_size=1000 + 5, hidden_size=256, intermediate_size=688, num_layers=4,
+                                    num_heads=4, num_kv_heads=4, max_position_embeddings=512, dtype="float32",
+                                    remat_policy="none")
+    return dataclasses.replace(model_configs.MomentorConfig(), vision=vision, llm=llm, num_frames=16,
+                               num_temporal_tokens=300)
+
+
+def get_config(arg=None):
+    variant = parse_variant(arg, "gesm", VARIANTS)
+    c = base_config(demo_model(), num_frames=16, max_length=256, remat_policy="none")
+    c.variant = variant
+    c.batch_size = 8
+    c.total_steps = 300
+    c.mesh = (-1, 1, 1)
+    c.learning_rate = 1e-3
+    c.warmup_fraction = 0.05
+    c.weight_decay = 0.0
+    c.trainable = "all"
+    c.checkpoint_every_steps = 100
+    c.keep_checkpoints = 2
+    c.log_every_steps = 10
+    c.data.worker_count = 0
+    c.data.synthetic_videos = 64
+    return c
+
+
+def sweep(arg=None):
+    return [{"learning_rate": lr} for lr in (3e-4, 1e-3, 3e-3)]

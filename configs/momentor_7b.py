@@ -1,0 +1,40 @@
+"""The paper's setup: CLIP ViT-L/14 + LLaMA-7B, 300 frames, 300 temporal tokens, max length 2048, global batch 32,
+AdamW lr 2e-5 (cosine, 1% warmup, no weight decay), 2 epochs, bf16 compute over fp32 weights, gradient checkpointing.
+
+Variants:
+  :gesm      stage 1, Grounded Event-Sequence Modeling. `init_from` = the `convert import_hf` output of the
+             LLaVA-Lightening-7B (or Vicuna) weights.
+  :instruct  stage 2, instruction tuning on Moment-10M. `init_from` = the GESM run's workdir (its final checkpoint).
+
+    python -m momentor_jax.train --config=configs/momentor_7b.py:gesm --workdir=gs://B/runs/gesm \
+        --config.data.dir=gs://B/data/gesm --config.init_from=gs://B/imported/llava_7b
+"""
+from configs import base_config, parse_variant
+from momentor_jax.models import config as model_configs
+
+VARIANTS = ("gesm", "instruct")
+
+
+def get_config(arg=None):
+    variant = parse_variant(arg, "gesm", VARIANTS)
+    c = base_config(model_configs.momentor_7b(), num_frames=300, max_length=2048, remat_policy="nothing_saveable")
+    c.variant = variant
+    c.batch_size = 32
+    c.num_epochs = 2
+    c.learning_rate = 2e-5
+    c.warmup_fraction = 0.01
+    c.weight_decay = 0.0
+    c.trainable = "momentor"
+    c.mesh = (1, -1, 1)                      # FSDP over the whole slice
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.log_every_steps = 10
+    c.data.worker_count = 8
+    c.model.llm.dtype = "bfloat16"
+    c.model.vision.dtype = "bfloat16"
+    return c
+
+
+def sweep(arg=None):
+    """Learning-rate and batch-size neighbours of the paper's setting."""
+    return [{"learning_rate": lr, "batch_size": bs} for lr in (1e-5, 2e-5, 5e-5) for bs in (32, 64)]

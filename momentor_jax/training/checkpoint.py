@@ -1,0 +1,172 @@
+"""Orbax checkpoints of the training run: WORKDIR/checkpoints/<step>/{params, train, data}.
+
+- `params`: the full parameter tree (trainable and frozen merged), restorable on its own (warm starts, inference).
+- `train`: step, RNG key and optimizer state.
+- `data`: each process's data-iterator state (one JSON file per process), so a resumed run sees the same batches.
+
+Saves are asynchronous and atomic (orbax writes into a temporary directory and renames it when every process is
+done), so a crash mid-save leaves the previous step restorable. Restoring takes an abstract target whose leaves carry
+the shardings wanted now, so a checkpoint written on one mesh shape loads onto another.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+PARAMS, TRAIN, DATA = "params", "train", "data"
+
+
+# --------------------------------------------------------------------------------------------- data iterator state
+class DataStateHandler(ocp.CheckpointHandler):
+    """Per-process data-iterator state: `process_<i>-of-<n>.json` in the item directory, written by every process.
+
+    Holds whatever `iterator.get_state()` returned: bytes (grain DataLoader) or a JSON-able dict (grain Dataset).
+    """
+
+    def save(self, directory: epath.Path, args: "DataStateSave") -> None:
+        state = args.state
+        if isinstance(state, (bytes, bytearray)):
+            record = {"encoding": "base64", "state": base64.b64encode(bytes(state)).decode("ascii")}
+        else:
+            record = {"encoding": "json", "state": state}
+        _process_file(directory).write_text(json.dumps(record))
+
+    def restore(self, directory: epath.Path, args: Optional["DataStateRestore"] = None) -> Any:
+        path = _process_file(directory)
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+            raise FileNotFoundError(f"{path}: no data-iterator state for this process (found {found}); "
+                                    "resuming needs the same number of processes as the run that saved it")
+        record = json.loads(path.read_text())
+        if record.get("encoding") == "base64":
+            return base64.b64decode(record["state"])
+        return record["state"]
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+def _process_file(directory: epath.Path) -> epath.Path:
+    return epath.Path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+# ----------------------------------------------------------------------------------------------- the manager
+@dataclasses.dataclass
+class Restored:
+    step: int
+    params: Any
+    train: Any
+    data_state: Any
+
+
+class Checkpointer:
+    """Every process calls every method (orbax synchronizes the processes internally)."""
+
+    def __init__(self, directory: str, *, save_every_steps: int, keep: Optional[int] = None,
+                 async_save: bool = True):
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=max(int(save_every_steps), 1),
+            max_to_keep=keep if keep and keep > 0 else None,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # leftovers of a save that was killed midway
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={PARAMS: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler(),
+                           DATA: DataStateHandler()})
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        """True at save-interval steps and when orbax's preemption sync point is reached (multi-process runs)."""
+        return self.manager.should_save(step)
+
+    def save(self, step: int, params: Any, train: Any, data_state: Any, *, force: bool = False) -> bool:
+        """Starts an asynchronous save; returns whether one was started."""
+        args = ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardSave(params),
+            TRAIN: ocp.args.StandardSave(train),
+            DATA: DataStateSave(data_state),
+        })
+        saved = self.manager.save(step, args=args, force=force)
+        if saved:
+            logging.info("checkpoint: saving step %d to %s", step, self.directory)
+        return saved
+
+    def restore(self, step: int, abstract_params: Any, abstract_train: Any) -> Restored:
+        """Restores every item onto the shardings carried by the abstract targets (jax.ShapeDtypeStruct leaves)."""
+        args = ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardRestore(abstract_params),
+            TRAIN: ocp.args.StandardRestore(abstract_train),
+            DATA: DataStateRestore(),
+        })
+        out = self.manager.restore(step, args=args)
+        return Restored(step=step, params=out[PARAMS], train=out[TRAIN], data_state=out[DATA])
+
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        args = ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract_params)})
+        return self.manager.restore(step, args=args)[PARAMS]
+
+    def wait(self) -> None:
+        """Blocks until the asynchronous save in flight (if any) is on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def restore_params_from_workdir(workdir: str, abstract_params: Any, step: Optional[int] = None) -> tuple[Any, int]:
+    """Parameters of a previous run (its latest step unless `step`), e.g. the GESM stage for instruction tuning."""
+    directory = epath.Path(workdir) / "checkpoints"
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                                    item_handlers={PARAMS: ocp.StandardCheckpointHandler()})
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no finished checkpoint to warm-start from")
+        args = ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract_params)})
+        return manager.restore(step, args=args)[PARAMS], step
+    finally:
+        manager.close()
+
+
+def is_run_workdir(path: str) -> bool:
+    """True if `path` looks like a training workdir (has a checkpoints/ folder)."""
+    return (epath.Path(path) / "checkpoints").is_dir()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStruct leaves (shape and dtype of `tree`, the given shardings): a restore target."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

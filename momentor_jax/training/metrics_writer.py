@@ -1,0 +1,74 @@
+"""Training metrics to TensorBoard (tensorboardX) and a console progress line; only process 0 writes."""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Mapping, Optional
+
+import jax
+
+# Console order; anything else follows alphabetically.
+_CONSOLE_KEYS = ("loss", "text_loss", "temporal_loss", "learning_rate", "grad_norm", "tokens_per_sec",
+                 "step_time", "mfu")
+
+
+def format_eta(seconds: float) -> str:
+    if not seconds or seconds != seconds or seconds < 0:  # also NaN
+        return "?"
+    return str(datetime.timedelta(seconds=int(round(seconds))))
+
+
+def format_progress(step: int, total_steps: int, scalars: Mapping[str, float], eta_seconds: Optional[float]) -> str:
+    """'step 120/1000 (12.0%) | loss 2.3456 | ... | eta 0:10:05'."""
+    parts = [f"step {step}/{total_steps} ({100.0 * step / max(total_steps, 1):.1f}%)"]
+    keys = [k for k in _CONSOLE_KEYS if k in scalars] + sorted(k for k in scalars if k not in _CONSOLE_KEYS)
+    for key in keys:
+        value = float(scalars[key])
+        if key == "learning_rate":
+            parts.append(f"lr {value:.3e}")
+        elif key == "mfu":
+            parts.append(f"mfu {100.0 * value:.2f}%")
+        elif key == "step_time":
+            parts.append(f"step {value:.3f}s")
+        elif key == "tokens_per_sec":
+            parts.append(f"tok/s {value:,.0f}")
+        else:
+            parts.append(f"{key} {value:.4g}")
+    parts.append(f"eta {format_eta(eta_seconds)}")
+    return " | ".join(parts)
+
+
+class MetricsWriter:
+    """TensorBoard scalars under `logdir` plus a console line; silent on processes other than 0."""
+
+    def __init__(self, logdir: str, *, enabled: Optional[bool] = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._writer = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415 (only process 0 needs it)
+            os.makedirs(logdir, exist_ok=True)
+            self._writer = SummaryWriter(logdir=logdir, flush_secs=30)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self._writer:
+            return
+        for key, value in scalars.items():
+            self._writer.add_scalar(f"train/{key}", float(value), global_step=step)
+
+    def write_text(self, step: int, tag: str, text: str) -> None:
+        if self._writer:
+            self._writer.add_text(tag, text, global_step=step)
+
+    def log_progress(self, step: int, total_steps: int, scalars: Mapping[str, float],
+                     eta_seconds: Optional[float]) -> None:
+        if self.enabled:
+            print(format_progress(step, total_steps, scalars, eta_seconds), flush=True)
+
+    def flush(self) -> None:
+        if self._writer:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer:
+            self._writer.close()
+            self._writer = None
