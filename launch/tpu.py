@@ -1,0 +1,362 @@
+"""Cloud TPU VM lifecycle for momentor_jax: create, set up, train, watch, stop, delete.
+
+    python launch/tpu.py create --name=NAME --accelerator_type=v5p-64 [--spot | --preemptible] [--queued [--wait]]
+    python launch/tpu.py setup  --name=NAME [--repo_url=URL --ref=REF]      # default: tarball of git HEAD
+    python launch/tpu.py train  --name=NAME --config=configs/momentor_7b.py:stage1 [--workdir=gs://...] \
+                                [--config.optim.learning_rate=1e-5 ...]
+    python launch/tpu.py logs   --name=NAME [--run_name=RUN] [--worker=0]
+    python launch/tpu.py stop   --name=NAME [--run_name=RUN]
+    python launch/tpu.py delete --name=NAME [--queued]
+    python launch/tpu.py status --name=NAME [--queued]
+
+Project and zone come from --project/--zone or MOMENTOR_TPU_PROJECT/MOMENTOR_TPU_ZONE; the default workdir is
+gs://$MOMENTOR_TPU_BUCKET/runs/RUN. Every worker runs the same training command (JAX multi-controller), so the
+workdir and the data must be on GCS. `--dry_run` prints the commands, one per line and shell-quoted, instead of
+running them. Commands are argv lists; the remote command gcloud passes to ssh is one string built with shlex.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterable, Sequence
+
+ENV_PROJECT = "MOMENTOR_TPU_PROJECT"
+ENV_ZONE = "MOMENTOR_TPU_ZONE"
+ENV_BUCKET = "MOMENTOR_TPU_BUCKET"
+# Tells momentor_jax.training.distributed.maybe_initialize to call jax.distributed.initialize() with no arguments.
+ENV_DISTRIBUTED = "MOMENTOR_DISTRIBUTED"
+
+# Default runtime image per TPU generation (https://cloud.google.com/tpu/docs/runtimes).
+RUNTIME_VERSIONS = {
+    "v4": "tpu-ubuntu2204-base",
+    "v5litepod": "v2-alpha-tpuv5-lite",
+    "v5p": "v2-alpha-tpuv5",
+    "v6e": "v2-alpha-tpuv6e",
+}
+# gcloud calls v5e slices "v5litepod-N"; accept the marketing name too.
+ACCELERATOR_ALIASES = {"v5e": "v5litepod"}
+
+REMOTE_PYTHON = ".venv/bin/python"
+LOG_ROOT = "~/logs"
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")      # GCE resource names
+_SAFE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")          # run names and remote dirs: no quoting needed
+_ACCELERATOR_RE = re.compile(r"^(v[0-9a-z]+)-([0-9]+)$")
+
+
+class LaunchError(Exception):
+    """A bad flag or a missing setting; the message says which."""
+
+
+# --------------------------------------------------------------------------------------------------- settings
+
+def resolve(value: str | None, env_name: str, flag: str) -> str:
+    """The flag value, else the environment variable, else a clear error."""
+    value = value or os.environ.get(env_name)
+    if not value:
+        raise LaunchError(f"no {flag.lstrip('-')} given: pass {flag}=... or set {env_name}")
+    return value
+
+
+def check_name(name: str) -> str:
+    if not name or not _NAME_RE.match(name):
+        raise LaunchError(f"--name={name!r}: TPU names are lowercase letters, digits and '-', starting with a letter")
+    return name
+
+
+def check_safe(value: str, flag: str) -> str:
+    """Run names and remote paths go into remote shell text unquoted (so `~` expands): allow a safe charset only."""
+    if not value or not _SAFE_RE.match(value) or ".." in value:
+        raise LaunchError(f"{flag}={value!r}: use only letters, digits and . _ = , + - (no '..')")
+    return value
+
+
+def normalize_accelerator(accelerator_type: str) -> str:
+    """'v5e-16' -> 'v5litepod-16'; checks the form 'vX-N'."""
+    match = _ACCELERATOR_RE.match(accelerator_type or "")
+    if not match:
+        raise LaunchError(f"--accelerator_type={accelerator_type!r}: expected e.g. v4-8, v5p-64, v5e-256, v6e-8")
+    generation, size = match.groups()
+    return f"{ACCELERATOR_ALIASES.get(generation, generation)}-{size}"
+
+
+def runtime_version(accelerator_type: str, version: str | None) -> str:
+    if version:
+        return version
+    generation = accelerator_type.split("-")[0]
+    if generation not in RUNTIME_VERSIONS:
+        raise LaunchError(f"no default runtime for {accelerator_type!r}: pass --version "
+                          f"(known: {', '.join(sorted(RUNTIME_VERSIONS))})")
+    return RUNTIME_VERSIONS[generation]
+
+
+def run_name_from_workdir(workdir: str) -> str:
+    base = workdir.rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", base) or "run"
+
+
+def default_workdir(bucket: str | None, run_name: str) -> str:
+    bucket = resolve(bucket, ENV_BUCKET, "--bucket").removeprefix("gs://").rstrip("/")
+    return f"gs://{bucket}/runs/{run_name}"
+
+
+# ---------------------------------------------------------------------------------------------- gcloud argv
+
+def scope(args) -> list[str]:
+    return [f"--zone={resolve(args.zone, ENV_ZONE, '--zone')}",
+            f"--project={resolve(args.project, ENV_PROJECT, '--project')}"]
+
+
+def ssh(args, remote_command: str, worker: str = "all") -> list[str]:
+    """One ssh to every worker (or one); `remote_command` is a single shell string for the remote login shell."""
+    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", check_name(args.name), *scope(args),
+            f"--worker={worker}", f"--command={remote_command}"]
+
+
+def create_commands(args) -> list[list[str]]:
+    accelerator = normalize_accelerator(args.accelerator_type)
+    version = runtime_version(accelerator, args.version)
+    if args.spot and args.preemptible:
+        raise LaunchError("--spot and --preemptible are exclusive")
+    name = check_name(args.name)
+    if args.queued:
+        if args.preemptible:
+            raise LaunchError("queued resources take --spot, not --preemptible")
+        command = ["gcloud", "compute", "tpus", "queued-resources", "create", name, f"--node-id={name}", *scope(args),
+                   f"--accelerator-type={accelerator}", f"--runtime-version={version}"]
+        if args.valid_until_duration:
+            command.append(f"--valid-until-duration={args.valid_until_duration}")
+    else:
+        command = ["gcloud", "compute", "tpus", "tpu-vm", "create", name, *scope(args),
+                   f"--accelerator-type={accelerator}", f"--version={version}"]
+    if args.spot:
+        command.append("--spot")
+    if args.preemptible:
+        command.append("--preemptible")
+    return [command]
+
+
+def describe_command(args) -> list[str]:
+    kind = ["queued-resources"] if args.queued else ["tpu-vm"]
+    return ["gcloud", "compute", "tpus", *kind, "describe", check_name(args.name), *scope(args)]
+
+
+def delete_commands(args) -> list[list[str]]:
+    name = check_name(args.name)
+    if args.queued:  # --force also deletes the TPU VM the queued resource holds
+        return [["gcloud", "compute", "tpus", "queued-resources", "delete", name, *scope(args), "--force", "--quiet"]]
+    return [["gcloud", "compute", "tpus", "tpu-vm", "delete", name, *scope(args), "--quiet"]]
+
+
+def setup_commands(args) -> list[list[str]]:
+    """Put the project on every worker and install it into <remote_dir>/.venv."""
+    remote_dir = check_safe(args.remote_dir, "--remote_dir")
+    commands = []
+    if args.repo_url:
+        fetch = f"rm -rf ~/{remote_dir} && {shlex.join(['git', 'clone', '--quiet', args.repo_url])} ~/{remote_dir}"
+        if args.ref:
+            fetch += f" && cd ~/{remote_dir} && {shlex.join(['git', 'checkout', '--quiet', args.ref])}"
+    else:
+        tarball = args.tarball
+        commands.append(["git", "archive", "--format=tar.gz", "-o", tarball, args.ref or "HEAD"])
+        commands.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, f"{check_name(args.name)}:{remote_dir}.tar.gz",
+                         *scope(args), "--worker=all"])
+        fetch = f"rm -rf ~/{remote_dir} && mkdir -p ~/{remote_dir} && tar -xzf ~/{remote_dir}.tar.gz -C ~/{remote_dir}"
+    python = shlex.quote(args.python)
+    ensure_python = (f"(command -v {python} >/dev/null || (sudo apt-get update -qq && "
+                     "sudo apt-get install -y -qq software-properties-common && "
+                     "sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get update -qq && "
+                     f"sudo apt-get install -y -qq {python} {python}-venv))")
+    install = (f"cd ~/{remote_dir} && {python} -m venv .venv && .venv/bin/pip install -q --upgrade pip && "
+               f"{shlex.join(['.venv/bin/pip', 'install', '-q', '-e', f'.[{args.extras}]'])}")
+    commands.append(ssh(args, " && ".join([fetch, ensure_python, install])))
+    return commands
+
+
+def train_argv(config: str, workdir: str, overrides: Sequence[str] = (), python: str = REMOTE_PYTHON) -> list[str]:
+    """The training command every worker runs; `overrides` are `--config.key=value` flags."""
+    for flag in overrides:
+        if not flag.startswith("--config."):
+            raise LaunchError(f"unexpected argument {flag!r}: only --config.key=value overrides pass through")
+    return [python, "-m", "momentor_jax.train", f"--config={config}", f"--workdir={workdir}", *overrides]
+
+
+def remote_train_script(runs: Sequence[tuple[str, Sequence[str]]], run_name: str, remote_dir: str) -> str:
+    """Shell text that starts `runs` (log name, argv) one after another, detached, logging per worker.
+
+    Logs go to ~/logs/<run_name>/<log name>.<hostname>.log on each worker; the process group id goes to
+    ~/logs/<run_name>/pid so `stop` can end the whole chain.
+    """
+    run_name = check_safe(run_name, "--run_name")
+    remote_dir = check_safe(remote_dir, "--remote_dir")
+    log_dir = f"{LOG_ROOT}/{run_name}"
+    steps = []
+    for log_name, argv in runs:
+        check_safe(log_name, "log name")
+        steps.append(f'{shlex.join(argv)} > {log_dir}/{log_name}."$(hostname)".log 2>&1')
+    chain = f"export {ENV_DISTRIBUTED}=1; " + "; ".join(steps)
+    return (f"mkdir -p {log_dir} && cd ~/{remote_dir} && "
+            f"{{ setsid nohup bash -c {shlex.quote(chain)} > /dev/null 2>&1 < /dev/null & echo $! > {log_dir}/pid; }}")
+
+
+def train_commands(args, overrides: Sequence[str]) -> list[list[str]]:
+    run_name = check_safe(args.run_name or (run_name_from_workdir(args.workdir) if args.workdir else args.name),
+                          "--run_name")
+    workdir = args.workdir or default_workdir(args.bucket, run_name)
+    if not workdir.startswith("gs://") and not args.allow_local_workdir:
+        raise LaunchError(f"--workdir={workdir!r}: workers share nothing but GCS; use a gs:// path "
+                          "(or --allow_local_workdir for a single-host VM)")
+    argv = train_argv(args.config, workdir, overrides)
+    return [ssh(args, remote_train_script([("train", argv)], run_name, args.remote_dir))]
+
+
+def stop_commands(args) -> list[list[str]]:
+    if args.run_name:
+        pid_files = f"{LOG_ROOT}/{check_safe(args.run_name, '--run_name')}/pid"
+    else:
+        pid_files = f"{LOG_ROOT}/*/pid"
+    script = (f"for f in {pid_files}; do [ -f \"$f\" ] && kill -TERM -- -\"$(cat \"$f\")\" 2>/dev/null "
+              "&& echo \"stopped $f\"; rm -f \"$f\"; done; true")
+    return [ssh(args, script)]
+
+
+def logs_commands(args) -> list[list[str]]:
+    run = check_safe(args.run_name, "--run_name") if args.run_name else "*"
+    lines = int(args.lines)
+    return [ssh(args, f"tail -n {lines} {LOG_ROOT}/{run}/*.log", worker=str(args.worker))]
+
+
+# ------------------------------------------------------------------------------------------------- running
+
+def print_commands(commands: Iterable[Sequence[str]]) -> None:
+    for command in commands:
+        print(shlex.join(command))
+
+
+def execute(commands: Iterable[Sequence[str]]) -> None:
+    """Run each argv in turn; stop at the first failure with its exit status."""
+    for command in commands:
+        print("+ " + shlex.join(command), file=sys.stderr, flush=True)
+        try:
+            subprocess.run(list(command), check=True)
+        except FileNotFoundError as e:
+            raise LaunchError(f"{command[0]!r} not found: install the Google Cloud SDK (gcloud) and git") from e
+        except subprocess.CalledProcessError as e:
+            raise LaunchError(f"command failed with exit status {e.returncode}: {shlex.join(command)}") from e
+
+
+def wait_until_active(args, timeout_s: float, poll_s: float = 30.0) -> None:
+    """Poll a queued resource until ACTIVE (prints its state each poll); error on FAILED/SUSPENDED or timeout."""
+    command = describe_command(args) + ["--format=value(state.state)"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+        print(f"queued resource {args.name}: {state}", file=sys.stderr, flush=True)
+        if state == "ACTIVE":
+            return
+        if state in ("FAILED", "SUSPENDED"):
+            raise LaunchError(f"queued resource {args.name} is {state}: see `{shlex.join(describe_command(args))}`")
+        if time.monotonic() > deadline:
+            raise LaunchError(f"queued resource {args.name} not ACTIVE after {timeout_s:.0f} s (last state {state})")
+        time.sleep(poll_s)
+
+
+def add_gcloud_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", help=f"GCP project (default ${ENV_PROJECT})")
+    parser.add_argument("--zone", help=f"zone, e.g. us-east5-a (default ${ENV_ZONE})")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands instead of running them")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    def action(name, help_text, queued=False):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--name", required=True, help="TPU VM (and queued resource) name")
+        add_gcloud_flags(p)
+        if queued:
+            p.add_argument("--queued", action="store_true", help="a queued resource rather than a plain TPU VM")
+        return p
+
+    p = action("create", "create a TPU VM or a queued resource", queued=True)
+    p.add_argument("--accelerator_type", required=True, help="e.g. v4-8, v5p-64, v5e-256 (= v5litepod-256), v6e-8")
+    p.add_argument("--version", help="TPU runtime version (default per generation)")
+    p.add_argument("--spot", action="store_true", help="Spot capacity (preemptible, cheaper)")
+    p.add_argument("--preemptible", action="store_true", help="legacy preemptible TPU VM (not for queued)")
+    p.add_argument("--valid_until_duration", help="queued only: drop the request if not granted within, e.g. 6h")
+    p.add_argument("--wait", action="store_true", help="queued only: poll until the resource is ACTIVE")
+    p.add_argument("--wait_timeout_s", type=float, default=6 * 3600)
+
+    p = action("setup", "copy the project to every worker and install it")
+    p.add_argument("--repo_url", help="git clone this on the workers instead of copying a tarball of git HEAD")
+    p.add_argument("--ref", help="git ref to archive or check out (default HEAD / the clone's default branch)")
+    p.add_argument("--tarball", default=os.path.join(tempfile.gettempdir(), "momentor_jax_src.tar.gz"))
+    p.add_argument("--remote_dir", default="momentor_jax", help="directory under the remote home")
+    p.add_argument("--python", default="python3.12", help="remote interpreter for the venv")
+    p.add_argument("--extras", default="tpu", help="setup.py extras to install")
+
+    p = action("train", "start training on every worker (detached; see `logs`)")
+    p.add_argument("--config", required=True, help="configs/FILE.py[:variant], relative to the project root")
+    p.add_argument("--workdir", help="gs://... (default gs://$MOMENTOR_TPU_BUCKET/runs/RUN)")
+    p.add_argument("--bucket", help=f"bucket for the default workdir (default ${ENV_BUCKET})")
+    p.add_argument("--run_name", help="names the logs and the default workdir (default: workdir basename or --name)")
+    p.add_argument("--remote_dir", default="momentor_jax")
+    p.add_argument("--allow_local_workdir", action="store_true", help="allow a non-gs:// workdir (single host)")
+
+    p = action("logs", "show the end of the training logs")
+    p.add_argument("--run_name")
+    p.add_argument("--worker", default="0", help="worker index or 'all'")
+    p.add_argument("--lines", type=int, default=50)
+
+    p = action("stop", "stop training started by `train` (all runs, or --run_name)")
+    p.add_argument("--run_name")
+
+    action("delete", "delete the TPU VM (or the queued resource and its VM)", queued=True)
+    action("status", "describe the TPU VM or the queued resource", queued=True)
+    return parser
+
+
+def commands_for(args, extra: Sequence[str]) -> list[list[str]]:
+    if extra and args.action != "train":
+        raise LaunchError(f"unexpected arguments: {' '.join(extra)}")
+    if args.action == "create":
+        return create_commands(args)
+    if args.action == "setup":
+        return setup_commands(args)
+    if args.action == "train":
+        return train_commands(args, extra)
+    if args.action == "logs":
+        return logs_commands(args)
+    if args.action == "stop":
+        return stop_commands(args)
+    if args.action == "delete":
+        return delete_commands(args)
+    return [describe_command(args)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    try:
+        commands = commands_for(args, extra)
+        if args.dry_run:
+            print_commands(commands)
+            if args.action == "create" and args.queued and args.wait:
+                print_commands([describe_command(args) + ["--format=value(state.state)"]])
+            return 0
+        execute(commands)
+        if args.action == "create" and args.queued and args.wait:
+            wait_until_active(args, args.wait_timeout_s)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
