@@ -19,6 +19,7 @@ CORE = [
     "etils[epath]",
     "tensorboardX>=2.6",
     "yt-dlp",
+    "google-crc32c>=1.5",  # TFRecord checksums (C implementation, pure-Python fallback inside)
 ]
 # torch is imported lazily, only by conversion, parity tests and the PyTorch benchmark.
 CONVERT = ["torch", "transformers>=4.46", "safetensors"]
