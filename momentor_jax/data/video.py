@@ -1,0 +1,155 @@
+"""Video decoding with PyAV: duration, uniform frame sampling including both ends, CLIP preprocessing geometry.
+
+Frame i of M is wanted at t_i = i * duration / (M - 1); the decoded frame whose timestamp is nearest to t_i is taken
+(ties go to the earlier frame, and t_{M-1} = duration lands on the last decodable frame). Decoding is sequential and
+seeks only when the next wanted time is far ahead of the decoder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Iterator, Optional
+
+import av
+import numpy as np
+from PIL import Image
+
+SEEK_AHEAD_SECONDS = 8.0  # seek instead of decoding through when the next wanted frame is this far ahead
+
+
+class VideoDecodeError(IOError):
+    """A video that cannot be opened or decoded."""
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+    frames: np.ndarray       # uint8 [M, size, size, 3]
+    frame_times: np.ndarray  # float64 [M]: timestamps (seconds from the start) of the frames taken
+    sample_times: np.ndarray  # float64 [M]: the wanted times i * duration / (M - 1)
+    duration: float
+
+
+def sample_times(duration: float, num_frames: int) -> np.ndarray:
+    """t_i = i * duration / (M - 1), i = 0..M-1 (a single frame sits at 0)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    if num_frames == 1:
+        return np.zeros(1)
+    return np.arange(num_frames) * (duration / (num_frames - 1))
+
+
+def clip_geometry(image: Image.Image, size: int) -> np.ndarray:
+    """CLIP image geometry: resize the shorter side to `size` (bicubic), center crop size x size -> uint8 [size, size, 3].
+
+    Output sizes and crop offsets follow Hugging Face's CLIPImageProcessor (long side int(size * long / short),
+    crop top/left = (dimension - size) // 2).
+    """
+    image = image.convert("RGB") if image.mode != "RGB" else image
+    width, height = image.size
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_w, new_h = int(size * width / height), size
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def _stream_start(stream) -> int:
+    return stream.start_time if stream.start_time is not None else 0
+
+
+def _frame_time(frame, stream, fallback_index: int) -> float:
+    """Seconds since the stream start (falls back to index / rate when a frame carries no timestamp)."""
+    if frame.pts is not None and stream.time_base is not None:
+        return float((frame.pts - _stream_start(stream)) * stream.time_base)
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    return fallback_index / rate
+
+
+def _metadata_duration(container, stream) -> Optional[float]:
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+def _decoded_duration(container, stream) -> float:
+    """Duration by decoding everything: last frame time plus one frame interval."""
+    last, count = None, 0
+    for frame in container.decode(stream):
+        last = _frame_time(frame, stream, count)
+        count += 1
+    if last is None:
+        raise VideoDecodeError("no decodable video frames")
+    rate = float(stream.average_rate or stream.guessed_rate or 0)
+    return last + (1.0 / rate if rate > 0 else 0.0)
+
+
+def _frames(container, stream) -> Iterator[tuple[float, av.VideoFrame]]:
+    for count, frame in enumerate(container.decode(stream)):
+        yield _frame_time(frame, stream, count), frame
+
+
+def _nearest_frames(container, stream, targets: np.ndarray, size: int) -> list:
+    """For each target time (ascending) the (time, CLIP-geometry pixels) of the nearest decoded frame.
+
+    Only chosen frames are converted to RGB, each once, so decoded frames are not kept around.
+    """
+    chosen = []
+    previous = current = None
+    decoder = _frames(container, stream)
+    exhausted = False
+    last_pick = last_pixels = None
+    for target in targets:
+        if (current is not None and not exhausted and target - current[0] > SEEK_AHEAD_SECONDS
+                and stream.time_base is not None):
+            # Land on the keyframe at or before the target, then decode forward from there.
+            container.seek(int(target / stream.time_base) + _stream_start(stream), backward=True,
+                           any_frame=False, stream=stream)
+            decoder = _frames(container, stream)
+            previous = current = None
+        while not exhausted and (current is None or current[0] < target):
+            try:
+                candidate = next(decoder)
+            except StopIteration:
+                exhausted = True
+                break
+            previous, current = current, candidate
+        if current is None:
+            raise VideoDecodeError(f"no decodable frame near {target:.3f}s")
+        pick = previous if previous is not None and target - previous[0] <= current[0] - target else current
+        if pick is not last_pick:
+            last_pick, last_pixels = pick, clip_geometry(pick[1].to_image(), size)
+        chosen.append((pick[0], last_pixels))
+    return chosen
+
+
+def decode_frames(path: str, num_frames: int, size: int) -> DecodedVideo:
+    """Samples `num_frames` frames uniformly over the whole video (both ends), in CLIP geometry."""
+    path = os.fspath(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            duration = _metadata_duration(container, stream)
+            if duration is None:
+                duration = _decoded_duration(container, stream)
+                container.seek(0, stream=stream)
+            if not math.isfinite(duration) or duration <= 0:
+                raise VideoDecodeError(f"{path}: bad duration {duration}")
+            targets = sample_times(duration, num_frames)
+            chosen = _nearest_frames(container, stream, targets, size)
+            frames = np.stack([pixels for _, pixels in chosen])
+    except VideoDecodeError as e:
+        message = str(e)
+        raise VideoDecodeError(message if message.startswith(path) else f"{path}: {message}") from e
+    except (av.FFmpegError, ValueError, OSError, StopIteration) as e:
+        raise VideoDecodeError(f"{path}: {type(e).__name__}: {e}") from e
+    times = np.array([t for t, _ in chosen], np.float64)
+    return DecodedVideo(frames=frames, frame_times=times, sample_times=targets, duration=float(duration))
