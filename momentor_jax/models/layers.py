@@ -1,0 +1,130 @@
+"""Building blocks shared by the LLaMA decoder and the CLIP vision tower.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`); the trainer maps them to mesh axes.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Axes = Sequence[Optional[str]]
+
+# Names accepted by `remat_policy` in the model configs. 'none' means no rematerialisation at all.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
+    "save_out_proj": jax.checkpoint_policies.save_only_these_names("out_proj"),
+    "save_qkv_out_proj": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "out_proj"),
+    "save_attention_and_mlp": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "out_proj", "mlp_in", "mlp_out"),
+}
+
+DEFAULT_INIT = nn.initializers.normal(stddev=0.02)  # HF `initializer_range`
+
+
+def to_dtype(name) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def remat_policy(name: str):
+    """Returns (use_remat, jax checkpoint policy) for a config name."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {name!r}; choose one of {sorted(REMAT_POLICIES)}")
+    return name != "none", REMAT_POLICIES[name]
+
+
+def stack_layers(layer_cls, *, num_layers: int, scan: bool, policy_name: str, in_axes, static_argnums=()):
+    """Wraps a layer class with remat (per config) and, when `scan`, nn.scan over a leading 'layers' axis.
+
+    The scanned layer must have the signature `(carry, *args) -> (carry, per_layer_output)`.
+    """
+    use_remat, policy = remat_policy(policy_name)
+    if use_remat:
+        layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=not scan, static_argnums=static_argnums)
+    if not scan:
+        return layer_cls
+    return nn.scan(
+        layer_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=in_axes,
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+
+
+class Dense(nn.Module):
+    """y = x @ kernel (+ bias): contracts the last `len(in_features)` axes of x with the leading axes of kernel.
+
+    kernel shape = in_features + out_features with logical names `kernel_axes`; the matmul runs in `dtype`.
+    """
+    in_features: tuple
+    out_features: tuple
+    kernel_axes: Axes
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = DEFAULT_INIT
+    output_dtype: Optional[jnp.dtype] = None  # e.g. float32 logits from a bf16 matmul
+
+    @nn.compact
+    def __call__(self, x):
+        n_in = len(self.in_features)
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
+                            tuple(self.in_features) + tuple(self.out_features), self.param_dtype)
+        x = x.astype(self.dtype)
+        contract_x = tuple(range(x.ndim - n_in, x.ndim))
+        y = jax.lax.dot_general(x, kernel.astype(self.dtype), ((contract_x, tuple(range(n_in))), ((), ())),
+                                preferred_element_type=self.output_dtype)
+        if self.use_bias:
+            bias_axes = tuple(self.kernel_axes[n_in:])
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+                              tuple(self.out_features), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """LLaMA RMSNorm as HF computes it: variance in fp32, scale applied after casting back to the input dtype."""
+    epsilon: float
+    axis_name: str = "embed"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                           (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def layer_norm(epsilon: float, axis_name: str, dtype, param_dtype, name: str) -> nn.LayerNorm:
+    """torch-style LayerNorm (exact two-pass variance, fp32 statistics) with logically named scale and bias."""
+    return nn.LayerNorm(
+        epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)),
+        name=name)
+
+
+def rotary_embedding(x, positions, theta: float):
+    """HF LLaMA rotary embedding (rotate-half layout). x: [B, L, heads, head_dim]; positions: [B, L] int."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq          # [B, L, head_dim / 2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]     # [B, L, 1, head_dim]
+    x32 = x.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)

@@ -1,0 +1,227 @@
+"""LLaMA decoder in flax.linen, numerically the same as Hugging Face `LlamaForCausalLM`.
+
+RMSNorm with fp32 variance, rotary embeddings in HF's rotate-half layout, grouped-query attention through
+`jax.nn.dot_product_attention`, SwiGLU MLP, no biases. Layers run under `nn.scan` (params stacked on a leading
+'layers' axis) or a python loop, each optionally rematerialised (`LlamaConfig.remat_policy`, see layers.REMAT_POLICIES).
+
+Parameter tree of `LlamaModel` (scan_layers=True; with scan_layers=False `layers` becomes layers_0, layers_1, ...
+without the leading axis):
+    embed_tokens/embedding                [V, D]            ('vocab', 'embed')
+    layers/input_layernorm/scale          [layers, D]
+    layers/self_attn/{q,k,v}_proj/kernel  [layers, D, heads | kv_heads, head_dim]
+    layers/self_attn/o_proj/kernel        [layers, heads, head_dim, D]
+    layers/post_attention_layernorm/scale [layers, D]
+    layers/mlp/{gate,up}_proj/kernel      [layers, D, mlp]; layers/mlp/down_proj/kernel [layers, mlp, D]
+    norm/scale                            [D]
+    lm_head/kernel                        [D, V]            absent when tie_word_embeddings
+
+KV cache contract (`init_cache`, `LlamaModel.__call__(..., cache=...)`):
+    cache = {'k', 'v': [layers, B, S, kv_heads, head_dim], 'segment_ids': [B, S] int32, 'lengths': [B] int32}
+    A call with a chunk of L tokens writes the chunk's keys/values into slots [lengths[b], lengths[b] + L) of each
+    row b, lets query i of the chunk attend to every cached slot <= lengths[b] + i with the same segment id, and
+    returns the cache with lengths[b] advanced by the number of real tokens (segment_ids != 0) in the chunk.
+    Chunks must be right-padded (real tokens first). Positions are used only for rotary embeddings and are the
+    caller's business: they must be the row's token positions (prefill: 0..len-1; decode: `cache['lengths']`).
+    Prefill: a right-padded batch [B, L] (segment_ids 0 on padding) into a fresh cache. Decode: [B, 1] with
+    segment_ids 1 and positions `cache['lengths'][:, None]`; each row continues at its own length, overwriting
+    its prefill padding. S must be >= the longest row's final length plus the chunk length (writes past S are
+    clamped by XLA, not detected).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from momentor_jax.models.config import LlamaConfig
+from momentor_jax.models.layers import DEFAULT_INIT, Dense, RMSNorm, rotary_embedding, stack_layers, to_dtype
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> dict:
+    """An empty KV cache for `batch_size` rows of up to `max_length` tokens (see the module docstring)."""
+    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.resolved_head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
+        "lengths": jnp.zeros((batch_size,), jnp.int32),
+    }
+
+
+def _write_rows(buffer, chunk, start):
+    """buffer[b, start[b]:start[b] + L] = chunk[b] for every row b."""
+    return jax.vmap(lambda buf, c, s: jax.lax.dynamic_update_slice_in_dim(buf, c.astype(buf.dtype), s, axis=0))(
+        buffer, chunk, start)
+
+
+def _attention_mask(segment_ids, cache):
+    """Boolean mask [B, 1, L, S]: causal within equal segment ids; S = L without a cache, the cache size with one.
+
+    Padding (segment 0) attends to padding only, so no softmax row is empty. Returns (mask, write_index,
+    key_segment_ids, new_lengths); the last three are None without a cache.
+    """
+    length = segment_ids.shape[1]
+    if cache is None:
+        query_slot = jnp.arange(length)[None, :]
+        key_slot = jnp.arange(length)
+        key_segments = segment_ids
+        write_index = new_lengths = None
+    else:
+        write_index = cache["lengths"]
+        query_slot = write_index[:, None] + jnp.arange(length)[None, :]
+        key_slot = jnp.arange(cache["segment_ids"].shape[1])
+        key_segments = _write_rows(cache["segment_ids"], segment_ids, write_index)
+        new_lengths = write_index + jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)
+    causal = key_slot[None, None, :] <= query_slot[:, :, None]
+    same_segment = segment_ids[:, :, None] == key_segments[:, None, :]
+    mask = (causal & same_segment)[:, None]
+    return mask, write_index, (None if cache is None else key_segments), new_lengths
+
+
+class Attention(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, write_index, layer_cache):
+        cfg = self.config
+        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+        d, heads, kv_heads, head_dim = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+        if cfg.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"LlamaConfig.attention={cfg.attention!r}; supported: {ATTENTION_IMPLEMENTATIONS}")
+
+        def proj(n, axis, name):
+            return Dense((d,), (n, head_dim), ("embed", axis, "head_dim"), dtype=dtype, param_dtype=param_dtype,
+                         name=name)(x)
+
+        q = checkpoint_name(proj(heads, "heads", "q_proj"), "query_proj")
+        k = checkpoint_name(proj(kv_heads, "kv_heads", "k_proj"), "key_proj")
+        v = checkpoint_name(proj(kv_heads, "kv_heads", "v_proj"), "value_proj")
+        q = nn.with_logical_constraint(rotary_embedding(q, positions, cfg.rope_theta),
+                                       ("batch", "length", "heads", "head_dim"))
+        k = nn.with_logical_constraint(rotary_embedding(k, positions, cfg.rope_theta),
+                                       ("batch", "length", "kv_heads", "head_dim"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+
+        new_cache = None
+        if layer_cache is not None:
+            k = _write_rows(layer_cache["k"], k, write_index)
+            v = _write_rows(layer_cache["v"], v, write_index)
+            new_cache = {"k": k, "v": v}
+            k, v = k.astype(dtype), v.astype(dtype)
+
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        out = Dense((heads, head_dim), (d,), ("heads", "head_dim", "embed"), dtype=dtype, param_dtype=param_dtype,
+                    name="o_proj")(out)
+        return checkpoint_name(out, "out_proj"), new_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        gate = Dense((d,), (f,), ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, name="gate_proj")(x)
+        up = Dense((d,), (f,), ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, name="up_proj")(x)
+        h = checkpoint_name(nn.silu(gate) * up, "mlp_in")
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        out = Dense((f,), (d,), ("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, name="down_proj")(h)
+        return checkpoint_name(out, "mlp_out")
+
+
+class DecoderLayer(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, hidden, positions, mask, write_index, layer_cache):
+        cfg = self.config
+        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+        h = RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="input_layernorm")(hidden)
+        attn, new_cache = Attention(cfg, name="self_attn")(h, positions, mask, write_index, layer_cache)
+        hidden = hidden + attn
+        h = RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="post_attention_layernorm")(hidden)
+        hidden = hidden + MLP(cfg, name="mlp")(h)
+        return nn.with_logical_constraint(hidden, ("batch", "length", "embed")), new_cache
+
+
+class LlamaModel(nn.Module):
+    """Embedding table, decoder layers, final norm and LM head; a parent module calls the three methods."""
+    config: LlamaConfig
+
+    def setup(self):
+        cfg = self.config
+        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+            embedding_init=nn.with_logical_partitioning(DEFAULT_INIT, ("vocab", "embed")))
+        layer_cls = stack_layers(DecoderLayer, num_layers=cfg.num_layers, scan=cfg.scan_layers,
+                                 policy_name=cfg.remat_policy,
+                                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0))
+        if cfg.scan_layers:
+            self.layers = layer_cls(cfg)
+        else:
+            self.layers = [layer_cls(cfg) for _ in range(cfg.num_layers)]
+        self.norm = RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Dense((cfg.hidden_size,), (cfg.vocab_size,), ("embed", "vocab"), dtype=dtype,
+                                 param_dtype=param_dtype, output_dtype=jnp.float32)
+
+    def embed(self, input_ids):
+        """Rows of the token embedding table, [B, L, D] in the compute dtype. Ids must be < vocab_size."""
+        x = self.embed_tokens(input_ids)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    def __call__(self, inputs_embeds, positions, segment_ids, cache=None):
+        """Returns (hidden [B, L, D] after the final norm, updated cache or None). See the module docstring."""
+        cfg = self.config
+        x = nn.with_logical_constraint(inputs_embeds.astype(to_dtype(cfg.dtype)), ("batch", "length", "embed"))
+        mask, write_index, key_segments, new_lengths = _attention_mask(segment_ids, cache)
+        kv = None if cache is None else {"k": cache["k"], "v": cache["v"]}
+        if cfg.scan_layers:
+            x, new_kv = self.layers(x, positions, mask, write_index, kv)
+        else:
+            per_layer = []
+            for i, layer in enumerate(self.layers):
+                x, layer_kv = layer(x, positions, mask, write_index,
+                                    None if kv is None else jax.tree.map(lambda a: a[i], kv))
+                per_layer.append(layer_kv)
+            new_kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+        hidden = self.norm(x)
+        if cache is None:
+            return hidden, None
+        return hidden, {**new_kv, "segment_ids": key_segments, "lengths": new_lengths}
+
+    def logits(self, hidden):
+        """LM head: [B, L, D] -> [B, L, vocab_size] float32 (transposed embedding table when tied)."""
+        cfg = self.config
+        dtype = to_dtype(cfg.dtype)
+        if cfg.tie_word_embeddings:
+            table = self.embed_tokens.embedding.astype(dtype)
+            logits = jnp.einsum("bld,vd->blv", hidden.astype(dtype), table, preferred_element_type=jnp.float32)
+        else:
+            logits = self.lm_head(hidden).astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+class LlamaForCausalLM(nn.Module):
+    """Plain causal LM over token ids (parity tests, conversion checks). Params: {'llm': LlamaModel params}."""
+    config: LlamaConfig
+
+    def setup(self):
+        self.llm = LlamaModel(self.config)
+
+    def __call__(self, input_ids, segment_ids=None, positions=None, cache=None):
+        """Returns (logits [B, L, V] float32, cache). Defaults: all tokens real, positions 0..L-1."""
+        if segment_ids is None:
+            segment_ids = jnp.ones(input_ids.shape, jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+        hidden, cache = self.llm(self.llm.embed(input_ids), positions, segment_ids, cache)
+        return self.llm.logits(hidden), cache
