@@ -1,0 +1,48 @@
+"""Downloads the videos of an annotation file with yt-dlp (see momentor_jax/data/download.py).
+
+    python data/download_videos.py --source_path RAW.json --video_path DIR [--workers K] [--url_template T]
+        [--format F]
+
+Ids are the keys of a raw Moment-10M / GESM JSON ({video_id: ...}) or the `id` of each line of a JSONL file.
+Invalid ids are skipped, files already in DIR are skipped, each video is written under a temporary name and renamed
+when complete. Failures (id, reason) go to DIR/download_failures.jsonl. Exit status: 0; 1 when some id was invalid or
+failed; 2 when the source cannot be read.
+"""
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from momentor_jax.data import download  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source_path", required=True, help="annotation JSON keyed by video id, or JSONL with 'id'")
+    parser.add_argument("--video_path", required=True, help="directory for <id>.mp4")
+    parser.add_argument("--workers", type=int, default=4, help="parallel downloads")
+    parser.add_argument("--url_template", default=download.DEFAULT_URL_TEMPLATE, help="URL with {id} in it")
+    parser.add_argument("--format", default=download.DEFAULT_FORMAT, help="yt-dlp format selector")
+    parser.add_argument("--failure_log", default=None, help=f"default: VIDEO_PATH/{download.FAILURES_FILE}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        ids = download.read_video_ids(args.source_path)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot read ids from {args.source_path}: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = download.download_videos(ids, args.video_path, workers=args.workers,
+                                           url_template=args.url_template, fmt=args.format,
+                                           failures_path=args.failure_log)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 1 if summary.invalid or summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
