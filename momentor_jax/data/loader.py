@@ -1,0 +1,481 @@
+"""The Grain input pipeline: JSONL examples joined to frame records, encoded, padded and batched per process.
+
+Training (`make_train_loader`), one `grain.MapDataset` chain over example numbers:
+
+    range(examples whose video has a record)              missing videos counted, skipped, logged once
+      .shuffle(seed)                                      a new global order every epoch (grain folds in the epoch)
+      [: epoch_len]                                       drop the remainder: a whole number of global batches
+      [process_index :: process_count]                    processes' slices partition every epoch
+      .repeat(num_epochs)                                 None: forever
+      .map(load)                                          JSONL line + frame record -> encode_example -> fixed shapes
+    .to_iter_dataset(read threads)                        decoding in threads, order kept
+    -> skip bad records (counted) -> .batch(per-process batch) -> .mp_prefetch(workers) -> count skips
+
+Everything is a pure function of (seed, files, process_index, process_count), so two loaders with the same arguments
+yield the same batches, and `get_state()`/`set_state()` (JSON-able dicts) resume exactly where a run stopped.
+
+Checkpointing the iterator: the iterator is a `grain.DatasetIterator`, so either
+  - its state dict goes into any JSON store (`training/checkpoint.py` keeps one file per process), or
+  - orbax's CheckpointManager saves it with grain's handler:
+        item_handlers={"data": grain.checkpoint.CheckpointHandler()}
+        manager.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator), ...))
+        manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator), ...))
+    (it writes `process_<i>-of-<n>.json`; orbax's v1 API can also save the iterator itself, since grain iterators
+    implement orbax's StatefulCheckpointable `save`/`load`).
+A state is only valid for the same files, seed, batch size, process count and worker count (each worker's position
+is part of it). With several workers, each worker batches its own slice of the example order, so batches differ
+from the in-process ones (still deterministic for a given worker count); one worker gives the in-process batches.
+
+Bad records (CRC errors, unreadable JPEGs, examples the encoder rejects) are skipped in the process that reads
+them, with a warning naming the shard, record and video; each batch carries how many were skipped before it, and
+the returned iterator sums them in `num_skipped_records`. Many consecutive failures, or an epoch where nothing loads,
+raise. A skipped record shifts later batches by one example, so processes may end a finite run a batch apart:
+train for a step count with `num_epochs=None`.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import threading
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import grain
+import numpy as np
+import tqdm
+from absl import flags
+
+from momentor_jax.data import frames as frames_lib
+from momentor_jax.data import tfrecord
+
+SKIPPED_KEY = "_num_skipped"
+ENCODED_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "token_times", "target_times")
+MAX_CONSECUTIVE_BAD = 1000
+_SHOW_IDS = 5
+
+
+# ---------------------------------------------------------------------------------------------------- JSONL examples
+
+
+def expand_example_paths(patterns: Union[str, Sequence[str]]) -> list:
+    """JSONL paths or globs (a list, or one string with commas) -> paths, in the given order, globs sorted."""
+    if isinstance(patterns, (str, os.PathLike)):
+        patterns = [p for p in os.fspath(patterns).split(",") if p]
+    paths = []
+    for pattern in patterns:
+        pattern = os.fspath(pattern)
+        found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not found:
+            raise FileNotFoundError(f"no example files match {pattern!r}")
+        for path in found:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"example file {path} does not exist")
+        paths.extend(found)
+    if not paths:
+        raise ValueError("no example files given")
+    return paths
+
+
+class JsonlExamples:
+    """Random access to JSONL examples by number: each line's file, byte offset and length, read with `pread`.
+
+    Compact (a few bytes per example), picklable (files reopen lazily in each process, so grain workers can use it).
+    Build with `scan_jsonl`.
+    """
+
+    def __init__(self, paths: Sequence[str], file_ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
+        self.paths = list(paths)
+        self.file_ids = np.asarray(file_ids, np.int32)
+        self.offsets = np.asarray(offsets, np.int64)
+        self.lengths = np.asarray(lengths, np.int32)
+        self._fds: dict = {}
+        self._fd_pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def subset(self, keep: np.ndarray) -> "JsonlExamples":
+        return JsonlExamples(self.paths, self.file_ids[keep], self.offsets[keep], self.lengths[keep])
+
+    def where(self, i: int) -> str:
+        return f"{self.paths[self.file_ids[i]]} at byte {self.offsets[i]}"
+
+    def _fd(self, file_id: int) -> int:
+        with self._lock:
+            if self._fd_pid != os.getpid():
+                self._fds, self._fd_pid = {}, os.getpid()
+            if file_id not in self._fds:
+                self._fds[file_id] = os.open(self.paths[file_id], os.O_RDONLY)
+            return self._fds[file_id]
+
+    def __getitem__(self, i: int) -> dict:
+        file_id = int(self.file_ids[i])
+        line = os.pread(self._fd(file_id), int(self.lengths[i]), int(self.offsets[i]))
+        return json.loads(line)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fds"] = {}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._fd_pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        try:
+            if self._fd_pid == os.getpid():
+                for fd in self._fds.values():
+                    os.close(fd)
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def scan_jsonl(patterns: Union[str, Sequence[str]]) -> tuple:
+    """Reads every line once -> (JsonlExamples, video id per example). Unparsable lines or lines without a string
+    `id` are skipped with a warning naming the file and line."""
+    paths = expand_example_paths(patterns)
+    file_ids, offsets, lengths, video_numbers = [], [], [], []
+    video_number: dict = {}
+    total = sum(os.path.getsize(p) for p in paths)
+    bad = []
+    with tqdm.tqdm(total=total, unit="B", unit_scale=True, desc="scanning examples", mininterval=5,
+                   disable=total < (64 << 20)) as progress:
+        for file_id, path in enumerate(paths):
+            offset = 0
+            with open(path, "rb") as f:
+                for line_number, line in enumerate(f, start=1):
+                    progress.update(len(line))
+                    start, offset = offset, offset + len(line)
+                    if not line.strip():
+                        continue
+                    try:
+                        video_id = json.loads(line)["id"]
+                        if not isinstance(video_id, str):
+                            raise TypeError(f"id is {type(video_id).__name__}, not a string")
+                    except (ValueError, KeyError, TypeError) as e:
+                        bad.append(f"{path}:{line_number} ({type(e).__name__}: {e})")
+                        continue
+                    file_ids.append(file_id)
+                    offsets.append(start)
+                    lengths.append(len(line))
+                    video_numbers.append(video_number.setdefault(video_id, len(video_number)))
+    if bad:
+        logging.warning("skipped %d unreadable example lines, e.g. %s", len(bad), "; ".join(bad[:_SHOW_IDS]))
+    if not offsets:
+        raise ValueError(f"no readable examples in {paths}")
+    videos = np.array(list(video_number), dtype=object)
+    examples = JsonlExamples(paths, np.array(file_ids), np.array(offsets), np.array(lengths))
+    return examples, videos[np.array(video_numbers)]
+
+
+def join_with_videos(examples: JsonlExamples, video_ids: np.ndarray, videos: frames_lib.FrameRecordIndex) -> tuple:
+    """Keeps the examples whose video has a record -> (examples, number of examples dropped)."""
+    has_video = {v: v in videos for v in set(video_ids.tolist())}
+    keep = np.array([has_video[v] for v in video_ids], dtype=bool)
+    dropped = int((~keep).sum())
+    if dropped:
+        missing = sorted(v for v, ok in has_video.items() if not ok)
+        logging.warning("skipped %d of %d examples: %d videos have no frame record, e.g. %s", dropped, len(keep),
+                        len(missing), ", ".join(missing[:_SHOW_IDS]))
+    if not keep.any():
+        raise ValueError(f"none of the {len(keep)} examples has its video in {videos!r}")
+    return examples.subset(np.flatnonzero(keep)), dropped
+
+
+# ---------------------------------------------------------------------------------------------------- one example
+
+
+def nearest_frames(frame_times: np.ndarray, duration: float, num_frames: int) -> np.ndarray:
+    """Indices of the stored frames nearest to the model's frame times i * duration / (num_frames - 1)."""
+    if len(frame_times) == num_frames:
+        return np.arange(num_frames)
+    wanted = np.linspace(0.0, duration, num_frames) if num_frames > 1 else np.zeros(1)
+    return np.abs(np.asarray(frame_times)[None, :] - wanted[:, None]).argmin(axis=1)
+
+
+class Skipped:
+    """Stands in for an example that failed to load; dropped (and counted) before batching."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+# What a bad record can raise: TFRecord CRC/length errors, malformed Examples or JPEGs, encoder rejections.
+_RECORD_ERRORS = (tfrecord.TFRecordCorruptionError, frames_lib.RecordError, ValueError, KeyError, TypeError, OSError)
+
+
+class LoadExample:
+    """Example number -> dict of fixed-shape numpy arrays (the BATCH_KEYS of one example), or `Skipped`."""
+
+    def __init__(self, examples: JsonlExamples, videos: frames_lib.FrameRecordIndex, tokenizer, num_frames: int,
+                 max_length: int, use_features: bool = False, keep_ids: bool = False,
+                 system_prompt: Optional[str] = None):
+        self.examples = examples
+        self.videos = videos
+        self.tokenizer = tokenizer
+        self.num_frames = num_frames
+        self.max_length = max_length
+        self.use_features = use_features
+        self.keep_ids = keep_ids
+        self.system_prompt = system_prompt  # None: the template's own; tiny test models need a shorter one
+
+    def _video_location(self, video_id: str) -> str:
+        try:
+            shard, record = self.videos.locate(video_id)
+            return f"{self.videos.source.paths[shard]} record {record}"
+        except KeyError:
+            return "no frame record"
+
+    def __call__(self, index: int):
+        index = int(index)
+        video_id = None
+        try:
+            example = self.examples[index]
+            video_id = example["id"]
+            return self.load(example)
+        except _RECORD_ERRORS as e:
+            where = self._video_location(video_id) if video_id is not None else "unread"
+            reason = (f"example {self.examples.where(index)} (video {video_id}, {where}): "
+                      f"{type(e).__name__}: {e}")
+            logging.warning("skipping %s", reason)
+            return Skipped(reason)
+
+    def load(self, example: dict) -> dict:
+        from momentor_jax.data.encode import encode_example  # written alongside; imported where it is used
+
+        video_id = example["id"]
+        record = self.videos.get(video_id)
+        duration = float(record["duration"])
+        pick = nearest_frames(record["frame_times"], duration, self.num_frames)
+        extra = {} if self.system_prompt is None else {"system_prompt": self.system_prompt}
+        out = dict(encode_example(example, self.tokenizer, duration, self.num_frames, self.max_length, **extra))
+        if self.use_features:
+            if "features" not in record:
+                raise frames_lib.RecordError(f"video {video_id}: a frame record, but use_features=True")
+            out["features"] = np.ascontiguousarray(record["features"][pick], np.float32)
+        else:
+            if "frames" not in record:
+                raise frames_lib.RecordError(f"video {video_id}: a feature record, but use_features=False")
+            out["frames"] = np.ascontiguousarray(record["frames"][pick], np.uint8)
+        out["durations"] = np.float32(duration)
+        if self.keep_ids:
+            out["id"] = video_id
+            out["example"] = example
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------- skip and count
+
+
+class SkipBadRecordsIterDataset(grain.IterDataset):
+    """Drops `Skipped` elements, writing how many were dropped before each kept one into its SKIPPED_KEY."""
+
+    def __init__(self, parent: grain.IterDataset, max_consecutive_bad: int = MAX_CONSECUTIVE_BAD):
+        super().__init__(parent)
+        self._max_consecutive_bad = max_consecutive_bad
+
+    def __iter__(self):
+        return _SkipBadRecordsIterator(self._parent.__iter__(), self._max_consecutive_bad)
+
+    def __str__(self) -> str:
+        return "SkipBadRecordsIterDataset"
+
+
+class _SkipBadRecordsIterator(grain.DatasetIterator):
+
+    def __init__(self, parent: grain.DatasetIterator, max_consecutive_bad: int):
+        super().__init__(parent)
+        self._max_consecutive_bad = max_consecutive_bad
+        self._pending = 0      # skipped since the last element handed on
+        self._loaded_any = False
+
+    def __next__(self):
+        while True:
+            try:
+                element = next(self._parent)
+            except StopIteration:
+                if self._pending and not self._loaded_any:
+                    raise RuntimeError(f"every one of {self._pending} examples failed to load; "
+                                       "see the warnings above for the records") from None
+                raise
+            if isinstance(element, Skipped):
+                self._pending += 1
+                if self._pending >= self._max_consecutive_bad:
+                    raise RuntimeError(f"{self._pending} examples in a row failed to load; last: {element.reason}")
+                continue
+            self._loaded_any = True
+            element[SKIPPED_KEY] = np.int32(self._pending)
+            self._pending = 0
+            return element
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state(), "pending": self._pending, "loaded_any": self._loaded_any}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self._pending = int(state["pending"])
+        self._loaded_any = bool(state["loaded_any"])
+
+    def __str__(self) -> str:
+        return "SkipBadRecordsIterator"
+
+
+class CountSkippedIterDataset(grain.IterDataset):
+    """Takes SKIPPED_KEY out of each batch and keeps the running total (part of the iterator state)."""
+
+    def __iter__(self):
+        return LoaderIterator(self._parent.__iter__())
+
+    def __str__(self) -> str:
+        return "CountSkippedIterDataset"
+
+
+class LoaderIterator(grain.DatasetIterator):
+    """What the loaders return: per-process batches; `num_skipped_records`, `num_missing_videos` for logging."""
+
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+        self.num_skipped_records = 0
+        self.num_missing_videos = 0  # examples dropped at startup for want of a frame record
+        self.num_examples = 0        # examples (with a video) this loader draws from, all processes together
+
+    def __next__(self) -> dict:
+        batch = dict(next(self._parent))
+        self.num_skipped_records += int(np.sum(batch.pop(SKIPPED_KEY)))
+        return batch
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state(), "num_skipped_records": self.num_skipped_records}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self.num_skipped_records = int(state["num_skipped_records"])
+
+    def __str__(self) -> str:
+        return "LoaderIterator"
+
+
+# ---------------------------------------------------------------------------------------------------- loaders
+
+
+def _config_value(config: Any, name: str, default: Any = None) -> Any:
+    if isinstance(config, dict):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def _mixed_seed(seed: int) -> int:
+    # grain shuffles epoch e with seed + e: spread user seeds apart so seed s+1 is not seed s one epoch later.
+    return int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
+
+
+def open_examples(examples: Union[str, Sequence[str]], frames: Union[str, Sequence[str]]) -> tuple:
+    """Scans the JSONL files and the frame index and joins them -> (JsonlExamples, FrameRecordIndex, dropped)."""
+    videos = frames_lib.FrameRecordIndex(frames)
+    all_examples, video_ids = scan_jsonl(examples)
+    kept, dropped = join_with_videos(all_examples, video_ids, videos)
+    logging.info("%d examples over %d videos (%d examples without a video skipped)", len(kept), len(videos),
+                 dropped)
+    return kept, videos, dropped
+
+
+def _ensure_flags_parsed() -> None:
+    # grain's worker processes read absl flags; a program that never ran absl.app has not parsed them.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_length: int, global_batch_size: int,
+                      seed: int, process_index: int = 0, process_count: int = 1, num_epochs: Optional[int] = None,
+                      worker_count: int = 0, use_features: bool = False, read_threads: Optional[int] = None,
+                      worker_buffer_size: int = 2) -> LoaderIterator:
+    """Shuffled, repeated per-process batches for training.
+
+    data_config: has `examples` (JSONL paths or globs) and `frames` (glob, directory or list of TFRecord shards);
+    optional `read_threads` (decode threads per process, default 4) and `system_prompt` (only for tiny test models
+    whose context cannot hold the template's). Batches hold BATCH_KEYS with the per-process
+    batch size global_batch_size // process_count: the encoded text, `frames` uint8 [B, M, H, W, 3] (or `features`
+    float32 [B, M, F] when use_features) and `durations` float32 [B]. num_epochs None repeats forever.
+    worker_count > 0 decodes in that many processes (grain mp_prefetch), 0 in this process with threads.
+    """
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    batch_size = global_batch_size // process_count
+    examples, videos, dropped = open_examples(_config_value(data_config, "examples"),
+                                              _config_value(data_config, "frames"))
+    epoch_length = len(examples) // global_batch_size * global_batch_size
+    if epoch_length == 0:
+        raise ValueError(f"{len(examples)} examples (with a video) are fewer than one global batch of "
+                         f"{global_batch_size}")
+    if read_threads is None:
+        read_threads = int(_config_value(data_config, "read_threads", 4))
+
+    load = LoadExample(examples, videos, tokenizer, num_frames, max_length, use_features=use_features,
+                       system_prompt=_config_value(data_config, "system_prompt"))
+    ds = grain.MapDataset.range(len(examples)).shuffle(seed=_mixed_seed(seed))
+    ds = ds[:epoch_length][process_index::process_count]
+    ds = ds.repeat(num_epochs).map(load)
+    # A frame record is large (300 x 224 x 224 x 3 bytes): keep grain's read-ahead to a couple of batches.
+    read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size,
+                                                                                         read_threads, 1))
+    it_ds = SkipBadRecordsIterDataset(ds.to_iter_dataset(read_options))
+    it_ds = it_ds.batch(batch_size, drop_remainder=True)
+    if worker_count > 0:
+        _ensure_flags_parsed()
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                               per_worker_buffer_size=worker_buffer_size))
+    iterator = iter(CountSkippedIterDataset(it_ds))
+    iterator.num_missing_videos = dropped
+    iterator.num_examples = len(examples)
+    return iterator
+
+
+class EvalExamples:
+    """One deterministic pass over examples in file order (this process's slice), unbatched, ids kept.
+
+    Each item: the encoded arrays (when a tokenizer is given), `frames` or `features`, `durations` (a float32
+    scalar), `id` (the video id) and `example` (the JSONL record). Bad records are skipped and counted.
+    """
+
+    def __init__(self, examples: Union[str, Sequence[str]], frames: Union[str, Sequence[str]], *, tokenizer,
+                 num_frames: int, max_length: int, process_index: int = 0, process_count: int = 1,
+                 use_features: bool = False, read_threads: int = 4, system_prompt: Optional[str] = None):
+        kept, self.videos, self.num_missing_videos = open_examples(examples, frames)
+        self._load = LoadExample(kept, self.videos, tokenizer, num_frames, max_length, use_features=use_features,
+                                 keep_ids=True, system_prompt=system_prompt)
+        self._indices = grain.MapDataset.range(len(kept))[process_index::process_count]
+        self._read_threads = read_threads
+        self.num_skipped_records = 0
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __iter__(self) -> Iterator[dict]:
+        ds = self._indices.map(self._load).to_iter_dataset(
+            grain.ReadOptions(num_threads=self._read_threads, prefetch_buffer_size=max(2 * self._read_threads, 1)))
+        loaded = 0
+        for element in ds:
+            if isinstance(element, Skipped):
+                self.num_skipped_records += 1
+                continue
+            loaded += 1
+            yield element
+        if loaded == 0 and len(self):
+            raise RuntimeError(f"none of the {len(self)} evaluation examples loaded; see the warnings above")
+
+
+def make_eval_examples(data_config: Any, *, tokenizer, num_frames: int, max_length: int, process_index: int = 0,
+                       process_count: int = 1, use_features: bool = False) -> EvalExamples:
+    """`EvalExamples` over data_config's `examples` and `frames` (no shuffle, no repeat, every example once)."""
+    return EvalExamples(_config_value(data_config, "examples"), _config_value(data_config, "frames"),
+                        tokenizer=tokenizer, num_frames=num_frames, max_length=max_length,
+                        process_index=process_index, process_count=process_count, use_features=use_features,
+                        read_threads=int(_config_value(data_config, "read_threads", 4)),
+                        system_prompt=_config_value(data_config, "system_prompt"))
