@@ -58,6 +58,9 @@ class MomentorConfig:
     tpm_enabled: bool = True         # False: ablation with times as plain text, no temporal tables
     neighbor_propagation: bool = True  # NTP: W' = W + RW - stop_gradient(RW), R_ij = 2^-|i-j|
     use_cached_features: bool = False  # batches carry pooled ViT features instead of frames
+    # Which text-embedding positions pass gradient to the LLaMA token table: "all", or "video_markers" as in the
+    # public code (rows holding a video pass gradient only through <vid_start>/<vid_end>).
+    text_embedding_grad: str = "all"
 
     @property
     def vision_feature_dim(self) -> int:
