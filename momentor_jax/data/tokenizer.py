@@ -1,0 +1,272 @@
+"""The LLaMA sentencepiece tokenizer plus Momentor's added tokens.
+
+Id layout (see momentor_jax/constants.py): the base sentencepiece pieces [0, B), then ADDED_TOKENS (B .. B+4),
+then the N temporal tokens <TEMP-k> (V + k, V = B + 5), then <video> (V + N).
+
+Behaviour matched: the sentencepiece ("slow") tokenizer of the installed transformers 5.x, i.e.
+`transformers.tokenization_utils_sentencepiece.SentencePieceBackend` with `legacy=True` (its default, and the
+behaviour of the old slow `LlamaTokenizer` that the public code loads with `use_fast=False`), with the same tokens
+added through `add_tokens(..., special_tokens=True)`:
+  - added tokens and `<s>`, `</s>`, `<unk>` written in the text are never split and no whitespace around them is
+    stripped;
+  - every stretch of text between them is encoded by sentencepiece on its own, so each stretch gets
+    sentencepiece's dummy prefix "▁" (LLaMA's model has `add_dummy_prefix`).
+transformers 5.x `LlamaTokenizer` is a `tokenizers` (fast) class only; it does not add the prefix after added
+tokens (legacy=False, its default) or does not double the "▁" of a stretch that starts with a space (legacy=True).
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import re
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+from etils import epath
+from sentencepiece import sentencepiece_model_pb2
+
+from momentor_jax import constants
+
+MODEL_FILENAME = "tokenizer.model"
+ADDED_TOKENS_FILENAME = "momentor_added_tokens.json"
+_BYTE_PIECES = 256
+# A special token is "<...>" without "<" or ">" inside, so at most one candidate can start at each "<".
+_ANGLE_SPAN = re.compile(r"<[^<>]*>")
+
+
+class MomentorTokenizer:
+    """encode / decode with the Momentor vocabulary. `vocab_size` is V (rows of the model's embedding table)."""
+
+    def __init__(self, model_path: str | epath.PathLike, num_temporal_tokens: int):
+        if num_temporal_tokens < 1:
+            raise ValueError(f"num_temporal_tokens must be >= 1, got {num_temporal_tokens}")
+        self.model_path = epath.Path(model_path)
+        if not self.model_path.exists():
+            raise FileNotFoundError(f"sentencepiece model not found: {self.model_path}")
+        self._setup(self.model_path.read_bytes(), num_temporal_tokens)
+
+    def _setup(self, model_bytes: bytes, num_temporal_tokens: int) -> None:
+        self._model_bytes = model_bytes
+        self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        self._sp_no_prefix = spm.SentencePieceProcessor(model_proto=_without_dummy_prefix(model_bytes))
+        self._encode_stretch = functools.lru_cache(maxsize=4096)(self._encode_stretch_uncached)
+        self.num_temporal_tokens = num_temporal_tokens
+        self.base_vocab_size = self._sp.get_piece_size()
+        for name, piece_id in (("bos", self._sp.bos_id()), ("eos", self._sp.eos_id())):
+            if piece_id < 0:
+                raise ValueError(f"{self.model_path}: the sentencepiece model has no {name} piece")
+        self.added_tokens = (list(constants.ADDED_TOKENS)
+                             + [constants.TEMPORAL_TOKEN_FORMAT.format(k) for k in range(num_temporal_tokens)]
+                             + [constants.VIDEO_TOKEN])
+        self._special_to_id = {token: self.base_vocab_size + i for i, token in enumerate(self.added_tokens)}
+        for piece_id in (self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id()):
+            if piece_id >= 0:
+                self._special_to_id[self._sp.id_to_piece(piece_id)] = piece_id
+        self._id_to_special = {i: token for token, i in self._special_to_id.items()}
+
+    # Data-loader workers receive the tokenizer by pickling: ship the model bytes, rebuild the processors.
+    def __getstate__(self) -> dict:
+        return {"model_path": str(self.model_path), "model_bytes": self._model_bytes,
+                "num_temporal_tokens": self.num_temporal_tokens}
+
+    def __setstate__(self, state: dict) -> None:
+        self.model_path = epath.Path(state["model_path"])
+        self._setup(state["model_bytes"], state["num_temporal_tokens"])
+
+    # ---- sizes and ids ----
+    @property
+    def vocab_size(self) -> int:
+        """V = base vocabulary + the 5 added tokens: rows of `embed_tokens` and of the LM head."""
+        return self.base_vocab_size + constants.NUM_ADDED_TOKENS
+
+    @property
+    def total_size(self) -> int:
+        """Every id this tokenizer can produce: V + N temporal tokens + <video>."""
+        return self.vocab_size + self.num_temporal_tokens + 1
+
+    @property
+    def bos_id(self) -> int:
+        return self._sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self._sp.eos_id()
+
+    @property
+    def unk_id(self) -> int:
+        return self._sp.unk_id()
+
+    @property
+    def pad_id(self) -> int:
+        return 0  # LLaMA has no pad piece; batches pad with 0 and mark padding with segment_ids == 0
+
+    @property
+    def special_ids(self) -> dict:
+        """{'vid_patch', 'vid_start', 'vid_end', 'temp_input', 'temp_output'} -> id."""
+        return constants.special_token_ids(self.vocab_size)
+
+    @property
+    def temp_input_id(self) -> int:
+        return self._special_to_id[constants.TEMP_INPUT_TOKEN]
+
+    @property
+    def temp_output_id(self) -> int:
+        return self._special_to_id[constants.TEMP_OUTPUT_TOKEN]
+
+    @property
+    def video_token_id(self) -> int:
+        return self._special_to_id[constants.VIDEO_TOKEN]
+
+    def temporal_token_id(self, k: int) -> int:
+        if not 0 <= k < self.num_temporal_tokens:
+            raise ValueError(f"temporal token index {k} outside [0, {self.num_temporal_tokens})")
+        return self.vocab_size + k
+
+    def token_to_id(self, token: str) -> int:
+        if token in self._special_to_id:
+            return self._special_to_id[token]
+        piece_id = self._sp.piece_to_id(token)
+        if self._sp.id_to_piece(piece_id) != token:
+            raise KeyError(f"unknown token {token!r}")
+        return piece_id
+
+    def id_to_token(self, token_id: int) -> str:
+        if token_id in self._id_to_special:
+            return self._id_to_special[token_id]
+        if not 0 <= token_id < self.base_vocab_size:
+            raise ValueError(f"token id {token_id} outside [0, {self.total_size})")
+        return self._sp.id_to_piece(token_id)
+
+    # ---- encode / decode ----
+    def encode(self, text: str, add_bos: bool = True, continues_text: bool = False) -> list[int]:
+        """Token ids of `text`.
+
+        continues_text: the text continues a stretch of text that was already encoded, right after a
+        non-whitespace character (e.g. " a man" after "ASSISTANT:"), so its first stretch gets no dummy prefix.
+        """
+        ids = [self.bos_id] if add_bos else []
+        first = True
+        for piece, special_id in self._split(text):
+            if special_id is not None:
+                ids.append(special_id)
+            elif first and continues_text:
+                ids.extend(self._sp_no_prefix.encode(piece))
+            else:
+                ids.extend(self._encode_stretch(piece))
+            first = False
+        return ids
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text of `ids`; each run of base ids is decoded by sentencepiece, added tokens are written as-is."""
+        out, run = [], []
+        for token_id in ids:
+            token_id = int(token_id)
+            if token_id in self._id_to_special and token_id != self.unk_id:
+                if run:
+                    out.append(self._sp.decode(run))
+                    run = []
+                if not skip_special_tokens:
+                    out.append(self._id_to_special[token_id])
+            elif 0 <= token_id < self.base_vocab_size:
+                run.append(token_id)
+            else:
+                raise ValueError(f"token id {token_id} outside [0, {self.total_size})")
+        if run:
+            out.append(self._sp.decode(run))
+        return "".join(out)
+
+    def _split(self, text: str):
+        """Yields (text stretch, None) and (special token, its id) in order; empty stretches are skipped."""
+        start = 0
+        for match in _ANGLE_SPAN.finditer(text):
+            special_id = self._special_to_id.get(match.group())
+            if special_id is None:
+                continue
+            if match.start() > start:
+                yield text[start:match.start()], None
+            yield match.group(), special_id
+            start = match.end()
+        if start < len(text):
+            yield text[start:], None
+
+    def _encode_stretch_uncached(self, text: str) -> tuple[int, ...]:
+        return tuple(self._sp.encode(text))
+
+    # ---- persistence ----
+    def save(self, directory: str | epath.PathLike) -> None:
+        """Writes tokenizer.model (byte-identical copy) and a JSON of the added tokens into `directory`."""
+        directory = epath.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MODEL_FILENAME).write_bytes(self._model_bytes)
+        info = {"base_vocab_size": self.base_vocab_size, "vocab_size": self.vocab_size,
+                "num_temporal_tokens": self.num_temporal_tokens, "added_tokens": self.added_tokens}
+        (directory / ADDED_TOKENS_FILENAME).write_text(json.dumps(info, indent=1))
+
+    @classmethod
+    def load(cls, directory: str | epath.PathLike) -> "MomentorTokenizer":
+        directory = epath.Path(directory)
+        info_path = directory / ADDED_TOKENS_FILENAME
+        try:
+            info = json.loads(info_path.read_text())
+            num_temporal_tokens = int(info["num_temporal_tokens"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{info_path}: not a Momentor added-token file ({e})") from e
+        tokenizer = cls(directory / MODEL_FILENAME, num_temporal_tokens)
+        if info.get("added_tokens") != tokenizer.added_tokens:
+            raise ValueError(f"{info_path}: added tokens differ from this code's layout (constants.ADDED_TOKENS)")
+        return tokenizer
+
+
+def _without_dummy_prefix(model_bytes: bytes) -> bytes:
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
+    proto.normalizer_spec.add_dummy_prefix = False
+    return proto.SerializeToString()
+
+
+# ---- small models for tests and the demo ----
+
+def train_sentencepiece(texts: Sequence[str], out_prefix: str, vocab_size: int = 300,
+                        model_type: str = "bpe") -> str:
+    """Trains a LLaMA-like sentencepiece model (unk 0, bos 1, eos 2, no pad, byte fallback, split digits,
+    identity normalization, dummy prefix) and returns the path of `<out_prefix>.model`.
+
+    The model has exactly `vocab_size` pieces. 259 of them are <unk>, <s>, </s> and the 256 byte pieces, so only the
+    most frequent characters of `texts` become pieces (a third of what is left); the rest of the budget goes to
+    merges (a character piece alone saves nothing over its byte piece) and other characters fall back to bytes.
+    """
+    free = vocab_size - 3 - _BYTE_PIECES
+    if free < 2:
+        raise ValueError(f"vocab_size must be at least {3 + _BYTE_PIECES + 2} with byte fallback, got {vocab_size}")
+    counts = collections.Counter(c for text in texts for c in text if not c.isspace())
+    kept = {c for c, _ in counts.most_common(max(1, free // 3))}
+    sentences = ["".join(c if c in kept else " " for c in text) for text in texts]
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_prefix=str(out_prefix), vocab_size=vocab_size,
+            model_type=model_type, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+            split_digits=True, allow_whitespace_only_pieces=True, character_coverage=1.0, num_threads=1,
+            minloglevel=2)
+    except RuntimeError as e:
+        raise ValueError(f"sentencepiece training for {out_prefix} failed (more or more varied text is needed "
+                         f"for {vocab_size} pieces): {e}") from e
+    return f"{out_prefix}.model"
+
+
+def demo_texts(num_sentences: int = 400, seed: int = 0) -> list[str]:
+    """Deterministic English-like sentences in the vocabulary of Momentor's prompts, to train small tokenizers."""
+    import random
+    from momentor_jax.data import conversation  # late import: conversation imports nothing from here
+
+    rng = random.Random(seed)
+    subjects = ["a man", "the woman", "a dog", "the person", "a child", "the chef", "two people", "the car"]
+    verbs = ["runs", "jumps", "cooks food", "opens the door", "talks", "walks away", "picks up a cup", "waves"]
+    questions = ["What happens in the video?", "When does the event happen?", "Describe the segment.",
+                 "Localize every event in the video.", "Where is the object?", "What does the person do?"]
+    texts = [conversation.SYSTEM_PROMPT, "USER: ASSISTANT:"] + questions
+    for _ in range(num_sentences):
+        start = rng.uniform(0, 200)
+        texts.append(f"{rng.choice(subjects)} {rng.choice(verbs)} from {start:.2f} seconds to "
+                     f"{start + rng.uniform(1, 30):.1f}s, then {rng.choice(subjects)} {rng.choice(verbs)}.")
+    return texts

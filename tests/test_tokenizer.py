@@ -1,0 +1,142 @@
+"""MomentorTokenizer: id layout, equality with transformers' sentencepiece tokenizer, save/load, test models."""
+import pickle
+
+import pytest
+import sentencepiece as spm
+
+from momentor_jax import constants
+from momentor_jax.data import tokenizer as tokenizer_lib
+
+NUM_TEMPORAL = 16
+
+VARIED_STRINGS = [
+    "Hello world",
+    " leading space",
+    "trailing spaces  ",
+    "  ",
+    "",
+    "a<TEMP-INPUT>b",
+    "from <TEMP-INPUT> to <TEMP-INPUT>.",
+    "<TEMP-OUTPUT> to <TEMP-OUTPUT>: a man runs <TEMP-OUTPUT> to <TEMP-OUTPUT>: he stops",
+    "x\n\ny\n",
+    "\t tab <vid_end>  \n",
+    "<vid_start><vid_patch><vid_patch><vid_end>\nWhat happens?",
+    "<video>\nWhen does it happen?",
+    "12.5s to 007.25 seconds, 1999",
+    "é ü ß 你好 🙂 naïve café",
+    "</s>USER: hi</s>",
+    "<s>x<unk>y",
+    "<TEMP-000><TEMP-015><TEMP-016><TEMP-3>",
+    "<<vid_start>> <notatoken> <TEMP-INPUT",
+    "USER: <0.12, 0.46><TEMP-INPUT>? ASSISTANT: A red ball.</s>",
+]
+
+
+@pytest.fixture(scope="module", params=["bpe", "unigram"])
+def model_path(request, tmp_path_factory):
+    prefix = tmp_path_factory.mktemp(f"sp_{request.param}") / "sp"
+    return tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(prefix), 300, model_type=request.param)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_path):
+    return tokenizer_lib.MomentorTokenizer(model_path, NUM_TEMPORAL)
+
+
+@pytest.fixture(scope="module")
+def reference(model_path, tokenizer):
+    """transformers 5.x slow (sentencepiece) tokenizer, legacy=True, the same tokens added as special tokens."""
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+    ref = SentencePieceBackend(vocab_file=model_path, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                               legacy=True)
+    ref.add_tokens(tokenizer.added_tokens, special_tokens=True)
+    return ref
+
+
+def test_train_sentencepiece_is_llama_like(model_path):
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    assert sp.get_piece_size() == 300
+    assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
+    assert sp.id_to_piece(1) == "<s>" and sp.id_to_piece(2) == "</s>"
+    assert sp.encode("你", out_type=str) == ["▁", "<0xE4>", "<0xBD>", "<0xA0>"]  # byte fallback
+    digit_ids = sp.encode("123456 7890")
+    assert all(sum(c.isdigit() for c in sp.decode([i])) <= 1 for i in digit_ids)  # split_digits
+
+
+def test_id_layout(tokenizer):
+    base = 300
+    assert tokenizer.base_vocab_size == base
+    assert tokenizer.vocab_size == base + constants.NUM_ADDED_TOKENS
+    assert tokenizer.total_size == tokenizer.vocab_size + NUM_TEMPORAL + 1
+    assert (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2)
+    for i, token in enumerate(constants.ADDED_TOKENS):
+        assert tokenizer.token_to_id(token) == base + i
+    assert tokenizer.special_ids == constants.special_token_ids(tokenizer.vocab_size)
+    assert tokenizer.temp_input_id == tokenizer.special_ids["temp_input"]
+    assert tokenizer.temp_output_id == tokenizer.special_ids["temp_output"]
+    for k in (0, 7, NUM_TEMPORAL - 1):
+        assert tokenizer.temporal_token_id(k) == tokenizer.vocab_size + k
+        assert tokenizer.token_to_id(constants.TEMPORAL_TOKEN_FORMAT.format(k)) == tokenizer.vocab_size + k
+        assert tokenizer.id_to_token(tokenizer.vocab_size + k) == constants.TEMPORAL_TOKEN_FORMAT.format(k)
+    assert tokenizer.video_token_id == tokenizer.vocab_size + NUM_TEMPORAL
+    with pytest.raises(ValueError):
+        tokenizer.temporal_token_id(NUM_TEMPORAL)
+
+
+@pytest.mark.parametrize("text", VARIED_STRINGS)
+def test_ids_equal_transformers_slow_tokenizer(tokenizer, reference, text):
+    expected = [reference.bos_token_id] + reference.encode(text, add_special_tokens=False)
+    assert tokenizer.encode(text) == expected
+    assert tokenizer.encode(text, add_bos=False) == expected[1:]
+
+
+def test_added_tokens_are_never_split(tokenizer):
+    ids = tokenizer.encode("<TEMP-INPUT><TEMP-OUTPUT><vid_patch><TEMP-003><video></s>", add_bos=False)
+    assert ids == [tokenizer.temp_input_id, tokenizer.temp_output_id, tokenizer.special_ids["vid_patch"],
+                   tokenizer.temporal_token_id(3), tokenizer.video_token_id, tokenizer.eos_id]
+
+
+@pytest.mark.parametrize("text", [s for s in VARIED_STRINGS if "<unk>" not in s and "<s>" not in s])
+def test_decode_inverts_encode(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text, add_bos=False)) == text
+    assert tokenizer.decode(tokenizer.encode(text)) == "<s>" + text
+
+
+def test_decode_skip_special_tokens(tokenizer):
+    ids = tokenizer.encode("a man<TEMP-OUTPUT> runs</s>")
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a man runs"
+    with pytest.raises(ValueError, match="outside"):
+        tokenizer.decode([tokenizer.total_size])
+
+
+@pytest.mark.parametrize("head,tail", [("USER: what? ASSISTANT:", " A man runs."),
+                                       ("ASSISTANT:", " <TEMP-OUTPUT> to <TEMP-OUTPUT>."),
+                                       ("ASSISTANT:", "  two spaces"),
+                                       ("x:", " \n newline")])
+def test_continued_text_encodes_like_the_whole(tokenizer, head, tail):
+    whole = tokenizer.encode(head + tail, add_bos=False)
+    assert tokenizer.encode(head, add_bos=False) + tokenizer.encode(tail, add_bos=False, continues_text=True) == whole
+
+
+def test_save_and_load(tokenizer, model_path, tmp_path):
+    tokenizer.save(tmp_path / "tok")
+    saved_model = tmp_path / "tok" / tokenizer_lib.MODEL_FILENAME
+    assert saved_model.read_bytes() == open(model_path, "rb").read()
+    loaded = tokenizer_lib.MomentorTokenizer.load(tmp_path / "tok")
+    assert loaded.num_temporal_tokens == NUM_TEMPORAL and loaded.vocab_size == tokenizer.vocab_size
+    for text in VARIED_STRINGS:
+        assert loaded.encode(text) == tokenizer.encode(text)
+    (tmp_path / "tok" / tokenizer_lib.ADDED_TOKENS_FILENAME).write_text("{}")
+    with pytest.raises(ValueError, match="added-token file"):
+        tokenizer_lib.MomentorTokenizer.load(tmp_path / "tok")
+
+
+def test_pickles_for_loader_workers(tokenizer):
+    clone = pickle.loads(pickle.dumps(tokenizer))
+    for text in VARIED_STRINGS:
+        assert clone.encode(text) == tokenizer.encode(text)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sentencepiece model not found"):
+        tokenizer_lib.MomentorTokenizer(tmp_path / "nope.model", NUM_TEMPORAL)
