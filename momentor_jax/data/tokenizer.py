@@ -3,16 +3,18 @@
 Id layout (see momentor_jax/constants.py): the base sentencepiece pieces [0, B), then ADDED_TOKENS (B .. B+4),
 then the N temporal tokens <TEMP-k> (V + k, V = B + 5), then <video> (V + N).
 
-Behaviour matched: the sentencepiece ("slow") tokenizer of the installed transformers 5.x, i.e.
-`transformers.tokenization_utils_sentencepiece.SentencePieceBackend` with `legacy=True` (its default, and the
-behaviour of the old slow `LlamaTokenizer` that the public code loads with `use_fast=False`), with the same tokens
-added through `add_tokens(..., special_tokens=True)`:
+Behaviour matched (checked in tests/test_tokenizer.py against transformers 5.x, the installed version): its
+sentencepiece ("slow") tokenizer `transformers.tokenization_utils_sentencepiece.SentencePieceBackend` with
+`legacy=True`, the slow, legacy path the public code asks for with `use_fast=False`, with the same tokens added
+through `add_tokens(..., special_tokens=True)`:
   - added tokens and `<s>`, `</s>`, `<unk>` written in the text are never split and no whitespace around them is
     stripped;
   - every stretch of text between them is encoded by sentencepiece on its own, so each stretch gets
     sentencepiece's dummy prefix "▁" (LLaMA's model has `add_dummy_prefix`).
-transformers 5.x `LlamaTokenizer` is a `tokenizers` (fast) class only; it does not add the prefix after added
-tokens (legacy=False, its default) or does not double the "▁" of a stretch that starts with a space (legacy=True).
+In 5.x `LlamaTokenizer` itself is a `tokenizers` (fast) class and `use_fast=False` is ignored; it gives no prefix
+after added tokens (legacy=False, its default) or no second "▁" for a stretch that starts with a space
+(legacy=True). Older slow tokenizers (transformers < 4.34, like the public code's pin 4.33.3) also stripped the
+whitespace on both sides of added tokens by default (read in their source, not run); not reproduced here.
 """
 from __future__ import annotations
 
