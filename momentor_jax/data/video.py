@@ -106,7 +106,7 @@ def _nearest_frames(container, stream, targets: np.ndarray, size: int) -> list:
     last_pick = last_pixels = None
     for target in targets:
         if (current is not None and not exhausted and target - current[0] > SEEK_AHEAD_SECONDS
-                and stream.time_base is not None):
+                and stream.time_base is not None and current[1].pts is not None):
             # Land on the keyframe at or before the target, then decode forward from there.
             container.seek(int(target / stream.time_base) + _stream_start(stream), backward=True,
                            any_frame=False, stream=stream)
@@ -128,24 +128,33 @@ def _nearest_frames(container, stream, targets: np.ndarray, size: int) -> list:
     return chosen
 
 
+def _video_stream(container, path: str):
+    if not container.streams.video:
+        raise VideoDecodeError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def probe_duration(path: str) -> float:
+    """Seconds, from the stream or container metadata, else by decoding every frame."""
+    with av.open(os.fspath(path)) as container:
+        stream = _video_stream(container, path)
+        duration = _metadata_duration(container, stream)
+        return duration if duration is not None else _decoded_duration(container, stream)
+
+
 def decode_frames(path: str, num_frames: int, size: int) -> DecodedVideo:
     """Samples `num_frames` frames uniformly over the whole video (both ends), in CLIP geometry."""
     path = os.fspath(path)
     try:
+        duration = probe_duration(path)
+        if not math.isfinite(duration) or duration <= 0:
+            raise VideoDecodeError(f"{path}: bad duration {duration}")
+        targets = sample_times(duration, num_frames)
         with av.open(path) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            duration = _metadata_duration(container, stream)
-            if duration is None:
-                duration = _decoded_duration(container, stream)
-                container.seek(0, stream=stream)
-            if not math.isfinite(duration) or duration <= 0:
-                raise VideoDecodeError(f"{path}: bad duration {duration}")
-            targets = sample_times(duration, num_frames)
-            chosen = _nearest_frames(container, stream, targets, size)
-            frames = np.stack([pixels for _, pixels in chosen])
+            chosen = _nearest_frames(container, _video_stream(container, path), targets, size)
+        frames = np.stack([pixels for _, pixels in chosen])
     except VideoDecodeError as e:
         message = str(e)
         raise VideoDecodeError(message if message.startswith(path) else f"{path}: {message}") from e
