@@ -181,6 +181,7 @@ def test_eval_pass_is_ordered_complete_and_skips_missing_videos(data, tokenizer)
 
 def _copy_dataset(data, out_dir):
     out_dir = str(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
     copy = dict(data)
     copy["examples"] = [shutil.copy(p, out_dir) for p in data["examples"]]
     shards = frames_lib.expand_paths(data["frames"])
@@ -243,7 +244,9 @@ def test_corrupt_records_are_skipped_counted_and_named(data, tokenizer, tmp_path
     assert iterator.get_state()["num_skipped_records"] == iterator.num_skipped_records
 
 
-def test_everything_failing_fails_loudly(data, tokenizer, tmp_path):
+def test_everything_failing_fails_loudly(data, tokenizer, tiny_vision, tmp_path):
+    from momentor_jax.data import features
+
     damaged, shards = _copy_dataset(data, tmp_path)
     for shard in shards:
         for record in range(len(tfrecord.load_index(shard))):
@@ -253,6 +256,9 @@ def test_everything_failing_fails_loudly(data, tokenizer, tmp_path):
     with pytest.raises(RuntimeError, match="none of the"):
         list(loader.make_eval_examples(config(damaged), tokenizer=tokenizer, num_frames=NUM_FRAMES,
                                        max_length=MAX_LENGTH))
+    with pytest.raises(RuntimeError, match="no frame record"):
+        features.extract_features(damaged["frames"], str(tmp_path / "features"), *tiny_vision)
+    assert not [name for name in os.listdir(tmp_path / "features") if name.endswith(".tfrecord")]
 
 
 def test_no_examples_with_a_video_is_an_error(data, tokenizer, tmp_path):
@@ -324,3 +330,87 @@ def test_worker_process_gives_the_in_process_batches_and_resumes(data, tokenizer
         assert_same_batches(take(resumed, 3), rest)
     finally:
         resumed.close()
+
+
+# ---------------------------------------------------------------------------------------------------- cached features
+
+
+@pytest.fixture(scope="module")
+def tiny_vision():
+    import flax.linen as nn
+    import jax
+    from momentor_jax.models import config as config_lib
+    from momentor_jax.models.vit import VisionTower
+
+    vision = config_lib.tiny().vision
+    assert vision.image_size == IMAGE_SIZE
+    # Random values on the tower's parameter shapes (tracing only: no compiled init).
+    shapes = jax.eval_shape(VisionTower(vision).init, jax.random.key(0),
+                            np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(s.dtype), nn.meta.unbox(shapes))
+    return params, vision
+
+
+def test_extracted_features_match_the_tower_and_feed_the_loader(data, tokenizer, tiny_vision, tmp_path, caplog):
+    import jax
+    from momentor_jax.data import features
+    from momentor_jax.models.vit import VisionTower, clip_normalize
+
+    params, vision = tiny_vision
+    damaged, shards = _copy_dataset(data, tmp_path / "frames")
+    bad_video = _flip_byte_inside_record(shards[1], record=2)
+    out_dir = str(tmp_path / "features")
+    # 12 frames per call rounds up to 16 over 8 devices: videos of 8 frames straddle calls, the last call is padded.
+    with caplog.at_level(logging.WARNING):
+        stats = features.extract_features(damaged["frames"], out_dir, params, vision, batch_frames=12, threads=2)
+    assert (stats.videos, stats.frames, stats.skipped_records, stats.shards_written) == (
+        NUM_VIDEOS - 1, (NUM_VIDEOS - 1) * NUM_FRAMES, 1, 2)
+    assert f"{shards[1]} record 2" in caplog.text
+
+    index = frames_lib.FrameRecordIndex(f"{out_dir}/features-*.tfrecord")
+    assert set(index.video_ids()) == {s.video_id for s in data["specs"]} - {bad_video}
+    frames_index = frames_lib.FrameRecordIndex(data["frames"])
+    tower = jax.jit(lambda x: VisionTower(vision).apply({"params": params}, clip_normalize(x)))
+    for video_id in index.video_ids()[:2]:
+        cached, source = index.get(video_id), frames_index.get(video_id)
+        np.testing.assert_allclose(cached["features"], np.asarray(tower(source["frames"])), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(cached["frame_times"], source["frame_times"])
+        assert cached["duration"] == source["duration"]
+
+    batch = next(train_loader(data, tokenizer, data_config=config(data, frames=f"{out_dir}/features-*.tfrecord"),
+                              use_features=True))
+    assert batch["features"].shape == (GLOBAL_BATCH, NUM_FRAMES, vision.hidden_size)
+
+    again = features.extract_features(damaged["frames"], out_dir, params, vision, batch_frames=12)
+    assert (again.shards_kept, again.shards_written, again.videos) == (2, 0, 0)
+
+
+def test_extraction_rejects_frames_of_another_size(data, tiny_vision, tmp_path):
+    import dataclasses
+    from momentor_jax.data import features
+
+    params, vision = tiny_vision
+    with pytest.raises(ValueError, match="the vision tower takes"):
+        features.extract_features(data["frames"], str(tmp_path), params, dataclasses.replace(vision, image_size=16))
+
+
+def test_extract_features_command(data, tiny_vision, tmp_path, capsys):
+    import importlib.util
+    from momentor_jax import checkpoint_io
+    from momentor_jax.models import config as config_lib
+
+    params, _ = tiny_vision
+    checkpoint_io.save_params(str(tmp_path / "ckpt"), {"vision": params}, config_lib.tiny())
+    spec = importlib.util.spec_from_file_location(
+        "extract_features", os.path.join(os.path.dirname(__file__), "..", "data", "extract_features.py"))
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
+    out_dir = tmp_path / "out"
+    assert command.main(["--frames", data["frames"], "--checkpoint", str(tmp_path / "ckpt"), "--out_dir",
+                         str(out_dir), "--batch_frames", "16"]) == 0
+    assert f"{NUM_VIDEOS} videos ({NUM_VIDEOS * NUM_FRAMES} frames) written in 2 shards" in capsys.readouterr().out
+    assert len(frames_lib.FrameRecordIndex(str(out_dir))) == NUM_VIDEOS
+    assert command.main(["--frames", data["frames"], "--checkpoint", str(tmp_path / "none"), "--out_dir",
+                         str(out_dir)]) == 2
+    assert "not a Momentor parameter checkpoint" in capsys.readouterr().err
