@@ -72,6 +72,15 @@ def test_source_pickles_and_reads_in_spawned_process(tmp_path):
         assert pool.submit(_read_in_child, source, 1).result() == payloads[1]
 
 
+def test_source_is_a_grain_random_access_source(tmp_path):
+    import grain
+    payloads = _payloads(5, seed=3)
+    source = tfrecord.TFRecordDataSource([_write(tmp_path / "a.tfrecord", payloads)])
+    assert isinstance(source, grain.sources.RandomAccessDataSource)
+    dataset = grain.MapDataset.source(source).map(len)
+    assert [dataset[i] for i in range(len(dataset))] == [len(p) for p in payloads]
+
+
 def test_flipped_data_byte_names_file_and_record(tmp_path):
     payloads = [b"x" * 50] * 4
     path = _write(tmp_path / "a.tfrecord", payloads)

@@ -21,7 +21,7 @@ COLOUR_TOLERANCE = 45  # h264 4:2:0 plus JPEG, sampled at the shape's centre
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
-    synthetic.make_dataset(str(out), num_videos=4, seed=3, num_heldout=1, min_duration=12, max_duration=18,
+    synthetic.make_dataset(str(out), num_videos=4, seed=9, num_heldout=1, min_duration=12, max_duration=18,
                            progress=False)
     return str(out), synthetic.load_specs(str(out))
 
@@ -153,7 +153,7 @@ def test_extract_sharded_records_and_random_access(dataset, video_dir, tmp_path)
     out = str(tmp_path / "frames")
     summary = extract.extract_frames(video_dir, out, num_frames=9, size=32, num_shards=2, workers=2,
                                      progress=False)
-    assert summary.extracted == 4 and summary.already_done == 0
+    assert summary.extracted == 4 and summary.already_done == 0 and len(summary.shards) == 2
     assert sorted(v for v, _ in summary.failed) == ["notavideo00", "truncated00"]
     listed = [json.loads(line) for line in open(os.path.join(out, extract.FAILURES_FILE))]
     assert sorted(row["video_id"] for row in listed) == ["notavideo00", "truncated00"]
@@ -191,6 +191,19 @@ def test_extract_resumes(dataset, video_dir, tmp_path):
     index = frames_lib.FrameRecordIndex(out)
     assert sorted(index.video_ids()) == sorted([*specs, extra.video_id])
     assert index.get(extra.video_id)["duration"] == pytest.approx(12.0)
+
+    damaged = index.source.paths[index.locate(extra.video_id)[0]]
+    with open(damaged, "r+b") as f:  # a flipped byte in a finished shard: its videos are extracted again
+        f.seek(40)
+        byte = f.read(1)
+        f.seek(40)
+        f.write(bytes([byte[0] ^ 1]))
+    intact = [p for p in shards if p != damaged and os.path.exists(p)]
+    redone = len(frames_lib.FrameRecordIndex(intact)) if intact else 0
+    assert 0 < redone < 5  # the fixture's seed spreads the videos over both shards
+    fourth = extract.extract_frames(video_dir, out, num_frames=5, size=16, num_shards=2, progress=False)
+    assert fourth.extracted == 5 - redone and fourth.already_done == redone
+    assert len(frames_lib.FrameRecordIndex(out)) == 5
 
     with pytest.raises(ValueError, match="num_frames=5, not 6"):
         extract.extract_frames(video_dir, out, num_frames=6, size=16, num_shards=2, progress=False)

@@ -188,6 +188,7 @@ def extract_frames(video_dir: str, out_dir: str, num_frames: int = 300, size: in
     _remove_stale_temps(out_dir)
     paths = shard_paths(out_dir, num_shards)
     existing = [_existing_ids(p) for p in paths]
+    damaged = [os.path.exists(p) and not ids for p, ids in zip(paths, existing)]
     done = set(itertools.chain.from_iterable(existing))
     videos = list_videos(video_dir)
     tasks = sorted((_Task(v, p, shard_of(v, num_shards), num_frames, size, jpeg_quality)
@@ -213,7 +214,7 @@ def extract_frames(video_dir: str, out_dir: str, num_frames: int = 300, size: in
                 extracted += 1
             remaining[task.shard] -= 1
             if remaining[task.shard] == 0:
-                if written:
+                if written or damaged[task.shard]:
                     writer.close()
                 else:  # nothing new: the shard on disk stays as it was
                     writer.abort()

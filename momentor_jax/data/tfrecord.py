@@ -91,7 +91,7 @@ class TFRecordWriter:
         if self.atomic:
             os.replace(self._write_path, self.path)
         if self.write_index:
-            keys = self._keys if all(k is not None for k in self._keys) and self._keys else None
+            keys = self._keys if all(k is not None for k in self._keys) else None
             stat = os.stat(self.path)
             save_index(self.path, ShardIndex(self._offsets, self._lengths, stat.st_size, stat.st_mtime_ns, keys))
 
