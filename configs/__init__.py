@@ -61,7 +61,7 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.remat_policy = remat_ref
 
     c.init_from = config_dict.placeholder(str)   # `convert import_hf` output, or a previous stage's workdir
-    c.tokenizer = config_dict.placeholder(str)   # sentencepiece .model; unset: <data.dir>/tokenizer.model
+    c.tokenizer = config_dict.placeholder(str)   # MomentorTokenizer dir or sentencepiece .model; unset: <data.dir>/tokenizer
 
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
@@ -73,7 +73,13 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.max_length = max_length_ref
 
     c.data = ml_collections.ConfigDict()
-    c.data.dir = config_dict.placeholder(str)    # prepared data (examples.jsonl + frame shards); see data/
+    # Prepared data: <dir>/<variant>_train.jsonl (data/convert_data*.py), <dir>/frames/ (data/extract_frames.py),
+    # <dir>/tokenizer/ (MomentorTokenizer.save). `examples` / `frames` override those paths (globs allowed).
+    c.data.dir = config_dict.placeholder(str)
+    c.data.examples = config_dict.placeholder(str)
+    c.data.frames = config_dict.placeholder(str)
+    c.data.system_prompt = config_dict.placeholder(str)  # unset: Momentor's; tiny models need a shorter one
+    c.data.read_threads = 4
     c.data.num_frames = num_frames_ref
     c.data.max_length = max_length_ref
     c.data.use_features = False        # batches carry cached pooled ViT features instead of frames

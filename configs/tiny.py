@@ -15,7 +15,7 @@ VARIANTS = ("gesm", "instruct")
 def get_config(arg=None):
     variant = parse_variant(arg, "gesm", VARIANTS)
     model = model_configs.tiny()
-    c = base_config(model, num_frames=model.num_frames, max_length=128, remat_policy="none")
+    c = base_config(model, num_frames=model.num_frames, max_length=256, remat_policy="none")
     c.variant = variant
     c.batch_size = 8
     c.total_steps = 6
@@ -29,6 +29,7 @@ def get_config(arg=None):
     c.log_every_steps = 1
     c.data.worker_count = 0
     c.data.synthetic_videos = 16
+    c.data.system_prompt = "You are Momentor, a video assistant."  # the paper's prompt alone fills ~200 tokens
     return c
 
 

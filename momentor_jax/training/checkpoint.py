@@ -90,8 +90,9 @@ class Checkpointer:
     def __init__(self, directory: str, *, save_every_steps: int, keep: Optional[int] = None,
                  async_save: bool = True):
         self.directory = epath.Path(directory)
+        self.save_every_steps = max(int(save_every_steps), 1)
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=max(int(save_every_steps), 1),
+            save_interval_steps=self.save_every_steps,
             max_to_keep=keep if keep and keep > 0 else None,
             create=True,
             enable_async_checkpointing=async_save,
@@ -109,8 +110,12 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def should_save(self, step: int) -> bool:
-        """True at save-interval steps and when orbax's preemption sync point is reached (multi-process runs)."""
-        return self.manager.should_save(step)
+        """True every `save_every_steps` steps (orbax's own policy would also save the very first step)."""
+        return step % self.save_every_steps == 0
+
+    def reached_preemption(self, step: int) -> bool:
+        """JAX's preemption sync point (multi-process runs): every process sees True at the same step."""
+        return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
     def save(self, step: int, params: Any, train: Any, data_state: Any, *, force: bool = False) -> bool:
         """Starts an asynchronous save; returns whether one was started."""

@@ -8,6 +8,7 @@ the first one wins and the other stays replicated.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -61,6 +62,11 @@ def make_mesh(mesh_shape: Sequence[int], devices: Optional[Sequence[Any]] = None
     Axes are `Auto` so that flax's logical constraints steer the compiler instead of fixing every layout.
     """
     devices = list(jax.devices() if devices is None else devices)
+    wanted = math.prod(int(s) for s in mesh_shape)
+    if -1 not in tuple(mesh_shape) and 0 < wanted < len(devices) and jax.process_count() == 1:
+        # A smaller fully specified mesh (e.g. (1, 1, 1) for a single-device reference run) takes the first devices.
+        logging.warning("mesh %s uses %d of the %d devices", tuple(mesh_shape), wanted, len(devices))
+        devices = devices[:wanted]
     shape = resolve_mesh_shape(mesh_shape, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 

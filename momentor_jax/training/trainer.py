@@ -1,0 +1,558 @@
+"""The Momentor trainer: sharded state, one jitted train step, the loop with logging, checkpoints and resume.
+
+Sections, top to bottom:
+  1. TrainState and its sharded creation (eval_shape -> logical specs -> mesh shardings -> jit(init)).
+  2. The train step: loss on the trainable split only, micro-batch accumulation, clipping + AdamW.
+  3. Warm starts (`init_from`) and restore.
+  4. The loop: data -> global batch -> step; metrics at log steps; async checkpoints; SIGTERM; non-finite stop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from momentor_jax.models import momentor as momentor_lib
+from momentor_jax.models import partition
+from momentor_jax.models.loss import compute_loss
+from momentor_jax.models.config import MomentorConfig
+from momentor_jax.training import checkpoint as checkpoint_lib
+from momentor_jax.training import metrics_writer as metrics_lib
+from momentor_jax.training import optim, sharding
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when a step produced a non-finite loss or gradient; the bad state is never checkpointed."""
+
+
+# ---------------------------------------------------------------------------------------------- 1. train state
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # int32 []: updates applied so far
+    rng: jax.Array           # uint32 [2]: base key; step s uses fold_in(rng, s)
+    trainable: Any           # parameters the optimizer updates
+    frozen: Any              # parameters that never change (no gradient, no optimizer state)
+    opt_state: Any
+
+    @property
+    def params(self) -> dict:
+        return partition.merge_params(self.trainable, self.frozen)
+
+
+@dataclasses.dataclass
+class ModelFns:
+    """How the trainer talks to a model (so the step can be tested with any flax module).
+
+    init(rng, batch) -> params (boxed with logical axis names); apply(params, batch, rng) -> logits;
+    loss(logits, batch) -> (scalar token-mean loss, aux with 'num_text_tokens' / 'num_temporal_tokens' and
+    per-kind means 'text_loss' / 'temporal_loss').
+    """
+    init: Callable
+    apply: Callable
+    loss: Callable
+
+
+def momentor_fns(model_config: MomentorConfig) -> ModelFns:
+    model = momentor_lib.Momentor(model_config)
+
+    def init(rng, batch):
+        return model.init({"params": rng}, batch)["params"]
+
+    def apply(params, batch, rng):
+        logits, _ = model.apply({"params": params}, batch, rngs={"dropout": rng})
+        return logits
+
+    return ModelFns(init=init, apply=apply, loss=lambda logits, batch: compute_loss(logits, batch, model_config))
+
+
+class StateFactory:
+    """Builds the abstract train state, its shardings, and real states on the mesh."""
+
+    def __init__(self, fns: ModelFns, tx: optax.GradientTransformation, mesh, rules, trainable_mode: str,
+                 init_batch: Mapping[str, np.ndarray]):
+        self.fns, self.tx, self.mesh, self.rules, self.mode = fns, tx, mesh, rules, trainable_mode
+        self.init_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in init_batch.items()}
+        with self._context():
+            boxed = jax.eval_shape(self._init_boxed, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        self.shardings = sharding.logical_to_shardings(boxed, mesh, rules)
+        self.abstract = checkpoint_lib.abstract_like(nn.unbox(boxed), self.shardings)
+        self.param_shardings = partition.merge_params(self.shardings.trainable, self.shardings.frozen)
+        self.abstract_params = partition.merge_params(self.abstract.trainable, self.abstract.frozen)
+        if not jax.tree.leaves(self.abstract.trainable):
+            raise ValueError(f"trainable={trainable_mode!r} leaves no parameter to train")
+
+    def _context(self):
+        return _MeshContext(self.mesh, self.rules)
+
+    def _split(self, params):
+        return partition.split_params(params, partition.trainable_mask(params, self.mode))
+
+    def _state_from_params(self, params, rng) -> TrainState:
+        trainable, frozen = self._split(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), rng=rng, trainable=trainable, frozen=frozen,
+                          opt_state=self.tx.init(trainable))
+
+    def _init_boxed(self, seed_key) -> TrainState:
+        init_rng, train_rng = jax.random.split(seed_key)
+        batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in self.init_batch.items()}
+        return self._state_from_params(self.fns.init(init_rng, batch), train_rng)
+
+    def random_init(self, seed: int) -> TrainState:
+        """A fresh state, each parameter created directly in its shard."""
+        with self._context():
+            init = jax.jit(lambda key: nn.unbox(self._init_boxed(key)), out_shardings=self.shardings)
+            return init(jax.random.PRNGKey(seed))
+
+    def from_params(self, params, seed: int) -> TrainState:
+        """A fresh state (step 0, new optimizer state) around given, already sharded parameters."""
+        _, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+        with self._context():
+            build = jax.jit(self._state_from_params, out_shardings=self.shardings, donate_argnums=(0,))
+            return build(params, train_rng)
+
+    def train_part(self, state_or_abstract) -> dict:
+        """The `train` checkpoint item: everything but the parameters."""
+        s = state_or_abstract
+        return {"step": s.step, "rng": s.rng, "opt_state": s.opt_state}
+
+    def assemble(self, params, train_part) -> TrainState:
+        trainable, frozen = self._split(params)
+        return TrainState(step=train_part["step"], rng=train_part["rng"], trainable=trainable, frozen=frozen,
+                          opt_state=train_part["opt_state"])
+
+
+class _MeshContext:
+    """`with` both the mesh (for sharding constraints) and the logical axis rules."""
+
+    def __init__(self, mesh, rules):
+        self.mesh, self.rules, self._stack = mesh, rules, []
+
+    def __enter__(self):
+        for cm in (jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules)):
+            cm.__enter__()
+            self._stack.append(cm)
+        return self
+
+    def __exit__(self, *exc):
+        while self._stack:
+            self._stack.pop().__exit__(*exc)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- 2. the step
+def _split_micro_batches(batch: dict, num_micro: int) -> dict:
+    """[B, ...] -> [A, B / A, ...] taking rows i, i + A, i + 2A, ... into micro-batch i, so every device keeps an
+    equal share of each micro-batch (a contiguous split would put a micro-batch on a subset of devices)."""
+    def split(x):
+        x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:])
+        x = jnp.swapaxes(x, 0, 1)
+        spec = jax.sharding.PartitionSpec(None, sharding.BATCH_MESH_AXES)
+        return jax.lax.with_sharding_constraint(x, spec)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    grad_accum_steps: int = 1) -> Callable:
+    """(state, batch) -> (state, metrics). Pure; jit it with shardings (see `compile_train_step`)."""
+
+    def summed_loss(trainable, frozen, batch, rng):
+        logits = fns.apply(partition.merge_params(trainable, frozen), batch, rng)
+        loss, aux = fns.loss(logits, batch)
+        n_text, n_temp = aux["num_text_tokens"], aux["num_temporal_tokens"]
+        sums = {
+            "loss": loss * (n_text + n_temp),
+            "text_loss": aux["text_loss"] * n_text,
+            "temporal_loss": aux["temporal_loss"] * n_temp,
+            "num_tokens": n_text + n_temp,
+            "num_text_tokens": n_text,
+            "num_temporal_tokens": n_temp,
+            "num_input_tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),
+        }
+        if "temporal_accuracy" in aux:
+            sums["temporal_accuracy"] = aux["temporal_accuracy"] * n_temp
+        # Differentiating the token sum (not the mean) lets micro-batches add up to the full-batch gradient.
+        return sums["loss"], sums
+
+    grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
+
+    def micro_step(trainable, frozen, batch, rng):
+        (_, sums), grads = grad_fn(trainable, frozen, batch, rng)
+        return grads, sums
+
+    def train_step(state: TrainState, batch: dict):
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        if grad_accum_steps == 1:
+            grads, sums = micro_step(state.trainable, state.frozen, batch, step_rng)
+        else:
+            micro = _split_micro_batches(batch, grad_accum_steps)
+
+            def body(carry, xs):
+                index, micro_batch = xs
+                grads, sums = micro_step(state.trainable, state.frozen, micro_batch,
+                                         jax.random.fold_in(step_rng, index))
+                return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+            zero_sums = jax.eval_shape(lambda: micro_step(state.trainable, state.frozen,
+                                                          jax.tree.map(lambda x: x[0], micro), step_rng)[1])
+            carry = (jax.tree.map(jnp.zeros_like, state.trainable),
+                     jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_sums))
+            (grads, sums), _ = jax.lax.scan(body, carry, (jnp.arange(grad_accum_steps), micro))
+
+        num_tokens = jnp.maximum(sums["num_tokens"], 1.0)
+        grads = jax.tree.map(lambda g: g / num_tokens, grads)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+
+        metrics = {
+            "loss": sums["loss"] / num_tokens,
+            "text_loss": sums["text_loss"] / jnp.maximum(sums["num_text_tokens"], 1.0),
+            "temporal_loss": sums["temporal_loss"] / jnp.maximum(sums["num_temporal_tokens"], 1.0),
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state.step),
+            "num_tokens": sums["num_tokens"],
+            "num_input_tokens": sums["num_input_tokens"],
+        }
+        if "temporal_accuracy" in sums:
+            metrics["temporal_accuracy"] = sums["temporal_accuracy"] / jnp.maximum(sums["num_temporal_tokens"], 1.0)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        metrics["finite"] = finite
+        # A non-finite step leaves the state as it was; the loop stops at its next metrics fetch.
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = state.replace(step=state.step + finite.astype(jnp.int32),
+                                  trainable=jax.tree.map(keep, trainable, state.trainable),
+                                  opt_state=jax.tree.map(keep, opt_state, state.opt_state))
+        return new_state, metrics
+
+    return train_step
+
+
+def compile_train_step(step_fn: Callable, factory: StateFactory) -> Callable:
+    """jit with the state's shardings in and out (state donated) and the batch split over (data, fsdp)."""
+    replicated = sharding.replicated(factory.mesh)
+    jitted = jax.jit(step_fn, in_shardings=(factory.shardings, sharding.batch_sharding(factory.mesh)),
+                     out_shardings=(factory.shardings, replicated), donate_argnums=(0,))
+
+    def run(state, batch):
+        with factory._context():
+            return jitted(state, batch)
+    return run
+
+
+# ------------------------------------------------------------------------------------- 3. warm starts, restore
+def place_params(host_params: Any, factory: StateFactory, source: str) -> Any:
+    """Host (numpy) parameters -> global arrays on the model's shardings, after checking names and shapes."""
+    expected = _flat(factory.abstract_params)
+    given = _flat(host_params)
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: parameter names differ from the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]} ({len(missing)} missing, {len(unexpected)} unexpected)")
+    for name, target in expected.items():
+        if tuple(np.shape(given[name])) != tuple(target.shape):
+            raise ValueError(f"{source}: parameter {name} has shape {np.shape(given[name])}, "
+                             f"the model wants {target.shape}")
+
+    def put(value, target):
+        value = np.asarray(value)
+        return jax.make_array_from_callback(target.shape, target.sharding,
+                                            lambda index: value[index].astype(target.dtype))
+    return jax.tree.map(put, host_params, factory.abstract_params)
+
+
+def _flat(tree) -> dict:
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def warm_start_params(init_from: str, factory: StateFactory) -> Any:
+    """Parameters from a previous run's workdir (latest checkpoint) or an imported checkpoint (`convert import_hf`)."""
+    if checkpoint_lib.is_run_workdir(init_from):
+        params, step = checkpoint_lib.restore_params_from_workdir(init_from, factory.abstract_params)
+        logging.info("init_from: parameters of %s at step %d", init_from, step)
+        return params
+    from momentor_jax.convert import hf  # noqa: PLC0415 (only warm starts need it)
+    host_params, _ = hf.load_params(init_from)
+    logging.info("init_from: imported parameters %s", init_from)
+    return place_params(host_params, factory, init_from)
+
+
+def count_params(tree) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+# ----------------------------------------------------------------------------------------------- 4. the loop
+class StopSignal:
+    """SIGTERM (and SIGINT) set a flag the loop checks between steps: it saves and exits cleanly.
+
+    Multi-process runs rely instead on JAX's preemption sync point (via orbax), so all processes stop at the same
+    step; a local flag could differ between processes.
+    """
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self._previous = {}
+        if jax.process_count() == 1:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread
+                    pass
+
+    def _handle(self, signum, frame):
+        logging.warning("received signal %d: saving a checkpoint after this step, then exiting", signum)
+        self.signal = signum
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+@dataclasses.dataclass
+class TrainResult:
+    state: TrainState
+    step: int
+    history: list           # [(step, {metric: float})] for every step this process ran
+    stopped_early: bool     # SIGTERM / preemption, or the data ran out
+
+
+class _MetricsBuffer:
+    """Device metrics of steps not yet fetched; fetched together at log / checkpoint steps (one host sync)."""
+
+    def __init__(self):
+        self.pending: list = []
+
+    def add(self, step: int, metrics) -> None:
+        self.pending.append((step, metrics))
+
+    def fetch(self) -> list:
+        steps = [s for s, _ in self.pending]
+        values = jax.device_get([m for _, m in self.pending])
+        self.pending = []
+        fetched = [(s, {k: float(v) for k, v in m.items()}) for s, m in zip(steps, values)]
+        for step, metrics in fetched:
+            if not metrics.pop("finite"):
+                raise NonFiniteError(
+                    f"step {step}: non-finite loss ({metrics['loss']}) or gradient norm ({metrics['grad_norm']}); "
+                    "stopping without saving this state (the last checkpoint is intact). Try a lower learning "
+                    "rate, gradient clipping, or fp32 compute (model.llm.dtype).")
+        return fetched
+
+
+def _summarize(fetched: list) -> dict:
+    keys = fetched[-1][1].keys()
+    summary = {k: float(np.mean([m[k] for _, m in fetched])) for k in keys}
+    summary["learning_rate"] = fetched[-1][1]["learning_rate"]
+    return summary
+
+
+def build_state_factory(config, model_config: MomentorConfig, mesh, total_steps: int, fns: ModelFns,
+                        init_batch: Optional[dict] = None) -> tuple[StateFactory, optax.GradientTransformation,
+                                                                    optax.Schedule]:
+    """(state factory, optimizer, schedule) for a config on a mesh."""
+    rules = sharding.axis_rules(config.logical_axis_rules)
+    tx, schedule = optim.make_optimizer(config, total_steps)
+    if init_batch is None:
+        init_batch = momentor_lib.example_batch(model_config, config.batch_size, config.max_length)
+    return StateFactory(fns, tx, mesh, rules, config.trainable, init_batch), tx, schedule
+
+
+def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfig, mesh, data_iterator,
+             total_steps: int, init_batch: Optional[dict] = None) -> TrainResult:
+    """Creates or restores the state and trains to `total_steps`. `data_iterator` yields per-process numpy
+    batches and has get_state() / set_state(); `init_batch` (default: zeros shaped like the model's batches)
+    only gives shapes for parameter creation."""
+    factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       save_every_steps=config.checkpoint_every_steps,
+                                       keep=config.keep_checkpoints, async_save=config.async_checkpointing)
+    writer = metrics_lib.MetricsWriter(os.path.join(workdir, "tensorboard"))
+    stop = StopSignal()
+    try:
+        state, start_step = _initial_state(config, factory, ckpt, data_iterator)
+        logging.info("mesh %s | params: %s trainable, %s frozen | steps %d -> %d", dict(mesh.shape),
+                     f"{count_params(state.trainable):,}", f"{count_params(state.frozen):,}", start_step,
+                     total_steps)
+        if start_step == 0:
+            writer.write_text(0, "config", "```\n" + str(config) + "\n```")
+        step_fn = compile_train_step(make_train_step(fns, tx, schedule, config.grad_accum_steps), factory)
+        return _train(config, state, start_step, total_steps, step_fn, factory, ckpt, writer, stop,
+                      data_iterator, model_config)
+    finally:
+        stop.restore()
+        ckpt.close()   # waits for the save in flight
+        writer.close()
+
+
+def _initial_state(config, factory: StateFactory, ckpt: checkpoint_lib.Checkpointer, data_iterator):
+    latest = ckpt.latest_step()
+    if latest is not None:
+        abstract_train = factory.train_part(factory.abstract)
+        restored = ckpt.restore(latest, factory.abstract_params, abstract_train)
+        data_iterator.set_state(restored.data_state)
+        logging.info("resumed from step %d (%s)", latest, ckpt.directory)
+        return factory.assemble(restored.params, restored.train), latest
+    if config.init_from:
+        return factory.from_params(warm_start_params(config.init_from, factory), config.seed), 0
+    return factory.random_init(config.seed), 0
+
+
+def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, writer, stop, data_iterator,
+           model_config) -> TrainResult:
+    mesh, max_length = factory.mesh, config.max_length
+    buffer, history = _MetricsBuffer(), []
+    tokens_per_step = config.batch_size * max_length
+    flops_per_step = config.batch_size * metrics_lib.training_flops_per_example(model_config, max_length,
+                                                                                config.trainable)
+    peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device) * jax.device_count()
+    timer_start, timer_step = time.perf_counter(), start_step
+    stopped_early, step = False, start_step
+
+    for step in range(start_step + 1, total_steps + 1):
+        try:
+            local_batch = next(data_iterator)
+        except StopIteration:
+            logging.warning("the data ran out after %d steps (wanted %d)", step - 1, total_steps)
+            step, stopped_early = step - 1, True
+            if step > start_step:
+                _save(ckpt, step, state, factory, data_iterator, buffer, history)
+            break
+        state, metrics = step_fn(state, sharding.global_batch(local_batch, mesh))
+        buffer.add(step, metrics)
+        if step == start_step + 1:  # keep compilation out of the throughput numbers
+            jax.block_until_ready(metrics)
+            timer_start, timer_step = time.perf_counter(), step
+
+        last = step == total_steps
+        preempted = stop.requested() or ckpt.reached_preemption(step)
+        if step % config.log_every_steps == 0 or last:
+            fetched = buffer.fetch()
+            history.extend(fetched)
+            now = time.perf_counter()
+            scalars = _summarize(fetched)
+            if step > timer_step:
+                step_time = (now - timer_start) / (step - timer_step)
+                scalars.update(step_time=step_time, tokens_per_sec=tokens_per_step / step_time)
+                if peak > 0:
+                    scalars["mfu"] = flops_per_step / step_time / peak
+                eta = (total_steps - step) * step_time
+                timer_start, timer_step = now, step
+            else:
+                eta = None
+            writer.write_scalars(step, scalars)
+            writer.log_progress(step, total_steps, scalars, eta)
+        if last or preempted or ckpt.should_save(step):
+            _save(ckpt, step, state, factory, data_iterator, buffer, history)
+        if preempted:
+            logging.warning("stopped at step %d after a termination request; re-run the same command to resume",
+                            step)
+            stopped_early = True
+            break
+    writer.flush()
+    return TrainResult(state=state, step=step, history=history, stopped_early=stopped_early)
+
+
+def _save(ckpt, step, state, factory, data_iterator, buffer, history) -> None:
+    history.extend(buffer.fetch())  # raises NonFiniteError before a bad state reaches disk
+    ckpt.save(step, state.params, factory.train_part(state), data_iterator.get_state(), force=True)
+
+
+# ------------------------------------------------------------------------------------------- 5. from a config
+def data_paths(config) -> dict:
+    """{'examples', 'frames', 'tokenizer'} from the explicit keys, else from the `data.dir` layout."""
+    data_dir = config.data.dir
+    paths = {"examples": config.data.examples, "frames": config.data.frames, "tokenizer": config.tokenizer}
+    defaults = {"examples": f"{config.variant}_train.jsonl", "frames": "frames", "tokenizer": "tokenizer"}
+    for key, name in defaults.items():
+        if not paths[key]:
+            if not data_dir:
+                raise ValueError(f"set data.dir (prepared data) or the explicit path for {key!r} "
+                                 f"(config key {'tokenizer' if key == 'tokenizer' else 'data.' + key})")
+            paths[key] = os.path.join(data_dir, name)
+    return paths
+
+
+def load_tokenizer(path: str, model_config: MomentorConfig):
+    """A MomentorTokenizer directory (tokenizer.save) or a bare sentencepiece .model; checked against the model."""
+    from momentor_jax.data.tokenizer import ADDED_TOKENS_FILENAME, MomentorTokenizer  # noqa: PLC0415
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, ADDED_TOKENS_FILENAME)):
+        tokenizer = MomentorTokenizer.load(path)
+    elif os.path.isfile(path):
+        tokenizer = MomentorTokenizer(path, model_config.num_temporal_tokens)
+    else:
+        raise FileNotFoundError(f"tokenizer {path}: neither a MomentorTokenizer directory nor a sentencepiece model")
+    if tokenizer.vocab_size != model_config.llm.vocab_size:
+        raise ValueError(f"tokenizer {path}: vocabulary V = {tokenizer.vocab_size}, but model.llm.vocab_size = "
+                         f"{model_config.llm.vocab_size}")
+    if tokenizer.num_temporal_tokens != model_config.num_temporal_tokens:
+        raise ValueError(f"tokenizer {path}: {tokenizer.num_temporal_tokens} temporal tokens, the model has "
+                         f"{model_config.num_temporal_tokens}")
+    return tokenizer
+
+
+def check_config(config, model_config: MomentorConfig, mesh) -> None:
+    """Errors a run would otherwise hit late (or silently): divisibility, lengths, modes."""
+    dp = sharding.data_parallel_size(mesh)
+    micro = config.batch_size // max(config.grad_accum_steps, 1)
+    if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by grad_accum_steps "
+                         f"{config.grad_accum_steps}")
+    if micro % dp:
+        raise ValueError(f"micro-batch {micro} (batch_size / grad_accum_steps) is not divisible by the "
+                         f"data-parallel size {dp} (mesh data x fsdp = {dict(mesh.shape)})")
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+    if config.max_length > model_config.llm.max_position_embeddings:
+        raise ValueError(f"max_length {config.max_length} exceeds model.llm.max_position_embeddings "
+                         f"{model_config.llm.max_position_embeddings}")
+    if config.trainable not in partition.MODES or config.trainable == "none":
+        raise ValueError(f"trainable={config.trainable!r}: choose 'momentor' or 'all'")
+    if config.log_every_steps < 1 or config.checkpoint_every_steps < 1:
+        raise ValueError("log_every_steps and checkpoint_every_steps must be >= 1")
+
+
+def resolve_total_steps(config, num_examples: int) -> int:
+    if config.total_steps and config.total_steps > 0:
+        return int(config.total_steps)
+    steps_per_epoch = num_examples // config.batch_size
+    total = steps_per_epoch * config.num_epochs
+    if total < 1:
+        raise ValueError(f"{num_examples} examples give no full batch of {config.batch_size}; set total_steps")
+    logging.info("total_steps = %d (%d epochs x %d steps of %d examples)", total, config.num_epochs,
+                 steps_per_epoch, config.batch_size)
+    return total
+
+
+def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
+    """Trains (or resumes) the run in `workdir` as `config` says; every process calls this."""
+    from momentor_jax.data.loader import make_train_loader  # noqa: PLC0415 (data stack only where training)
+    model_config = MomentorConfig.from_dict(config.model)
+    mesh = sharding.make_mesh(config.mesh)
+    check_config(config, model_config, mesh)
+    paths = data_paths(config)
+    tokenizer = load_tokenizer(paths["tokenizer"], model_config)
+    data_config = {"examples": paths["examples"], "frames": paths["frames"], "read_threads": config.data.read_threads,
+                   "system_prompt": config.data.system_prompt}
+    loader = make_train_loader(
+        data_config, tokenizer=tokenizer, num_frames=model_config.num_frames, max_length=config.max_length,
+        global_batch_size=config.batch_size, seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_epochs=None, worker_count=config.data.worker_count,
+        use_features=config.data.use_features)
+    total_steps = resolve_total_steps(config, loader.num_examples)
+    return run_loop(config=config, workdir=workdir, fns=fns or momentor_fns(model_config), model_config=model_config,
+                    mesh=mesh, data_iterator=loader, total_steps=total_steps)

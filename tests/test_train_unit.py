@@ -1,0 +1,241 @@
+"""Trainer pieces without the real model or data: mesh rules, schedule, FLOPs, configs, the step, the loop's
+non-finite stop and SIGTERM save, the data-state checkpoint item. A toy two-matrix model keeps compiles small."""
+import math
+import os
+import signal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import demo, momentor_7b, tiny
+from momentor_jax.models.config import MomentorConfig
+from momentor_jax.models import config as model_configs
+from momentor_jax.training import checkpoint as checkpoint_lib
+from momentor_jax.training import metrics_writer, optim, sharding, trainer
+
+VOCAB, EMBED, B, L = 32, 16, 8, 12
+
+
+# ------------------------------------------------------------------------------------------------- toy model
+class Toy(nn.Module):
+    @nn.compact
+    def __call__(self, batch):
+        table = self.param("embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                         ("vocab", "embed")), (VOCAB, EMBED))
+        x = nn.with_logical_constraint(table[batch["input_ids"]], ("batch", "length", "embed"))
+        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.3), ("embed", "mlp")),
+                            (EMBED, VOCAB))
+        return jnp.tanh(x) @ kernel
+
+
+def toy_loss(logits, batch):
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
+    mask = batch["loss_mask"]
+    n = jnp.sum(mask)
+    mean = jnp.sum(nll * mask) / jnp.maximum(n, 1.0)
+    return mean, {"num_text_tokens": n, "num_temporal_tokens": jnp.float32(0), "text_loss": mean,
+                  "temporal_loss": jnp.float32(0)}
+
+
+def toy_fns():
+    toy = Toy()
+    # 'projector' trains in 'momentor' mode, 'vision' stays frozen (names from models/partition.py).
+    return trainer.ModelFns(
+        init=lambda rng, b: {"projector": toy.init(rng, b)["params"],
+                             "vision": {"w": nn.with_logical_partitioning(nn.initializers.ones,
+                                                                          ("embed",))(rng, (EMBED,))}},
+        apply=lambda p, b, rng: toy.apply({"params": p["projector"]}, b) * p["vision"]["w"][0],
+        loss=toy_loss)
+
+
+def toy_batch(seed, nan=False):
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((B, L)) > 0.3).astype(np.float32)
+    if nan:
+        mask[0, 0] = np.nan
+    return {"input_ids": rng.integers(0, VOCAB, (B, L)).astype(np.int32),
+            "targets": rng.integers(0, VOCAB, (B, L)).astype(np.int32),
+            "loss_mask": mask, "segment_ids": np.ones((B, L), np.int32)}
+
+
+class ToyIterator:
+    """Deterministic batches with get_state/set_state; `on_batch(i)` runs before batch i (1-based) is returned."""
+
+    def __init__(self, nan_at=None, on_batch=None):
+        self.position, self.nan_at, self.on_batch = 0, nan_at, on_batch
+
+    def __next__(self):
+        self.position += 1
+        if self.on_batch:
+            self.on_batch(self.position)
+        return toy_batch(self.position, nan=self.position == self.nan_at)
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+def toy_config(**overrides):
+    c = tiny.get_config()
+    c.batch_size, c.learning_rate, c.warmup_steps, c.total_steps = B, 1e-2, 1, 6
+    c.checkpoint_every_steps, c.log_every_steps, c.mesh = 2, 1, (2, 2, 2)
+    c.async_checkpointing = False
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def run_toy(tmp_path, iterator, **overrides):
+    config = toy_config(**overrides)
+    mesh = sharding.make_mesh(config.mesh)
+    return trainer.run_loop(config=config, workdir=str(tmp_path), fns=toy_fns(), model_config=model_configs.tiny(),
+                            mesh=mesh, data_iterator=iterator, total_steps=config.total_steps,
+                            init_batch=toy_batch(0))
+
+
+# ------------------------------------------------------------------------------------------------- mesh, rules
+def test_resolve_mesh_shape_fills_and_rejects():
+    assert sharding.resolve_mesh_shape((1, -1, 1), 8) == (1, 8, 1)
+    assert sharding.resolve_mesh_shape((2, 2, -1), 8) == (2, 2, 2)
+    with pytest.raises(ValueError, match="does not divide"):
+        sharding.resolve_mesh_shape((3, -1, 1), 8)
+    with pytest.raises(ValueError, match="at most one -1"):
+        sharding.resolve_mesh_shape((-1, -1, 1), 8)
+
+
+def test_logical_rules_map_shared_names():
+    rules = sharding.LOGICAL_AXIS_RULES
+    assert nn.logical_to_mesh_axes(("vocab", "embed"), rules) == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert nn.logical_to_mesh_axes(("layers", "embed", "heads", "head_dim"), rules) == \
+        jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    # Activations: batch takes (data, fsdp), so embed stays replicated there.
+    assert nn.logical_to_mesh_axes(("batch", "length", "embed"), rules) == \
+        jax.sharding.PartitionSpec(("data", "fsdp"), None, None)
+    overridden = sharding.axis_rules([("embed", None)])
+    assert nn.logical_to_mesh_axes(("vocab", "embed"), overridden) == jax.sharding.PartitionSpec("tensor", None)
+
+
+# ------------------------------------------------------------------------------------------------- optimizer
+def test_warmup_cosine_schedule():
+    schedule = optim.learning_rate_schedule(2e-5, total_steps=100, warmup_steps=optim.resolve_warmup_steps(100, -1,
+                                                                                                           0.01))
+    assert float(schedule(0)) == 0.0
+    assert math.isclose(float(schedule(1)), 2e-5, rel_tol=1e-6)
+    assert math.isclose(float(schedule(50)), 2e-5 * 0.5 * (1 + math.cos(math.pi * 49 / 99)), rel_tol=1e-5)
+    assert float(schedule(100)) < 1e-12
+    assert optim.resolve_warmup_steps(1000, 5, 0.5) == 5
+
+
+# ------------------------------------------------------------------------------------------------- FLOPs
+def test_training_flops_match_maxtext_when_all_train():
+    cfg = model_configs.tiny(use_cached_features=True)
+    llm, L_ = cfg.llm, 64
+    hd = llm.resolved_head_dim
+    params = llm.num_layers * (llm.hidden_size * hd * (2 * llm.num_heads + 2 * llm.num_kv_heads)
+                               + 3 * llm.hidden_size * llm.intermediate_size)
+    params += llm.hidden_size * (llm.vocab_size + cfg.num_temporal_tokens)
+    attention = 3 * llm.num_layers * 2 * L_ * L_ * llm.num_heads * hd
+    projector = 6 * cfg.num_frames * cfg.vision.hidden_size * llm.hidden_size
+    expected = 6 * params * L_ + attention + projector
+    assert metrics_writer.training_flops_per_example(cfg, L_, "all") == pytest.approx(expected)
+    # Frozen LLM body: no weight gradients there, so strictly less work.
+    assert metrics_writer.training_flops_per_example(cfg, L_, "momentor") < expected
+
+
+def test_progress_line():
+    line = metrics_writer.format_progress(10, 40, {"loss": 1.5, "learning_rate": 2e-5, "mfu": 0.41}, 75.0)
+    assert line.startswith("step 10/40 (25.0%)") and "loss 1.5" in line and "mfu 41.00%" in line
+    assert line.endswith("eta 0:01:15")
+
+
+# ------------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("module", [tiny, demo, momentor_7b])
+@pytest.mark.parametrize("variant", [None, "gesm", "instruct", "stage2"])
+def test_configs_build_model_and_tie_values(module, variant):
+    c = module.get_config(variant)
+    model = MomentorConfig.from_dict(c.model)
+    assert model.num_frames == c.data.num_frames == c.num_frames
+    assert model.llm.remat_policy == c.remat_policy
+    assert c.max_length <= model.llm.max_position_embeddings
+    c.num_frames = 4
+    assert c.model.num_frames == c.data.num_frames == 4
+    assert isinstance(module.sweep(), list) and all(isinstance(run, dict) for run in module.sweep())
+    for key in ("total_steps", "batch_size", "seed", "mesh", "checkpoint_every_steps", "log_every_steps",
+                "init_from", "trainable", "learning_rate", "warmup_steps", "weight_decay", "grad_clip_norm",
+                "grad_accum_steps", "remat_policy", "keep_checkpoints", "peak_flops_per_device", "tokenizer"):
+        assert key in c
+
+
+def test_paper_config_values():
+    c = momentor_7b.get_config("gesm")
+    assert (c.batch_size, c.learning_rate, c.warmup_fraction, c.weight_decay, c.num_epochs, c.max_length) == \
+        (32, 2e-5, 0.01, 0.0, 2, 2048)
+    assert c.model.llm.dtype == "bfloat16" and c.model.llm.param_dtype == "float32"
+    assert c.trainable == "momentor" and momentor_7b.get_config("instruct").variant == "instruct"
+    with pytest.raises(ValueError, match="unknown config variant"):
+        momentor_7b.get_config("stage3")
+
+
+# ------------------------------------------------------------------------------------------------- the step
+def _toy_losses(mesh_shape, accum, steps=3):
+    config = toy_config(grad_accum_steps=accum)
+    mesh = sharding.make_mesh(mesh_shape)
+    factory, tx, schedule = trainer.build_state_factory(config, model_configs.tiny(), mesh, 10, toy_fns(),
+                                                        toy_batch(0))
+    state = factory.random_init(0)
+    step = trainer.compile_train_step(trainer.make_train_step(toy_fns(), tx, schedule, accum), factory)
+    losses = []
+    for i in range(steps):
+        state, metrics = step(state, sharding.global_batch(toy_batch(i + 1), mesh))
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), state
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    whole, state = _toy_losses((2, 2, 2), accum=1)
+    accumulated, state_accum = _toy_losses((2, 2, 2), accum=2)
+    np.testing.assert_allclose(accumulated, whole, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(state_accum.trainable["projector"]["kernel"]),
+                               np.asarray(state.trainable["projector"]["kernel"]), rtol=1e-4, atol=1e-6)
+    # Frozen: no optimizer state at all.
+    assert "vision" not in jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(state.opt_state)[0])
+    assert state.trainable["projector"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+def test_non_finite_step_stops_and_keeps_last_checkpoint(tmp_path):
+    with pytest.raises(trainer.NonFiniteError, match="step 3: non-finite"):
+        run_toy(tmp_path, ToyIterator(nan_at=3))
+    ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2)
+    try:
+        assert ckpt.all_steps() == [2]
+    finally:
+        ckpt.close()
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+    handler_before = signal.getsignal(signal.SIGTERM)
+    result = run_toy(tmp_path, ToyIterator(on_batch=lambda i: i == 3 and os.kill(os.getpid(), signal.SIGTERM)))
+    assert result.stopped_early and result.step == 3
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+    ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2)
+    try:
+        assert ckpt.all_steps() == [2, 3]
+    finally:
+        ckpt.close()
+    # Resuming finishes the run from step 3 with the data iterator where it was.
+    iterator = ToyIterator()
+    resumed = run_toy(tmp_path, iterator)
+    assert [s for s, _ in resumed.history] == [4, 5, 6] and iterator.position == 6
+
+
+# ------------------------------------------------------------------------------------------------- data state
+@pytest.mark.parametrize("state", [b'{"next_index": 3}', {"parent": {"next_index": 5}, "count": 2}])
+def test_data_state_round_trip(tmp_path, state):
+    handler = checkpoint_lib.DataStateHandler()
+    handler.save(tmp_path, checkpoint_lib.DataStateSave(state))
+    assert handler.restore(tmp_path) == state
