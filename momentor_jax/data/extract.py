@@ -17,7 +17,7 @@ import logging
 import multiprocessing
 import os
 import zlib
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
