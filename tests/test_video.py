@@ -129,6 +129,34 @@ def test_unreadable_video_raises_with_its_path(tmp_path):
         video.decode_frames(str(bad), 4, 16)
 
 
+def test_video_shorter_than_its_stated_duration_is_refused(dataset, monkeypatch):
+    root, specs = dataset
+    video_id, spec = next(iter(specs.items()))
+    monkeypatch.setattr(video, "_metadata_duration", lambda container, stream: 2 * spec.duration)
+    with pytest.raises(video.VideoDecodeError, match=rf"decodable frames end at .* of a {2 * spec.duration:.2f}s"):
+        video.decode_frames(_path(root, video_id), 5, 16)
+
+
+def test_truncated_video_with_readable_header_is_refused(tmp_path):
+    spec = synthetic.sample_video(seed=1, number=0, min_duration=16, max_duration=16)
+    path = str(tmp_path / "faststart.mp4")  # index first, as streamed downloads are: a cut file still opens
+    with av.open(path, "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream(synthetic.video_codec(), rate=spec.fps)
+        stream.width = stream.height = spec.size
+        stream.pix_fmt = "yuv420p"
+        for k in range(spec.num_frames):
+            frame = av.VideoFrame.from_ndarray(synthetic.render_frame(spec, k / spec.fps), format="rgb24")
+            frame.pts = k
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    assert video.decode_frames(path, 5, 16).duration == 16.0
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+    for num_frames in (5, 10):  # the decoder either errors at the cut or runs dry early: refused both ways
+        with pytest.raises(video.VideoDecodeError, match="faststart.mp4"):
+            video.decode_frames(path, num_frames, 16)
+
+
 # ------------------------------------------------------------------------------------------------ extraction
 
 

@@ -16,6 +16,10 @@ import numpy as np
 from PIL import Image
 
 SEEK_AHEAD_SECONDS = 8.0  # seek instead of decoding through when the next wanted frame is this far ahead
+# Decodable frames must reach this close to the stated duration; a truncated download otherwise yields a video
+# whose tail is one frame repeated.
+MISSING_TAIL_SECONDS = 1.0
+MISSING_TAIL_FRACTION = 0.05
 
 
 class VideoDecodeError(IOError):
@@ -154,6 +158,10 @@ def decode_frames(path: str, num_frames: int, size: int) -> DecodedVideo:
         targets = sample_times(duration, num_frames)
         with av.open(path) as container:
             chosen = _nearest_frames(container, _video_stream(container, path), targets, size)
+        last_time = chosen[-1][0]
+        if duration - last_time > max(MISSING_TAIL_SECONDS, MISSING_TAIL_FRACTION * duration):
+            raise VideoDecodeError(f"{path}: decodable frames end at {last_time:.2f}s of a {duration:.2f}s video "
+                                   "(truncated file?)")
         frames = np.stack([pixels for _, pixels in chosen])
     except VideoDecodeError as e:
         message = str(e)
