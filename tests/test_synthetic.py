@@ -146,7 +146,7 @@ def test_moment10m_annotations(dataset):
     locate = train[result["train"][0]]["segment_locate_data"][0]
     assert "{moment}" in locate["conversations"][0]["Assistant"]
     caption = train[result["train"][0]]["segment_caption_data"][0]["conversations"]
-    assert "{SOURCE_CLIP}" in caption["User"] and caption["Assistant"].startswith("A ")
+    assert "{SOURCE_CLIP}" in caption["User"] and caption["Assistant"].endswith(" appears.")
 
 
 def test_gesm_and_grounding_files(dataset):
@@ -158,7 +158,8 @@ def test_gesm_and_grounding_files(dataset):
         events = specs[video_id].events
         assert entry["timestamps"] == [[e.start, e.end] for e in events]
         assert entry["timestamps"] == sorted(entry["timestamps"])
-        assert entry["captions"] == [f"A {e.kind.name} appears." for e in events]
+        assert entry["captions"] == [e.caption() for e in events]
+        assert all(c.startswith("An orange" if "orange" in c else "A ") for c in entry["captions"])
     queries = [json.loads(line) for line in open(os.path.join(out, "grounding_heldout.jsonl"))]
     assert len(queries) == sum(len(specs[v].events) for v in result["heldout"]) == result["num_queries"]
     assert [q["qid"] for q in queries] == list(range(len(queries)))

@@ -1,7 +1,7 @@
 """Per-video records (one `tf.train.Example` each) and random access to them by video id.
 
 Frame records (written by `extract.py`):
-    video_id (bytes) | duration (float, seconds) | frame_times (float x M) | frames (bytes x M, JPEG) | height, width (int)
+    video_id (bytes) | duration (float, s) | frame_times (float x M) | frames (bytes x M, JPEG) | height, width (int)
   frame_times are the timestamps of the decoded frames taken: each is the frame nearest to i * duration / (M - 1),
   so within half a frame interval of it (one interval for the last, which is the last decodable frame).
 Cached-feature records (pooled ViT features instead of pixels):

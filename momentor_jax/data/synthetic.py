@@ -40,6 +40,10 @@ class ShapeKind:
     def name(self) -> str:
         return f"{self.colour} {self.shape}"
 
+    @property
+    def article(self) -> str:
+        return "an" if self.colour[0] in "aeiou" else "a"
+
 
 SHAPES = (
     ShapeKind("circle", "red", (225, 35, 35)),
@@ -86,7 +90,7 @@ class Event:
         return cx * size, (cy + dy) * size
 
     def caption(self) -> str:
-        return f"A {self.kind.name} appears."
+        return f"{self.kind.article.capitalize()} {self.kind.name} appears."
 
     def to_json(self) -> dict:
         return {"name": self.kind.name, "shape": self.kind.shape, "colour": self.kind.colour,
@@ -276,7 +280,8 @@ def moment10m_items(spec: VideoSpec, seed: int) -> dict:
         t = round((e.start + e.end) / 2, 2)
         cx, cy = e.center(t, spec.size)
         add("instance_caption_data",
-            {"User": "What is the object at {click_position}?", "Assistant": "It is a {instance_class}."},
+            {"User": "What is the object at {click_position}?",
+             "Assistant": f"It is {e.kind.article} {{instance_class}}."},
             {"click_position": [t, [round(cx / spec.size, 3), round(cy / spec.size, 3)]], "instance_class": name},
             "clip_similarity")
     add("qa_data",

@@ -44,7 +44,7 @@ def sample_times(duration: float, num_frames: int) -> np.ndarray:
 
 
 def clip_geometry(image: Image.Image, size: int) -> np.ndarray:
-    """CLIP image geometry: resize the shorter side to `size` (bicubic), center crop size x size -> uint8 [size, size, 3].
+    """CLIP geometry: resize the shorter side to `size` (bicubic), center crop size x size -> uint8 [size, size, 3].
 
     Output sizes and crop offsets follow Hugging Face's CLIPImageProcessor (long side int(size * long / short),
     crop top/left = (dimension - size) // 2).
