@@ -414,3 +414,23 @@ def test_extract_features_command(data, tiny_vision, tmp_path, capsys):
     assert command.main(["--frames", data["frames"], "--checkpoint", str(tmp_path / "none"), "--out_dir",
                          str(out_dir)]) == 2
     assert "not a Momentor parameter checkpoint" in capsys.readouterr().err
+
+
+def test_two_workers_cover_the_epoch_and_resume(data, tokenizer):
+    # Each worker batches its own slice of the example order: other batches than in-process, the same examples.
+    worker = train_loader(data, tokenizer, seed=2, worker_count=2)
+    try:
+        first_epoch = take(worker, 16 // GLOBAL_BATCH)
+        state = json.loads(json.dumps(worker.get_state()))
+        expected = take(worker, 2)
+    finally:
+        worker.close()
+    in_process = list(train_loader(data, tokenizer, seed=2, num_epochs=1))
+    assert sorted(fingerprints(first_epoch)) == sorted(fingerprints(in_process))
+
+    resumed = train_loader(data, tokenizer, seed=2, worker_count=2)
+    try:
+        resumed.set_state(state)
+        assert_same_batches(take(resumed, 2), expected)
+    finally:
+        resumed.close()

@@ -441,7 +441,8 @@ class EvalExamples:
     """One deterministic pass over examples in file order (this process's slice), unbatched, ids kept.
 
     Each item: the encoded arrays (when a tokenizer is given), `frames` or `features`, `durations` (a float32
-    scalar), `id` (the video id) and `example` (the JSONL record). Bad records are skipped and counted.
+    scalar), `id` (the video id) and `example` (the JSONL record). Bad records are skipped and counted in
+    `num_skipped_records` (per pass); examples without a frame record in `num_missing_videos`.
     """
 
     def __init__(self, examples: Union[str, Sequence[str]], frames: Union[str, Sequence[str]], *, tokenizer,
@@ -460,7 +461,7 @@ class EvalExamples:
     def __iter__(self) -> Iterator[dict]:
         ds = self._indices.map(self._load).to_iter_dataset(
             grain.ReadOptions(num_threads=self._read_threads, prefetch_buffer_size=max(2 * self._read_threads, 1)))
-        loaded = 0
+        loaded, self.num_skipped_records = 0, 0
         for element in ds:
             if isinstance(element, Skipped):
                 self.num_skipped_records += 1

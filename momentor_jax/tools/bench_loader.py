@@ -78,8 +78,9 @@ def make_tokenizer(out_dir: str, num_temporal_tokens: int) -> tokenizer_lib.Mome
 
 
 def time_loader(data: dict, tokenizer, *, workers: int, num_frames: int, max_length: int, batch_size: int,
-                num_batches: int, read_threads: int) -> float:
-    """Examples per second over `num_batches` batches, after one warm-up batch (worker start-up excluded)."""
+                num_batches: int, read_threads: int) -> tuple:
+    """(examples per second over `num_batches` batches after one warm-up batch (worker start-up excluded),
+    records skipped)."""
     from momentor_jax.data import loader
 
     config = {"examples": data["examples"], "frames": data["frames"], "read_threads": read_threads,
@@ -92,10 +93,12 @@ def time_loader(data: dict, tokenizer, *, workers: int, num_frames: int, max_len
         for _ in range(num_batches):
             batch = next(iterator)
         elapsed = time.perf_counter() - start
+        skipped = iterator.num_skipped_records
     finally:
         iterator.close()
-    assert batch["frames"].shape[:2] == (batch_size, num_frames)
-    return num_batches * batch_size / elapsed
+    if batch["frames"].shape[:2] != (batch_size, num_frames):
+        raise RuntimeError(f"unexpected frames batch {batch['frames'].shape}")
+    return num_batches * batch_size / elapsed, skipped
 
 
 def main(argv=None) -> None:
@@ -117,10 +120,11 @@ def main(argv=None) -> None:
         data = render_dataset(tmp, args.num_videos, args.num_frames, args.image_size)
         tokenizer = make_tokenizer(tmp, num_temporal_tokens=16)
         for workers in args.workers:
-            rate = time_loader(data, tokenizer, workers=workers, num_frames=args.num_frames, max_length=max_length,
+            rate, skipped = time_loader(data, tokenizer, workers=workers, num_frames=args.num_frames, max_length=max_length,
                                batch_size=args.batch_size, num_batches=args.num_batches,
                                read_threads=args.read_threads)
-            print(f"workers={workers}: {rate:.1f} examples/s ({rate * args.num_frames:.0f} frames/s)", flush=True)
+            print(f"workers={workers}: {rate:.1f} examples/s ({rate * args.num_frames:.0f} frames/s), "
+                  f"{skipped} records skipped", flush=True)
 
 
 if __name__ == "__main__":
