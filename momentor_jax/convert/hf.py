@@ -245,7 +245,16 @@ def llama_config_to_hf(cfg: LlamaConfig, vocab_size: int, tie_word_embeddings: b
 
 
 # ---------------------------------------------------------------------------------------------- CLIP vision
-VISION_PREFIX = "vision_model."
+VISION_PREFIX = "vision_model."  # CLIPModel checkpoints and CLIPVisionModel ones before transformers 5
+
+
+def vision_prefix(keys) -> str:
+    """'vision_model.' (CLIPModel, or CLIPVisionModel saved by transformers < 5) or '' (transformers >= 5)."""
+    if VISION_PREFIX + "embeddings.class_embedding" in keys:
+        return VISION_PREFIX
+    if "embeddings.class_embedding" in keys:
+        return ""
+    raise KeyError("no CLIP vision weights (vision_model.embeddings.class_embedding or embeddings.class_embedding)")
 
 
 def _vision_layer_entries(cfg: VisionConfig) -> list:
@@ -293,7 +302,8 @@ def vision_from_hf(get: Getter, cfg: VisionConfig, prefix: str = VISION_PREFIX) 
 
 
 def vision_to_hf(params: dict, cfg: VisionConfig) -> dict:
-    """HF `CLIPVisionModel` state dict (numpy) of VisionTower params."""
+    """HF `CLIPVisionModel` state dict (numpy) of VisionTower params, keyed `vision_model.*` (loads in every
+    transformers version)."""
     prefix = VISION_PREFIX
     out = _layers_out(params, _vision_layer_entries(cfg), lambda i: f"{prefix}encoder.layers.{i}.", cfg.num_layers,
                       cfg.scan_layers)

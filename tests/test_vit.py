@@ -1,0 +1,40 @@
+"""Flax CLIP vision tower vs Hugging Face CLIPVisionModel (pooler_output) in fp32."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+import hf_tiny_models as tiny  # noqa: E402
+from momentor_jax.convert import hf  # noqa: E402
+from momentor_jax.models.vit import CLIP_MEAN, CLIP_STD, VisionTower, clip_normalize  # noqa: E402
+
+
+def _pooled(cfg, params, pixels):
+    return np.asarray(jax.jit(lambda p, x: VisionTower(cfg).apply({"params": p}, x))(params, jnp.asarray(pixels)))
+
+
+@pytest.mark.parametrize("scan_layers,remat_policy", [(True, "none"), (False, "nothing_saveable")])
+def test_pooler_output_matches_hf(scan_layers, remat_policy):
+    model = tiny.tiny_clip_vision()
+    cfg = hf.vision_config_from_hf(model.config, dtype="float32", scan_layers=scan_layers, remat_policy=remat_policy)
+    weights = tiny.state_dict_numpy(model)
+    params = hf.vision_from_hf(weights.__getitem__, cfg, prefix=hf.vision_prefix(weights.keys()))
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    pixels = np.asarray(clip_normalize(frames))
+    np.testing.assert_allclose(_pooled(cfg, params, pixels), tiny.hf_pooled(model, pixels), atol=1e-4, rtol=0)
+
+
+def test_clip_normalize_statistics():
+    frames = np.array([[[[0, 128, 255]]]], np.uint8)
+    expected = (np.array([0, 128, 255]) / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    np.testing.assert_allclose(np.asarray(clip_normalize(frames))[0, 0, 0], expected, rtol=1e-6)
+
+
+def test_wrong_image_size_is_rejected():
+    cfg = dataclasses.replace(hf.vision_config_from_hf(tiny.tiny_clip_vision().config), dtype="float32")
+    with pytest.raises(ValueError, match="pixel_values"):
+        VisionTower(cfg).init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
