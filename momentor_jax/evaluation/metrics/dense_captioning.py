@@ -1,5 +1,5 @@
-"""ActivityNet Captions dense captioning: localisation precision/recall, METEOR and CIDEr as densevid_eval computes them,
-plus SODA_c.
+"""ActivityNet Captions dense captioning: localisation precision/recall, METEOR and CIDEr as densevid_eval computes
+them, plus SODA_c.
 
 Reference: ranjaykrishna/densevid_eval @ 9d4045aced3d, evaluate.py (python 2; ported here). Its conventions, kept:
 - tIoU: intersection over min(hull, summed lengths) + 1e-8. At most `max_proposals` predictions per video are used.
@@ -12,7 +12,8 @@ Reference: ranjaykrishna/densevid_eval @ 9d4045aced3d, evaluate.py (python 2; po
   mean CIDEr-D over them with document frequencies from that video; a video without pairs scores 0; averaged over
   all ground-truth videos. Sentences are stripped of non-ASCII characters and PTB-tokenized first.
 - The headline numbers average the per-tIoU numbers; all values are in percent.
-Without a Java runtime METEOR, CIDEr and SODA_c are null and "note" says why.
+Only the submission's "results" are read. Without a Java runtime METEOR, CIDEr and SODA_c are null and "note"
+says why.
 """
 from __future__ import annotations
 

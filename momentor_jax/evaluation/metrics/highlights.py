@@ -231,7 +231,8 @@ def _gt_queries(ground_truth: Sequence[Mapping], source: str, need_mr: bool, nee
 
 
 def evaluate_highlights(submission: Sequence[Mapping], ground_truth: Sequence[Mapping],
-                        pred_source: str = "predictions", gt_source: str = "ground truth") -> Dict[str, Optional[float]]:
+                        pred_source: str = "predictions",
+                        gt_source: str = "ground truth") -> Dict[str, Optional[float]]:
     """The brief block of moment_detr's eval_submission: MR keys if the first prediction has
     'pred_relevant_windows', HL keys if it has 'pred_saliency_scores'. The qid sets must be equal."""
     if not submission:

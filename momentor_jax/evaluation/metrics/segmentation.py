@@ -1,4 +1,4 @@
-"""Action segmentation (Breakfast, 50Salads): frame accuracy, segmental edit score and F1@{10,25,50} as ms-tcn's eval.py.
+"""Action segmentation (Breakfast, 50Salads): frame accuracy, segmental edit and F1@{10,25,50} as ms-tcn's eval.py.
 
 Reference: yabufarha/ms-tcn @ 33ed91c0c757, eval.py. Its conventions, kept:
 - Acc: correct frames over all ground-truth frames (background frames included), over the whole set.
