@@ -1,0 +1,175 @@
+"""python -m momentor_jax.convert: import_hf / export_hf / check_logits on tiny random HF models."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import hf_tiny_models as tiny  # noqa: E402
+from momentor_jax import constants  # noqa: E402
+from momentor_jax.checkpoint_io import load_params, save_params  # noqa: E402
+from momentor_jax.convert import commands  # noqa: E402
+from momentor_jax.convert.__main__ import main  # noqa: E402
+from momentor_jax.data import tokenizer as tokenizer_lib  # noqa: E402
+
+N_TEMPORAL = 16
+V = tiny.VOCAB + constants.NUM_ADDED_TOKENS
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    llama, clip = tiny.tiny_llama(num_kv_heads=2), tiny.tiny_clip_vision()
+    llama.save_pretrained(root / "llama")
+    clip.save_pretrained(root / "clip")
+    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(root / "sp"), tiny.VOCAB)
+    os.replace(model_path, root / "llama" / "tokenizer.model")
+    return {"llama": str(root / "llama"), "clip": str(root / "clip"), "llama_model": llama, "clip_model": clip}
+
+
+@pytest.fixture(scope="module")
+def imported(hf_dirs, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ckpt") / "momentor")
+    assert main(["import_hf", "--llama", hf_dirs["llama"], "--clip", hf_dirs["clip"], "--out", out,
+                 "--num_temporal_tokens", str(N_TEMPORAL), "--num_frames", "8"]) == 0
+    return out
+
+
+def test_import_builds_the_momentor_tree(imported, hf_dirs):
+    params, config = load_params(imported)
+    assert set(params) == {"vision", "projector", "tpm", "llm"}
+    assert (config.llm.vocab_size, config.num_temporal_tokens, config.num_frames) == (V, N_TEMPORAL, 8)
+    assert config.llm.num_kv_heads == 2 and config.llm.scan_layers
+    assert params["projector"]["kernel"].shape == (config.vision.hidden_size, config.llm.hidden_size)
+    assert params["tpm"]["input_embedding"].shape == (N_TEMPORAL, config.llm.hidden_size)
+    assert abs(float(np.std(params["tpm"]["output_embedding"])) - 0.02) < 0.005
+    embedding = params["llm"]["embed_tokens"]["embedding"]
+    original = tiny.state_dict_numpy(hf_dirs["llama_model"])["model.embed_tokens.weight"]
+    np.testing.assert_array_equal(embedding[:tiny.VOCAB], original)
+    np.testing.assert_allclose(embedding[tiny.VOCAB:], np.broadcast_to(original.mean(0), (5, original.shape[1])),
+                               rtol=0, atol=1e-7)
+    assert params["llm"]["lm_head"]["kernel"].shape == (config.llm.hidden_size, V)
+    assert os.path.exists(os.path.join(imported, "tokenizer.model"))
+
+
+def test_check_logits_passes_on_a_good_checkpoint_and_fails_on_a_corrupted_one(imported, hf_dirs, tmp_path):
+    args = ["check_logits", "--hf_llama", hf_dirs["llama"], "--hf_clip", hf_dirs["clip"], "--length", "8"]
+    assert main(args + ["--checkpoint", imported]) == 0
+    params, config = load_params(imported)
+    params["llm"]["layers"]["mlp"]["down_proj"]["kernel"][1, 3, 5] += 0.5
+    save_params(str(tmp_path / "bad_llm"), params, config)
+    assert main(args + ["--checkpoint", str(tmp_path / "bad_llm")]) == 1
+    params, config = load_params(imported)
+    params["vision"]["post_layernorm"]["bias"][0] += 0.01
+    save_params(str(tmp_path / "bad_vision"), params, config)
+    assert main(args + ["--checkpoint", str(tmp_path / "bad_vision")]) == 1
+
+
+@pytest.fixture(scope="module")
+def exported(imported, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("export"))
+    assert main(["export_hf", "--checkpoint", imported, "--out", out]) == 0
+    return out
+
+
+def test_export_loads_in_transformers_and_reproduces_logits(exported, imported, hf_dirs):
+    params, _ = load_params(imported)
+    model = transformers.LlamaForCausalLM.from_pretrained(os.path.join(exported, "llm"), dtype=torch.float32,
+                                                          attn_implementation="eager").eval()
+    assert model.config.vocab_size == V + N_TEMPORAL
+    ids = np.random.default_rng(0).integers(0, tiny.VOCAB, (2, 9)).astype(np.int32)
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(ids).long(), output_hidden_states=True)
+    logits, hidden = out.logits.numpy(), out.hidden_states[-1].numpy()
+    np.testing.assert_allclose(logits[..., :tiny.VOCAB], tiny.hf_logits(hf_dirs["llama_model"], ids), atol=1e-4)
+    np.testing.assert_allclose(logits[..., V:], hidden @ params["tpm"]["output_embedding"].T, atol=1e-4)
+    generated = model.generate(torch.from_numpy(ids[:1]).long(), max_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, 12)
+
+    vision = transformers.CLIPVisionModel.from_pretrained(os.path.join(exported, "vision"),
+                                                          attn_implementation="eager").eval()
+    _assert_trees_equal(tiny.state_dict_numpy(vision), tiny.state_dict_numpy(hf_dirs["clip_model"]))
+    pixels = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(tiny.hf_pooled(vision, pixels), tiny.hf_pooled(hf_dirs["clip_model"], pixels))
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(exported, "llm"))
+    assert tokenizer.convert_tokens_to_ids(list(constants.ADDED_TOKENS)) == list(range(tiny.VOCAB, V))
+    assert tokenizer.convert_tokens_to_ids("<TEMP-015>") == V + 15
+
+
+def test_import_of_export_gives_back_the_same_params(exported, imported, tmp_path):
+    out = str(tmp_path / "again")
+    assert main(["import_hf", "--llama", os.path.join(exported, "llm"), "--clip", os.path.join(exported, "vision"),
+                 "--reference_weights", os.path.join(exported, commands.EXTRAS_FILE), "--out", out]) == 0
+    (original, original_config), (again, again_config) = load_params(imported), load_params(out)
+    _assert_trees_equal(original, again)
+    assert original_config == again_config
+
+
+def test_tied_head_prextended_vocab_and_loop_layers_round_trip(tmp_path):
+    model = tiny.tiny_llama(num_kv_heads=4, tie=True, vocab=V, seed=3)
+    model.save_pretrained(tmp_path / "llama")
+    ckpt, export, again = (str(tmp_path / name) for name in ("ckpt", "export", "again"))
+    assert main(["import_hf", "--llama", str(tmp_path / "llama"), "--out", ckpt, "--base_vocab_size",
+                 str(tiny.VOCAB), "--num_temporal_tokens", "8", "--no_scan_layers"]) == 0
+    params, config = load_params(ckpt)
+    assert config.llm.tie_word_embeddings and "lm_head" not in params["llm"] and "layers_1" in params["llm"]
+    assert "vision" not in params
+    np.testing.assert_array_equal(params["llm"]["embed_tokens"]["embedding"],
+                                  tiny.state_dict_numpy(model)["model.embed_tokens.weight"])  # V rows: kept
+    assert main(["check_logits", "--checkpoint", ckpt, "--hf_llama", str(tmp_path / "llama")]) == 0
+    assert main(["export_hf", "--checkpoint", ckpt, "--out", export]) == 0
+    assert main(["import_hf", "--llama", os.path.join(export, "llm"), "--out", again, "--no_scan_layers",
+                 "--reference_weights", os.path.join(export, commands.EXTRAS_FILE)]) == 0
+    _assert_trees_equal(params, load_params(again)[0])
+    assert main(["check_logits", "--checkpoint", ckpt, "--hf_llama", os.path.join(export, "llm")]) == 0
+
+
+def test_public_reference_weights_are_used(hf_dirs, tmp_path):
+    rng = np.random.default_rng(5)
+    d, f = 64, 32
+    reference = {
+        "model.mm_projector.weight": rng.standard_normal((d, f)).astype(np.float32),
+        "model.mm_projector.bias": rng.standard_normal(d).astype(np.float32),
+        "model.embed_tokens.weight": rng.standard_normal((V, d)).astype(np.float32),
+        "model.temporal_input_embeddings.weight": rng.standard_normal((12, d)).astype(np.float32),
+        "model.temporal_output_embeddings.weight": rng.standard_normal((12, d)).astype(np.float32),
+    }
+    torch.save({k: torch.from_numpy(v) for k, v in reference.items()}, tmp_path / "mm_projector.bin")
+    out = str(tmp_path / "ckpt")
+    assert main(["import_hf", "--llama", hf_dirs["llama"], "--clip", hf_dirs["clip"], "--out", out,
+                 "--reference_weights", str(tmp_path / "mm_projector.bin")]) == 0
+    params, config = load_params(out)
+    assert config.num_temporal_tokens == 12
+    np.testing.assert_array_equal(params["projector"]["kernel"], reference["model.mm_projector.weight"].T)
+    np.testing.assert_array_equal(params["projector"]["bias"], reference["model.mm_projector.bias"])
+    np.testing.assert_array_equal(params["llm"]["embed_tokens"]["embedding"], reference["model.embed_tokens.weight"])
+    np.testing.assert_array_equal(params["tpm"]["input_embedding"], reference["model.temporal_input_embeddings.weight"])
+    np.testing.assert_array_equal(params["tpm"]["output_embedding"],
+                                  reference["model.temporal_output_embeddings.weight"])
+    with pytest.raises(ValueError, match="num_temporal_tokens"):
+        main(["import_hf", "--llama", hf_dirs["llama"], "--out", str(tmp_path / "x"), "--num_temporal_tokens", "5",
+              "--reference_weights", str(tmp_path / "mm_projector.bin")])
+
+
+def test_full_clip_model_dir_gives_its_vision_tower(hf_dirs, tmp_path):
+    clip = hf_dirs["clip_model"]
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=64,
+                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    full = transformers.CLIPModel(transformers.CLIPConfig(vision_config=clip.config.to_dict(), text_config=text))
+    full.vision_model.load_state_dict(clip.state_dict())
+    full.save_pretrained(tmp_path / "clip_full")
+    out = str(tmp_path / "ckpt")
+    assert main(["import_hf", "--llama", hf_dirs["llama"], "--clip", str(tmp_path / "clip_full"), "--out", out]) == 0
+    assert main(["check_logits", "--checkpoint", out, "--hf_llama", hf_dirs["llama"], "--hf_clip",
+                 hf_dirs["clip"], "--length", "4"]) == 0
