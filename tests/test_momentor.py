@@ -1,5 +1,6 @@
 """Momentor forward, loss, trainable split and generation interfaces on config.tiny() with hand-built batches."""
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -65,20 +66,48 @@ def make_batch(cfg, seed, rows=((0.3, (0.1, 0.55)), (0.8, (0.0, 1.0)))):
     return batch
 
 
-def init_params(cfg, batch):
-    return nn.meta.unbox(Momentor(cfg).init(jax.random.PRNGKey(0), batch)["params"])
+def init_boxed_params(cfg, batch):
+    return jax.jit(Momentor(cfg).init)(jax.random.PRNGKey(0), batch)["params"]
+
+
+def param_shapes(cfg, batch):
+    """The parameter tree's shapes without running the initializers (compiling init is slow on CPU)."""
+    return nn.meta.unbox(jax.eval_shape(Momentor(cfg).init, jax.random.PRNGKey(0), batch)["params"])
+
+
+def without(params, *names):
+    return {k: v for k, v in params.items() if k not in names}
+
+
+@functools.cache
+def forward(cfg):
+    """Jitted (params, batch, cache=None) -> (logits, cache); eager flax is slow on a shared CPU."""
+    return jax.jit(lambda params, batch, cache=None: Momentor(cfg).apply({"params": params}, batch, cache))
+
+
+@functools.cache
+def method(cfg, name):
+    """Jitted Momentor method `name`(params, *args)."""
+    model = Momentor(cfg)
+    return jax.jit(lambda params, *args: model.apply({"params": params}, *args, method=getattr(Momentor, name)))
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny_boxed():
     cfg = config_lib.tiny()
     batch = make_batch(cfg, seed=0)
-    return cfg, batch, init_params(cfg, batch)
+    return cfg, batch, init_boxed_params(cfg, batch)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_boxed):
+    cfg, batch, boxed = tiny_boxed
+    return cfg, batch, nn.meta.unbox(boxed)
 
 
 def test_forward_and_loss_are_finite_with_counted_tokens(tiny):
     cfg, batch, params = tiny
-    logits, cache = Momentor(cfg).apply({"params": params}, batch)
+    logits, cache = forward(cfg)(params, batch)
     assert cache is None
     assert logits.shape == (2, SEQ_LEN, cfg.llm.vocab_size + cfg.num_temporal_tokens)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
@@ -175,12 +204,10 @@ def test_jit_compiles_once_for_batches_of_one_shape(tiny):
 
 def test_embeddings_splice_frames_times_and_temporal_ids(tiny):
     cfg, batch, params = tiny
-    model = Momentor(cfg)
-    variables = {"params": params}
     special = constants.special_token_ids(cfg.llm.vocab_size)
-    video = model.apply(variables, batch["frames"], method=model.encode_video)
+    video = method(cfg, "encode_video")(params, batch["frames"])
     assert video.shape == (2, cfg.num_frames, cfg.llm.hidden_size)
-    embeds = model.apply(variables, batch["input_ids"], batch["token_times"], video, method=model.embed_inputs)
+    embeds = method(cfg, "embed_inputs")(params, batch["input_ids"], batch["token_times"], video)
 
     e_in = params["tpm"]["input_embedding"]
     for r in range(2):
@@ -194,21 +221,21 @@ def test_embeddings_splice_frames_times_and_temporal_ids(tiny):
         np.testing.assert_array_equal(embeds[r, text], params["llm"]["embed_tokens"]["embedding"][ids[text]])
 
     # Frames get the projected features plus (E_in' + E_out') / 2 at their times (M = 8 frames, N = 16 tokens).
-    features = VisionTower(cfg.vision).apply({"params": params["vision"]},
-                                             clip_normalize(batch["frames"][0]))
+    features = jax.jit(VisionTower(cfg.vision).apply)({"params": params["vision"]},
+                                                      clip_normalize(batch["frames"][0]))
     projected = features @ params["projector"]["kernel"] + params["projector"]["bias"]
     frame_emb = tpm.frame_temporal_embeddings(e_in, params["tpm"]["output_embedding"], cfg.num_frames)
     np.testing.assert_allclose(video[0], projected + frame_emb, rtol=1e-4, atol=1e-5)
 
     # A generated temporal token V + k is fed back as E_in'[k], or interpolated at a refined time.
     generated = jnp.array([[cfg.llm.vocab_size + 3, 7], [cfg.llm.vocab_size + 15, cfg.llm.vocab_size]])
-    fed = model.apply(variables, generated, method=model.embed_generated)
+    fed = method(cfg, "embed_generated")(params, generated)
     np.testing.assert_array_equal(fed[0, 0], e_in[3])
     np.testing.assert_array_equal(fed[1, 0], e_in[15])
     np.testing.assert_array_equal(fed[1, 1], e_in[0])
     np.testing.assert_array_equal(fed[0, 1], params["llm"]["embed_tokens"]["embedding"][7])
     refined = jnp.array([[3.5 / 15, 0.0], [1.0, 0.0]])
-    fed = model.apply(variables, generated, refined, method=model.embed_generated)
+    fed = method(cfg, "embed_generated")(params, generated, refined)
     np.testing.assert_allclose(fed[0, 0], (e_in[3] + e_in[4]) / 2, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(fed[0, 1], params["llm"]["embed_tokens"]["embedding"][7])
 
@@ -216,26 +243,28 @@ def test_embeddings_splice_frames_times_and_temporal_ids(tiny):
 def test_cached_features_mode_matches_frames_mode(tiny):
     cfg, batch, params = tiny
     cached_cfg = dataclasses.replace(cfg, use_cached_features=True)
-    features = jax.vmap(lambda f: VisionTower(cfg.vision).apply({"params": params["vision"]}, clip_normalize(f)))(
-        batch["frames"])
+    features = jax.jit(jax.vmap(lambda f: VisionTower(cfg.vision).apply({"params": params["vision"]},
+                                                                        clip_normalize(f))))(batch["frames"])
     cached_batch = {k: v for k, v in batch.items() if k != "frames"}
     cached_batch["features"] = np.asarray(features)
 
-    assert "vision" not in init_params(cached_cfg, cached_batch)
-    text_params = {k: v for k, v in params.items() if k != "vision"}
-    cached_logits, _ = Momentor(cached_cfg).apply({"params": text_params}, cached_batch)
-    frame_logits, _ = Momentor(cfg).apply({"params": params}, batch)
+    assert set(param_shapes(cached_cfg, cached_batch)) == {"projector", "tpm", "llm"}
+    text_params = without(params, "vision")
+    cached_logits, _ = forward(cached_cfg)(text_params, cached_batch)
+    frame_logits, _ = forward(cfg)(params, batch)
     np.testing.assert_allclose(cached_logits, frame_logits, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="use_cached_features"):
         Momentor(cached_cfg).apply({"params": text_params}, batch)
 
 
-def test_tpm_disabled_returns_vocabulary_logits():
+def test_tpm_disabled_returns_vocabulary_logits(tiny):
     cfg = config_lib.tiny(tpm_enabled=False, use_cached_features=True)
     batch = make_batch(cfg, seed=3)
-    params = init_params(cfg, batch)
-    assert "tpm" not in params
-    logits, _ = Momentor(cfg).apply({"params": params}, batch)
+    shapes = param_shapes(cfg, batch)
+    assert set(shapes) == {"projector", "llm"}
+    params = without(tiny[2], "vision", "tpm")
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, shapes)
+    logits, _ = forward(cfg)(params, batch)
     assert logits.shape == (2, SEQ_LEN, cfg.llm.vocab_size)
     loss, aux = compute_loss(logits, batch, cfg)
     assert np.isfinite(float(loss)) and float(aux["num_temporal_tokens"]) == 0
@@ -244,39 +273,37 @@ def test_tpm_disabled_returns_vocabulary_logits():
 
 def test_kv_cache_prefill_and_decode_match_full_forward(tiny):
     cfg, batch, params = tiny
-    model = Momentor(cfg)
-    variables = {"params": params}
     full_ids = batch["input_ids"][:1].copy()
     split = 20
     full_ids[0, split] = cfg.llm.vocab_size + 9  # a generated temporal token fed back at position `split`
     full_batch = dict(batch, input_ids=full_ids, segment_ids=(np.arange(SEQ_LEN) <= split)[None].astype(np.int32),
                       positions=batch["positions"][:1], token_times=batch["token_times"][:1],
                       frames=batch["frames"][:1])
-    full_logits, _ = model.apply(variables, full_batch)
+    full_logits, _ = forward(cfg)(params, full_batch)
 
     prefill = dict(full_batch, input_ids=full_ids[:, :split], segment_ids=np.ones((1, split), np.int32),
                    positions=full_batch["positions"][:, :split], token_times=full_batch["token_times"][:, :split])
     cache = init_cache(cfg.llm, 1, SEQ_LEN)
-    prefill_logits, cache = model.apply(variables, prefill, cache)
+    prefill_logits, cache = forward(cfg)(params, prefill, cache)
     np.testing.assert_allclose(prefill_logits, full_logits[:, :split], rtol=1e-4, atol=1e-4)
 
-    step_embeds = model.apply(variables, full_ids[:, split:split + 1], method=model.embed_generated)
-    step_logits, cache = model.apply(variables, step_embeds, cache["lengths"][:, None], np.ones((1, 1), np.int32),
-                                     cache, method=model.forward_embeds)
+    step_embeds = method(cfg, "embed_generated")(params, full_ids[:, split:split + 1])
+    step_logits, cache = method(cfg, "forward_embeds")(params, step_embeds, cache["lengths"][:, None],
+                                                       np.ones((1, 1), np.int32), cache)
     np.testing.assert_allclose(step_logits[:, 0], full_logits[:, split], rtol=1e-4, atol=1e-4)
     assert int(cache["lengths"][0]) == split + 1
 
 
-def test_video_marker_gradient_mode_trains_only_marker_rows():
+def test_video_marker_gradient_mode_trains_only_marker_rows(tiny):
     cfg = config_lib.tiny(use_cached_features=True, text_embedding_grad="video_markers")
     batch = make_batch(cfg, seed=5)
-    params = init_params(cfg, batch)
+    params = without(tiny[2], "vision")
     model = Momentor(cfg)
 
     def loss_fn(p):
         return compute_loss(model.apply({"params": p}, batch)[0], batch, cfg)[0]
 
-    grad = jax.grad(loss_fn)(params)["llm"]["embed_tokens"]["embedding"]
+    grad = jax.jit(jax.grad(loss_fn))(params)["llm"]["embed_tokens"]["embedding"]
     special = constants.special_token_ids(cfg.llm.vocab_size)
     rows_with_grad = set(np.flatnonzero(np.any(np.asarray(grad) != 0, axis=1)))
     assert rows_with_grad == {special["vid_start"], special["vid_end"]}
@@ -293,3 +320,23 @@ def test_check_batch_names_the_problem(tiny):
         check_batch(bad, cfg)
     with pytest.raises(ValueError, match="token_times"):
         check_batch(dict(batch, token_times=batch["token_times"] + 2.0), cfg)
+
+
+def test_sharded_forward_matches_single_device(tiny_boxed):
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+    from momentor_jax.training.sharding import LOGICAL_AXIS_RULES, MESH_AXES
+
+    cfg, batch, boxed = tiny_boxed
+    wide = {k: np.concatenate([v, v[::-1]], axis=0) for k, v in batch.items()}  # 4 rows: batch over data x fsdp
+    params = nn.meta.unbox(boxed)
+    expected, _ = forward(cfg)(params, wide)
+
+    # tensor = 1: V = 305 (like LLaMA's 32005) does not divide over a tensor axis.
+    mesh = jax.make_mesh((2, 2, 1), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=jax.devices()[:4])
+    param_shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_AXIS_RULES)
+    sharded_params = jax.device_put(params, param_shardings)
+    data = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    sharded_batch = {k: jax.device_put(v, data) for k, v in wide.items()}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        logits = jax.jit(lambda p, b: Momentor(cfg).apply({"params": p}, b)[0])(sharded_params, sharded_batch)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)

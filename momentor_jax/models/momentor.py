@@ -46,7 +46,8 @@ class Momentor(nn.Module):
         if cfg.text_embedding_grad not in TEXT_EMBEDDING_GRAD_MODES:
             raise ValueError(f"MomentorConfig.text_embedding_grad={cfg.text_embedding_grad!r}; "
                              f"choose one of {TEXT_EMBEDDING_GRAD_MODES}")
-        self.vision = VisionTower(cfg.vision)
+        # The tower sees the B * M frames of the batch as one leading axis, sharded like the batch.
+        self.vision = VisionTower(cfg.vision, batch_axis="batch")
         self.projector = nn.Dense(
             cfg.llm.hidden_size, use_bias=True, dtype=llm_dtype, param_dtype=param_dtype,
             kernel_init=nn.with_logical_partitioning(_torch_linear_kernel_init(), ("vision_embed", "embed")),
