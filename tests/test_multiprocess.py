@@ -1,0 +1,142 @@
+"""Two JAX processes on loopback (4 CPU devices each) train the tiny config, checkpoint, restart, resume; the final
+parameters match a single-process run of the same global batch on 8 devices.
+
+Both runs go 2 steps (total_steps=2), then resume to 4 (total_steps=4), so their learning-rate schedules agree.
+Process p reads examples p, p + 2, ... of each global batch, so the multi-process global batch holds the same
+examples as the single-process one in another row order; the token-summed loss makes the gradients equal up to
+float summation order.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from momentor_jax.training import checkpoint as checkpoint_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEG_TIMEOUT_S = 300
+# Long enough for every synthetic example: a skipped (too long) example would shift the per-process streams
+# differently from the single-process one, and the batches would no longer hold the same examples.
+MAX_LENGTH = 320
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_config(data_dir: str, total_steps: int):
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from configs import tiny  # noqa: PLC0415
+    config = tiny.get_config()
+    config.data.dir = data_dir
+    config.total_steps = total_steps
+    config.max_length = MAX_LENGTH
+    config.model.llm.max_position_embeddings = MAX_LENGTH
+    return config
+
+
+def overrides(data_dir: str, total_steps: int) -> list:
+    return [f"--config.data.dir={data_dir}", f"--config.total_steps={total_steps}",
+            f"--config.max_length={MAX_LENGTH}", f"--config.model.llm.max_position_embeddings={MAX_LENGTH}"]
+
+
+def run_two_processes(workdir: str, data_dir: str, total_steps: int, use_env: bool, log_dir: str) -> list:
+    """Starts process 0 and 1 of one run; waits for both (bounded); kills both if either fails or hangs.
+
+    `use_env` names the coordinator through MOMENTOR_* variables instead of flags (distributed.maybe_initialize
+    reads either).
+    """
+    address = f"127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOMENTOR_")}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    procs, logs = [], []
+    try:
+        for process_id in range(2):
+            command = [sys.executable, "-m", "momentor_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+                       *overrides(data_dir, total_steps)]
+            child_env = dict(env)
+            if use_env:
+                child_env.update(MOMENTOR_COORDINATOR_ADDRESS=address, MOMENTOR_NUM_PROCESSES="2",
+                                 MOMENTOR_PROCESS_ID=str(process_id))
+            else:
+                command += [f"--coordinator_address={address}", "--num_processes=2", f"--process_id={process_id}"]
+            log = open(os.path.join(log_dir, f"steps{total_steps}-process{process_id}.log"), "w")
+            logs.append(log)
+            procs.append(subprocess.Popen(command, cwd=REPO, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+        deadline = time.monotonic() + LEG_TIMEOUT_S
+        while any(p.poll() is None for p in procs):
+            failed = [p for p in procs if p.poll() not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        for log in logs:
+            log.close()
+    outputs = []
+    for process_id, p in enumerate(procs):
+        with open(os.path.join(log_dir, f"steps{total_steps}-process{process_id}.log")) as f:
+            outputs.append(f.read())
+        assert p.returncode == 0, f"process {process_id} exited {p.returncode}:\n{outputs[-1][-4000:]}"
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The tiny synthetic dataset, prepared once (what `train` does by itself when data.dir is unset)."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from momentor_jax import train  # noqa: PLC0415
+    root = str(tmp_path_factory.mktemp("mp_data"))
+    return train.prepare_synthetic_data(tiny_config(None, 2), root)
+
+
+def test_two_processes_resume_and_match_single_process(tmp_path, data_dir):
+    from momentor_jax.training import trainer  # noqa: PLC0415
+
+    # Single process, 8 devices, in this test process: 2 steps, then resume to 4.
+    reference_dir = str(tmp_path / "single")
+    trainer.train(tiny_config(data_dir, 2), reference_dir)
+    reference = trainer.train(tiny_config(data_dir, 4), reference_dir)
+    assert reference.step == 4 and jax.device_count() == 8
+
+    # Two processes x 4 devices: 2 steps, exit, restart both, resume to 4.
+    multi_dir = str(tmp_path / "multi")
+    first = run_two_processes(multi_dir, data_dir, 2, use_env=False, log_dir=str(tmp_path))
+    assert all("process {} of 2, 8 devices".format(i) in out for i, out in enumerate(first))
+    assert all("done at step 2" in out and "skipping example" not in out for out in first)
+    second = run_two_processes(multi_dir, data_dir, 4, use_env=True, log_dir=str(tmp_path))
+    assert all("resumed from step 2" in out and "done at step 4" in out and "skipping example" not in out
+               for out in second)
+    data_states = sorted(name for name in os.listdir(os.path.join(multi_dir, "checkpoints", "4", "data"))
+                         if name.startswith("process_"))
+    assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            reference.state.params)
+    multi_params, step = checkpoint_lib.restore_params_from_workdir(multi_dir, abstract)
+    single_params, _ = checkpoint_lib.restore_params_from_workdir(reference_dir, abstract)
+    assert step == 4
+    flat_ref = jax.tree_util.tree_leaves_with_path(single_params)
+    flat_multi = dict(jax.tree_util.tree_leaves_with_path(multi_params))
+    initial, _ = checkpoint_lib.restore_params_from_workdir(reference_dir, abstract, step=2)
+    moved = 0
+    for path, ref in flat_ref:
+        ref, got = np.asarray(ref), np.asarray(flat_multi[path])
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    for (path, after), (_, before) in zip(flat_ref, jax.tree_util.tree_leaves_with_path(initial)):
+        moved += not np.array_equal(np.asarray(after), np.asarray(before))
+    assert moved > 0  # steps 3-4 changed the trainable parameters, so the comparison is not vacuous
