@@ -84,11 +84,19 @@ class Restored:
     data_state: Any
 
 
+def _plain_transfers_on_cpu() -> None:
+    """On CPU, orbax's replica-parallel saving only adds a slice compile per array shape to the first save."""
+    if jax.default_backend() == "cpu":
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
     """Every process calls every method (orbax synchronizes the processes internally)."""
 
     def __init__(self, directory: str, *, save_every_steps: int, keep: Optional[int] = None,
                  async_save: bool = True):
+        _plain_transfers_on_cpu()
         self.directory = epath.Path(directory)
         self.save_every_steps = max(int(save_every_steps), 1)
         options = ocp.CheckpointManagerOptions(

@@ -87,9 +87,36 @@ def _as_mesh_axes(axes: Any) -> Any:
 
 
 def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence) -> Any:
-    """NamedShardings for a tree whose leaves may be flax `LogicallyPartitioned` boxes (unannotated: replicated)."""
-    specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    """NamedShardings for a tree whose leaves may be flax `LogicallyPartitioned` boxes (unannotated: replicated).
+
+    A dimension that its mesh axes do not divide evenly (LLaMA's 32005-row vocabulary on tensor=2) keeps only the
+    leading axes that do divide it, or stays replicated: jit does not accept uneven output shardings.
+    """
+    mesh_specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_tree), rules)
+
+    def to_sharding(path, leaf, spec):
+        fitted = fit_spec(spec, leaf.shape, mesh)
+        if fitted != spec:
+            logging.info("sharding %s %s: %s does not divide evenly, using %s",
+                         jax.tree_util.keystr(path, simple=True, separator="/"), leaf.shape, spec, fitted)
+        return NamedSharding(mesh, fitted)
+
+    return jax.tree_util.tree_map_with_path(to_sharding, nn.unbox(abstract_tree), mesh_specs)
+
+
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """`spec` with each dimension's mesh axes cut to the longest prefix whose size product divides the dimension."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec)):
+        names = kept = _names(axes)
+        while kept and dim % math.prod(mesh.shape[a] for a in kept):
+            kept = kept[:-1]
+        fitted.append(axes if kept == names else None if not kept else kept[0] if len(kept) == 1 else kept)
+    return PartitionSpec(*fitted)
+
+
+def _names(axes) -> tuple:
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -1,0 +1,194 @@
+"""Acceptance tests of the trainer on the tiny Momentor and its own synthetic data (8 simulated CPU devices).
+
+One session-scoped run of the real command (`python -m momentor_jax.train --config=configs/tiny.py`, mesh
+(2, 2, 2)) prepares the data and is the reference for the others: single-device loss curve, kill -9 + resume,
+restore onto (data=4, fsdp=2), frozen vs trainable parameters, shardings. Subprocesses share a persistent
+compilation cache, so the kill/resume runs reuse the reference run's executables.
+"""
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import PartitionSpec as P
+from tensorboardX.proto import event_pb2
+
+from configs import tiny
+from momentor_jax.data import tfrecord
+from momentor_jax.models import config as model_configs
+from momentor_jax.models import partition
+from momentor_jax.training import sharding, trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL_STEPS = 6
+SHARDED_MESH = "(2,2,2)"
+
+
+def _env(cache_dir):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _command(workdir, *overrides):
+    return [sys.executable, "-m", "momentor_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+            f"--config.total_steps={TOTAL_STEPS}", f"--config.mesh={SHARDED_MESH}", *overrides]
+
+
+def _progress_steps(stdout: str) -> list:
+    return [int(line.split()[1].split("/")[0]) for line in stdout.splitlines() if line.startswith("step ")]
+
+
+def _tensorboard_scalars(workdir, tag) -> dict:
+    values = {}
+    for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+        for record in tfrecord.iter_records(path):
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = value.simple_value
+    return values
+
+
+def _saved_params(workdir, step) -> dict:
+    path = os.path.join(workdir, "checkpoints", str(step), "params")
+    restored = ocp.StandardCheckpointer().restore(path)
+    return {jax.tree_util.keystr(k, simple=True, separator="/"): np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
+
+
+def _config(data_dir, **overrides):
+    c = tiny.get_config()
+    c.data.dir = data_dir
+    c.total_steps = TOTAL_STEPS
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """The tiny config end to end with the real command on mesh (2, 2, 2), preparing its own synthetic data."""
+    root = tmp_path_factory.mktemp("train_tiny")
+    workdir, cache = root / "reference", root / "jax_cache"
+    proc = subprocess.run(_command(workdir), cwd=REPO, env=_env(cache), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return {"root": root, "workdir": str(workdir), "data": str(workdir / "data"), "cache": cache,
+            "stdout": proc.stdout}
+
+
+def test_command_runs_end_to_end_and_writes_tensorboard(reference_run):
+    assert _progress_steps(reference_run["stdout"]) == list(range(1, TOTAL_STEPS + 1))
+    assert f"done at step {TOTAL_STEPS}" in reference_run["stdout"]
+    losses = _tensorboard_scalars(reference_run["workdir"], "train/loss")
+    assert sorted(losses) == list(range(1, TOTAL_STEPS + 1))
+    assert all(np.isfinite(v) and v > 0 for v in losses.values())
+    for tag in ("train/text_loss", "train/temporal_loss", "train/learning_rate", "train/grad_norm",
+                "train/tokens_per_sec", "train/step_time"):
+        assert _tensorboard_scalars(reference_run["workdir"], tag), tag
+    assert os.path.exists(os.path.join(reference_run["data"], "READY"))
+    assert sorted(os.listdir(os.path.join(reference_run["workdir"], "checkpoints"))) == ["4", "6"]
+
+
+def test_single_device_matches_sharded_loss_curve(reference_run, tmp_path):
+    result = trainer.train(_config(reference_run["data"], mesh=(1, 1, 1)), str(tmp_path))
+    single = np.array([m["loss"] for _, m in result.history])
+    reference = _tensorboard_scalars(reference_run["workdir"], "train/loss")
+    sharded = np.array([reference[s] for s in range(1, TOTAL_STEPS + 1)])
+    np.testing.assert_allclose(single, sharded, rtol=1e-5)
+    assert single[-1] < single[0]
+
+
+def test_frozen_unchanged_trainable_changed_and_state_sharded(reference_run):
+    config = _config(reference_run["data"])
+    model_config = model_configs.tiny()
+    mesh = sharding.make_mesh((2, 2, 2))
+    factory, _, _ = trainer.build_state_factory(config, model_config, mesh, TOTAL_STEPS,
+                                                trainer.momentor_fns(model_config))
+    initial = factory.random_init(config.seed)
+
+    # Shardings follow the rules: embed -> fsdp, vocab/heads/mlp -> tensor, layers unsharded; so does Adam's state.
+    # The 305-row vocabulary does not split over tensor=2, so that dimension stays whole (sharding.fit_spec).
+    embed = initial.trainable["llm"]["embed_tokens"]["embedding"]
+    assert embed.sharding.spec == P(None, "fsdp")
+    assert embed.addressable_shards[0].data.shape == (embed.shape[0], embed.shape[1] // 2)
+    mu = initial.opt_state[1][0].mu["llm"]["embed_tokens"]["embedding"]
+    assert mu.sharding.spec == P(None, "fsdp") and mu.addressable_shards[0].data.shape == (embed.shape[0],
+                                                                                           embed.shape[1] // 2)
+    frozen_specs = {k: s.spec for k, s in sharding_items(initial.frozen)}
+    assert any(k.endswith("kernel") and spec == P(None, "fsdp", "tensor", None) for k, spec in frozen_specs.items())
+    # No optimizer state for frozen weights (vision tower, LLaMA layers).
+    opt_paths = [k.split("/") for k, _ in sharding_items(initial.opt_state)]
+    assert opt_paths and not any("layers" in parts or "vision" in parts for parts in opt_paths)
+
+    trained = _saved_params(reference_run["workdir"], TOTAL_STEPS)
+    mask = {jax.tree_util.keystr(k, simple=True, separator="/"): v for k, v in jax.tree_util.tree_flatten_with_path(
+        partition.trainable_mask(factory.abstract_params, "momentor"))[0]}
+    start = {jax.tree_util.keystr(k, simple=True, separator="/"): np.asarray(v)
+             for k, v in jax.tree_util.tree_flatten_with_path(initial.params)[0]}
+    assert set(start) == set(trained)
+    for name, value in trained.items():
+        if mask[name]:
+            assert not np.array_equal(value, start[name]), f"trainable {name} did not change"
+        else:
+            np.testing.assert_array_equal(value, start[name], err_msg=f"frozen {name} changed")
+    assert any(mask.values()) and not all(mask.values())
+
+
+def sharding_items(tree):
+    return [(jax.tree_util.keystr(k, simple=True, separator="/"), v.sharding)
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def test_restore_on_another_mesh(reference_run, tmp_path):
+    """Step 4 of the (2, 2, 2) run, continued on (data=4, fsdp=2): steps 5-6 match the reference."""
+    shutil.copytree(os.path.join(reference_run["workdir"], "checkpoints", "4"), tmp_path / "checkpoints" / "4")
+    result = trainer.train(_config(reference_run["data"], mesh=(4, 2, 1)), str(tmp_path))
+    assert [s for s, _ in result.history] == [5, 6]
+    reference = _tensorboard_scalars(reference_run["workdir"], "train/loss")
+    np.testing.assert_allclose([m["loss"] for _, m in result.history], [reference[5], reference[6]], rtol=1e-5)
+    embed = result.state.trainable["llm"]["embed_tokens"]["embedding"]
+    assert dict(embed.sharding.mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert embed.sharding.spec == P("tensor", "fsdp")  # tensor=1 divides the vocabulary
+
+
+def test_kill_and_resume_is_bitwise_identical(reference_run, tmp_path):
+    workdir = tmp_path / "killed"
+    command = _command(workdir, f"--config.data.dir={reference_run['data']}")
+    env = _env(reference_run["cache"])
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            seen = []
+            deadline = time.monotonic() + 300
+            for line in proc.stdout:
+                seen.append(line)
+                step = _progress_steps(line)
+                if step and 3 <= step[0] < TOTAL_STEPS and os.path.isdir(workdir / "checkpoints" / "2"):
+                    break  # mid-run, with a finished checkpoint (and maybe a save in flight)
+                assert time.monotonic() < deadline, "".join(seen)
+            assert proc.poll() is None, "".join(seen)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    steps = _progress_steps(resumed.stdout)
+    assert steps[0] >= 3 and steps[-1] == TOTAL_STEPS, resumed.stdout
+
+    reference = _saved_params(reference_run["workdir"], TOTAL_STEPS)
+    result = _saved_params(str(workdir), TOTAL_STEPS)
+    assert set(result) == set(reference)
+    for name in reference:
+        np.testing.assert_array_equal(result[name], reference[name], err_msg=name)
