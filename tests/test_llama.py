@@ -118,3 +118,24 @@ def test_unknown_remat_policy_is_rejected():
     bad = dataclasses.replace(cfg, remat_policy="save_everything_please")
     with pytest.raises(ValueError, match="remat_policy"):
         LlamaForCausalLM(bad).apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
+
+
+def test_sharded_forward_on_a_data_fsdp_tensor_mesh_matches_unsharded():
+    import flax.linen as nn
+    from momentor_jax.training import sharding
+
+    model = tiny.tiny_llama()
+    cfg, params = _convert(model)
+    ids = np.random.default_rng(5).integers(0, tiny.VOCAB, (4, 8)).astype(np.int32)
+    expected = _flax_logits(cfg, params, ids)
+    mesh = sharding.make_mesh((2, 2, 2))
+    rules = sharding.axis_rules()
+    lm = LlamaForCausalLM(cfg)
+    abstract = jax.eval_shape(lambda: lm.init(jax.random.key(0), jnp.asarray(ids)))["params"]
+    placed = jax.device_put(params, sharding.logical_to_shardings(abstract, mesh, rules))
+    q_kernel = placed["llm"]["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert q_kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    sharded_ids = jax.device_put(jnp.asarray(ids), sharding.batch_sharding(mesh))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        logits = jax.jit(lambda p, i: lm.apply({"params": p}, i)[0])(placed, sharded_ids)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-5, rtol=0)

@@ -61,7 +61,7 @@ class SelfAttention(nn.Module):
 
 class MLP(nn.Module):
     config: VisionConfig
-    batch_axis: str = "frames"
+    batch_axis: str = "batch"
 
     @nn.compact
     def __call__(self, x):
@@ -80,7 +80,7 @@ class MLP(nn.Module):
 class EncoderLayer(nn.Module):
     """Pre-norm transformer layer; the unused second argument and output fit the nn.scan signature."""
     config: VisionConfig
-    batch_axis: str = "frames"
+    batch_axis: str = "batch"
 
     @nn.compact
     def __call__(self, x, _unused=None):
@@ -96,7 +96,7 @@ class EncoderLayer(nn.Module):
 class VisionTower(nn.Module):
     """pixel_values [N, H, W, 3] (CLIP-normalised, H = W = image_size) -> pooled [N, hidden_size] float32."""
     config: VisionConfig
-    batch_axis: str = "frames"  # logical name of the leading (frames of all videos) axis
+    batch_axis: str = "batch"  # logical name of the leading axis (the frames of all videos, batch-major)
 
     @nn.compact
     def __call__(self, pixel_values):
