@@ -129,3 +129,15 @@ def test_cli_rejects_a_submission_without_results(tmp_path, capsys):
 
 def test_ptb_tokenize_of_nothing_starts_no_java():
     assert ptb_tokenize([]) == []
+
+
+def test_ptb_tokenize_equals_pycocoevalcap_and_ignores_neighbours():
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    sentences = ["The U.S. army -- (left) said: \"no\"; ok?!", "Mr. Smith's dog'll run...", "$5.00 & 10% off", "x"]
+    reference = PTBTokenizer().tokenize({i: [{"caption": s}] for i, s in enumerate(sentences)})
+    assert ptb_tokenize(sentences) == [reference[i][0] for i in range(len(sentences))]
+    # The Java tokenizer's abbreviation rule looks across lines ("B." before "The" loses its period in one batch);
+    # here every sentence comes out as if tokenized alone.
+    together = ptb_tokenize(["a B.", "The cat"])
+    assert together == ptb_tokenize(["a B."]) + ptb_tokenize(["The cat"]) == ["a b.", "the cat"]

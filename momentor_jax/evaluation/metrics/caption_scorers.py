@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 JAVA_SKIPPED_NOTE = "skipped: no Java runtime"
 # Characters the Java tokenizer may treat as line breaks; one sentence must stay one line.
 _LINE_BREAKS = str.maketrans({"\n": " ", "\r": " ", "\x0b": " ", "\x0c": " "})
+_SEPARATOR = "x"  # a lowercase line between sentences stops the tokenizer's look-ahead (see ptb_tokenize)
 
 
 def java_available() -> bool:
@@ -34,7 +35,13 @@ def _jar_dir(module_name: str) -> str:
 
 
 def ptb_tokenize(sentences: Sequence[str]) -> List[str]:
-    """Lower-cased PTB tokens joined by single spaces with punctuation tokens dropped, one entry per sentence."""
+    """Lower-cased PTB tokens joined by single spaces with punctuation tokens dropped, one entry per sentence.
+
+    Each sentence is tokenized as if it were alone. The tokenizer's abbreviation rule looks past the line end (a
+    final "B." before a line starting "The" loses its period), so in the references, which tokenize their sentences
+    in one batch in hash-randomised video order, such a sentence can come out either way; a lowercase line between
+    sentences here removes that dependence on the neighbour.
+    """
     if not sentences:
         return []
     from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
@@ -43,12 +50,12 @@ def ptb_tokenize(sentences: Sequence[str]) -> List[str]:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sentences.txt")
         with open(path, "w", encoding="utf-8") as f:
-            f.write("\n".join(sentence.translate(_LINE_BREAKS) for sentence in sentences))
+            f.write(f"\n{_SEPARATOR}\n".join(sentence.translate(_LINE_BREAKS) for sentence in sentences))
         command = ["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", path]
         completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"PTB tokenizer failed ({completed.returncode}): {completed.stderr.decode()[-500:]}")
-    lines = completed.stdout.decode().split("\n")
+    lines = completed.stdout.decode().split("\n")[::2]  # drop the separator lines
     if len(lines) < len(sentences):
         raise RuntimeError(f"PTB tokenizer returned {len(lines)} lines for {len(sentences)} sentences")
     punctuation = set(PUNCTUATIONS)

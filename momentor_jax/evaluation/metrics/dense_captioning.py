@@ -12,6 +12,7 @@ Reference: ranjaykrishna/densevid_eval @ 9d4045aced3d, evaluate.py (python 2; po
   mean CIDEr-D over them with document frequencies from that video; a video without pairs scores 0; averaged over
   all ground-truth videos. Sentences are stripped of non-ASCII characters and PTB-tokenized first.
 - The headline numbers average the per-tIoU numbers; all values are in percent.
+- One deviation, in tokenization only: see `caption_scorers.ptb_tokenize` (each sentence tokenized as if alone).
 Only the submission's "results" are read. Without a Java runtime METEOR, CIDEr and SODA_c are null and "note"
 says why.
 """
