@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from tensorboardX.proto import event_pb2
 
 from configs import tiny
+from momentor_jax import checkpoint_io
 from momentor_jax.data import tfrecord
 from momentor_jax.models import config as model_configs
 from momentor_jax.models import partition
@@ -107,13 +108,18 @@ def test_single_device_matches_sharded_loss_curve(reference_run, tmp_path):
     assert single[-1] < single[0]
 
 
-def test_frozen_unchanged_trainable_changed_and_state_sharded(reference_run):
+@pytest.fixture(scope="module")
+def sharded_factory(reference_run):
+    """The reference run's state factory on (2, 2, 2) and its initial state (same seed: same values)."""
     config = _config(reference_run["data"])
     model_config = model_configs.tiny()
-    mesh = sharding.make_mesh((2, 2, 2))
-    factory, _, _ = trainer.build_state_factory(config, model_config, mesh, TOTAL_STEPS,
+    factory, _, _ = trainer.build_state_factory(config, model_config, sharding.make_mesh((2, 2, 2)), TOTAL_STEPS,
                                                 trainer.momentor_fns(model_config))
-    initial = factory.random_init(config.seed)
+    return factory, factory.random_init(config.seed)
+
+
+def test_frozen_unchanged_trainable_changed_and_state_sharded(reference_run, sharded_factory):
+    factory, initial = sharded_factory
 
     # Shardings follow the rules: embed -> fsdp, vocab/heads/mlp -> tensor, layers unsharded; so does Adam's state.
     # The 305-row vocabulary does not split over tensor=2, so that dimension stays whole (sharding.fit_spec).
@@ -141,6 +147,34 @@ def test_frozen_unchanged_trainable_changed_and_state_sharded(reference_run):
         else:
             np.testing.assert_array_equal(value, start[name], err_msg=f"frozen {name} changed")
     assert any(mask.values()) and not all(mask.values())
+
+
+def test_warm_start_from_workdir_and_from_import(reference_run, sharded_factory, tmp_path):
+    factory, _ = sharded_factory
+    reference = _saved_params(reference_run["workdir"], TOTAL_STEPS)
+    from_workdir = trainer.warm_start_params(reference_run["workdir"], factory)
+    checkpoint_io.save_params(str(tmp_path / "imported"), jax.device_get(from_workdir), model_configs.tiny())
+    from_import = trainer.warm_start_params(str(tmp_path / "imported"), factory)
+    for params in (from_workdir, from_import):
+        flat = {jax.tree_util.keystr(k, simple=True, separator="/"): v
+                for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+        assert set(flat) == set(reference)
+        for name, value in flat.items():
+            np.testing.assert_array_equal(np.asarray(value), reference[name], err_msg=name)
+            assert value.sharding == _leaf(factory.param_shardings, name)
+    state = factory.from_params(from_import, seed=0)
+    assert int(state.step) == 0 and not np.any(np.asarray(state.opt_state[1][0].mu["tpm"]["input_embedding"]))
+
+    wrong = jax.device_get(from_workdir)
+    wrong["projector"]["kernel"] = wrong["projector"]["kernel"][:, :-1]
+    checkpoint_io.save_params(str(tmp_path / "wrong"), wrong, model_configs.tiny())
+    with pytest.raises(ValueError, match="projector/kernel has shape"):
+        trainer.warm_start_params(str(tmp_path / "wrong"), factory)
+
+
+def _leaf(tree, name):
+    return {jax.tree_util.keystr(k, simple=True, separator="/"): v
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}[name]
 
 
 def sharding_items(tree):

@@ -175,6 +175,39 @@ def restore_params_from_workdir(workdir: str, abstract_params: Any, step: Option
         manager.close()
 
 
+def restore_imported_params(path: str, abstract_params: Any) -> Any:
+    """Parameters of a `convert import_hf` checkpoint (momentor_jax/checkpoint_io.py layout), each process reading
+    only its shards; names and shapes are checked against the model first."""
+    from momentor_jax import checkpoint_io  # noqa: PLC0415
+    checkpoint_io.load_config(path)  # a clear error when `path` is not an imported checkpoint
+    params_path = epath.Path(path) / checkpoint_io.PARAMS_DIR
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(params_path)
+        saved = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
+        check_same_tree(saved, abstract_params, str(path))
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+        return checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(item=abstract_params,
+                                                                               restore_args=restore_args))
+
+
+def check_same_tree(saved: Any, expected: Any, source: str) -> None:
+    """Raises ValueError naming the first differing parameter names / shapes."""
+    saved, expected = _flat(saved), _flat(expected)
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: parameter names differ from the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]} ({len(missing)} missing, {len(unexpected)} unexpected)")
+    for name, target in expected.items():
+        if tuple(saved[name].shape) != tuple(target.shape):
+            raise ValueError(f"{source}: parameter {name} has shape {tuple(saved[name].shape)}, "
+                             f"the model wants {tuple(target.shape)}")
+
+
+def _flat(tree: Any) -> dict:
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def is_run_workdir(path: str) -> bool:
     """True if `path` looks like a training workdir (has a checkpoints/ folder)."""
     return (epath.Path(path) / "checkpoints").is_dir()

@@ -256,41 +256,16 @@ def compile_train_step(step_fn: Callable, factory: StateFactory) -> Callable:
 
 
 # ------------------------------------------------------------------------------------- 3. warm starts, restore
-def place_params(host_params: Any, factory: StateFactory, source: str) -> Any:
-    """Host (numpy) parameters -> global arrays on the model's shardings, after checking names and shapes."""
-    expected = _flat(factory.abstract_params)
-    given = _flat(host_params)
-    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{source}: parameter names differ from the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]} ({len(missing)} missing, {len(unexpected)} unexpected)")
-    for name, target in expected.items():
-        if tuple(np.shape(given[name])) != tuple(target.shape):
-            raise ValueError(f"{source}: parameter {name} has shape {np.shape(given[name])}, "
-                             f"the model wants {target.shape}")
-
-    def put(value, target):
-        value = np.asarray(value)
-        return jax.make_array_from_callback(target.shape, target.sharding,
-                                            lambda index: value[index].astype(target.dtype))
-    return jax.tree.map(put, host_params, factory.abstract_params)
-
-
-def _flat(tree) -> dict:
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def warm_start_params(init_from: str, factory: StateFactory) -> Any:
-    """Parameters from a previous run's workdir (latest checkpoint) or an imported checkpoint (`convert import_hf`)."""
+    """Parameters from a previous run's workdir (latest checkpoint) or an imported checkpoint (`convert import_hf`),
+    restored straight onto the model's shardings."""
     if checkpoint_lib.is_run_workdir(init_from):
         params, step = checkpoint_lib.restore_params_from_workdir(init_from, factory.abstract_params)
         logging.info("init_from: parameters of %s at step %d", init_from, step)
         return params
-    from momentor_jax.convert import hf  # noqa: PLC0415 (only warm starts need it)
-    host_params, _ = hf.load_params(init_from)
+    params = checkpoint_lib.restore_imported_params(init_from, factory.abstract_params)
     logging.info("init_from: imported parameters %s", init_from)
-    return place_params(host_params, factory, init_from)
+    return params
 
 
 def count_params(tree) -> int:
