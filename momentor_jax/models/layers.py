@@ -128,3 +128,46 @@ def rotary_embedding(x, positions, theta: float):
     first, second = jnp.split(x32, 2, axis=-1)
     rotated = jnp.concatenate([-second, first], axis=-1)
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+SPLASH_BLOCK = 512  # splash kernel block size along the sequence (capped at the sequence length)
+
+
+def splash_attention(q, k, v, segment_ids):
+    """Causal, segment-masked attention with the TPU splash (Pallas) kernel; the same result as the XLA path.
+
+    q: [B, L, heads, head_dim]; k, v: [B, L, kv_heads, head_dim] (kv_heads divides heads); segment_ids: [B, L].
+    Inside a mesh context the kernel runs per shard under shard_map with batch and head axes placed by the active
+    logical axis rules. Off TPU it runs in Pallas interpret mode (slow; for tests). L must be a multiple of 128.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash  # noqa: PLC0415
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask  # noqa: PLC0415
+
+    length, head_dim = q.shape[1], q.shape[-1]
+    if length % 128:
+        raise ValueError(f"splash attention needs a sequence length that is a multiple of 128, got {length}")
+    block = min(SPLASH_BLOCK, length)
+    while length % block:
+        block //= 2
+    interpret = jax.default_backend() != "tpu"
+
+    def attend(q, k, v, segments):  # [b, heads, L, head_dim] x2 [b, kv_heads, L, head_dim], [b, L]
+        mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((length, length))] * q.shape[1])
+        sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                                  block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+        kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+        return jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(segments, segments))
+
+    q = (q * jnp.asarray(head_dim ** -0.5, q.dtype)).transpose(0, 2, 1, 3)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    segment_ids = segment_ids.astype(jnp.int32)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        out = attend(q, k, v, segment_ids)
+    else:
+        q_spec = nn.logical_to_mesh_axes(("batch", "heads", "length", "head_dim"))
+        kv_spec = nn.logical_to_mesh_axes(("batch", "kv_heads", "length", "head_dim"))
+        segment_spec = nn.logical_to_mesh_axes(("batch", "length"))
+        out = jax.shard_map(attend, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, segment_spec), out_specs=q_spec,
+                            check_vma=False)(q, k, v, segment_ids)
+    return out.transpose(0, 2, 1, 3)

@@ -35,9 +35,11 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from momentor_jax.models.config import LlamaConfig
-from momentor_jax.models.layers import DEFAULT_INIT, Dense, RMSNorm, rotary_embedding, stack_layers, to_dtype
+from momentor_jax.models.layers import (DEFAULT_INIT, Dense, RMSNorm, rotary_embedding, splash_attention, stack_layers,
+                                        to_dtype)
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+# "splash": the TPU Pallas kernel for full-sequence forwards (training, scoring); calls with a KV cache use "xla".
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> dict:
@@ -85,7 +87,7 @@ class Attention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, write_index, layer_cache):
+    def __call__(self, x, positions, segment_ids, mask, write_index, layer_cache):
         cfg = self.config
         dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
         d, heads, kv_heads, head_dim = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
@@ -112,7 +114,11 @@ class Attention(nn.Module):
             new_cache = {"k": k, "v": v}
             k, v = k.astype(dtype), v.astype(dtype)
 
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention)
+        if cfg.attention == "splash" and layer_cache is None:
+            out = splash_attention(q, k, v, segment_ids)
+        else:
+            implementation = "xla" if cfg.attention == "splash" else cfg.attention
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         out = Dense((heads, head_dim), (d,), ("heads", "head_dim", "embed"), dtype=dtype, param_dtype=param_dtype,
                     name="o_proj")(out)
@@ -140,11 +146,12 @@ class DecoderLayer(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, hidden, positions, mask, write_index, layer_cache):
+    def __call__(self, hidden, positions, segment_ids, mask, write_index, layer_cache):
         cfg = self.config
         dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
         h = RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="input_layernorm")(hidden)
-        attn, new_cache = Attention(cfg, name="self_attn")(h, positions, mask, write_index, layer_cache)
+        attn, new_cache = Attention(cfg, name="self_attn")(h, positions, segment_ids, mask, write_index,
+                                                         layer_cache)
         hidden = hidden + attn
         h = RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="post_attention_layernorm")(hidden)
         hidden = hidden + MLP(cfg, name="mlp")(h)
@@ -163,7 +170,7 @@ class LlamaModel(nn.Module):
             embedding_init=nn.with_logical_partitioning(DEFAULT_INIT, ("vocab", "embed")))
         layer_cls = stack_layers(DecoderLayer, num_layers=cfg.num_layers, scan=cfg.scan_layers,
                                  policy_name=cfg.remat_policy,
-                                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0))
+                                 in_axes=(nn.broadcast,) * 4 + (0,))
         if cfg.scan_layers:
             self.layers = layer_cls(cfg)
         else:
@@ -185,11 +192,11 @@ class LlamaModel(nn.Module):
         mask, write_index, key_segments, new_lengths = _attention_mask(segment_ids, cache)
         kv = None if cache is None else {"k": cache["k"], "v": cache["v"]}
         if cfg.scan_layers:
-            x, new_kv = self.layers(x, positions, mask, write_index, kv)
+            x, new_kv = self.layers(x, positions, segment_ids, mask, write_index, kv)
         else:
             per_layer = []
             for i, layer in enumerate(self.layers):
-                x, layer_kv = layer(x, positions, mask, write_index,
+                x, layer_kv = layer(x, positions, segment_ids, mask, write_index,
                                     None if kv is None else jax.tree.map(lambda a: a[i], kv))
                 per_layer.append(layer_kv)
             new_kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
