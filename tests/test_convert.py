@@ -116,9 +116,10 @@ def test_import_of_export_gives_back_the_same_params(exported, imported, tmp_pat
     assert original_config == again_config
 
 
-def test_tied_head_prextended_vocab_and_loop_layers_round_trip(tmp_path):
+def test_tied_head_preextended_vocab_bin_weights_and_loop_layers_round_trip(tmp_path):
     model = tiny.tiny_llama(num_kv_heads=4, tie=True, vocab=V, seed=3)
-    model.save_pretrained(tmp_path / "llama")
+    model.config.save_pretrained(tmp_path / "llama")  # weights as a torch .bin file, the older HF format
+    torch.save(model.state_dict(), tmp_path / "llama" / "pytorch_model.bin")
     ckpt, export, again = (str(tmp_path / name) for name in ("ckpt", "export", "again"))
     assert main(["import_hf", "--llama", str(tmp_path / "llama"), "--out", ckpt, "--base_vocab_size",
                  str(tiny.VOCAB), "--num_temporal_tokens", "8", "--no_scan_layers"]) == 0

@@ -12,6 +12,7 @@ import os
 from typing import Callable, Optional
 
 import numpy as np
+import tqdm
 
 from momentor_jax.checkpoint_io import load_params, save_params  # noqa: F401 (re-exported for training)
 from momentor_jax.models.config import LlamaConfig, VisionConfig
@@ -130,19 +131,26 @@ def _convert_out(tree: dict, entries, prefix: str) -> dict:
 
 
 def _layers_in(get: Getter, entries, prefix_of_layer: Callable[[int], str], num_layers: int, scan: bool) -> dict:
-    per_layer = [_convert_in(get, entries, prefix_of_layer(i)) for i in range(num_layers)]
-    if not scan:
-        return {f"layers_{i}": tree for i, tree in enumerate(per_layer)}
+    """Per-layer trees as layers_0, layers_1, ... or, when `scan`, stacked on a leading axis (filled in place)."""
     import jax  # noqa: PLC0415
 
-    return {"layers": jax.tree.map(lambda *leaves: np.stack(leaves), *per_layer)}
+    layers = {}
+    for i in tqdm.trange(num_layers, desc="layers", disable=num_layers < 8):
+        tree = _convert_in(get, entries, prefix_of_layer(i))
+        if not scan:
+            layers[f"layers_{i}"] = tree
+            continue
+        if not layers:
+            layers["layers"] = jax.tree.map(lambda a: np.empty((num_layers,) + a.shape, a.dtype), tree)
+        jax.tree.map(lambda buffer, a: buffer.__setitem__(i, a), layers["layers"], tree)
+    return layers
 
 
 def _layers_out(params: dict, entries, prefix_of_layer, num_layers: int, scan: bool) -> dict:
     import jax  # noqa: PLC0415
 
     out = {}
-    for i in range(num_layers):
+    for i in tqdm.trange(num_layers, desc="layers", disable=num_layers < 8):
         tree = jax.tree.map(lambda a: np.asarray(a)[i], params["layers"]) if scan else params[f"layers_{i}"]
         out.update(_convert_out(tree, entries, prefix_of_layer(i)))
     return out
