@@ -7,9 +7,9 @@ from typing import Mapping, Optional
 
 import jax
 
-# Console order; anything else follows alphabetically.
-_CONSOLE_KEYS = ("loss", "text_loss", "temporal_loss", "learning_rate", "grad_norm", "tokens_per_sec",
-                 "step_time", "mfu")
+# What the console line shows, in order (TensorBoard gets every scalar).
+_CONSOLE_KEYS = ("loss", "text_loss", "temporal_loss", "temporal_accuracy", "learning_rate", "grad_norm",
+                 "tokens_per_sec", "step_time", "mfu")
 
 
 def format_eta(seconds: float) -> str:
@@ -21,15 +21,16 @@ def format_eta(seconds: float) -> str:
 def format_progress(step: int, total_steps: int, scalars: Mapping[str, float], eta_seconds: Optional[float]) -> str:
     """'step 120/1000 (12.0%) | loss 2.3456 | ... | eta 0:10:05'."""
     parts = [f"step {step}/{total_steps} ({100.0 * step / max(total_steps, 1):.1f}%)"]
-    keys = [k for k in _CONSOLE_KEYS if k in scalars] + sorted(k for k in scalars if k not in _CONSOLE_KEYS)
-    for key in keys:
+    for key in (k for k in _CONSOLE_KEYS if k in scalars):
         value = float(scalars[key])
         if key == "learning_rate":
             parts.append(f"lr {value:.3e}")
+        elif key == "temporal_accuracy":
+            parts.append(f"temporal_acc {value:.3f}")
         elif key == "mfu":
             parts.append(f"mfu {100.0 * value:.2f}%")
         elif key == "step_time":
-            parts.append(f"step {value:.3f}s")
+            parts.append(f"{value:.3f}s/step")
         elif key == "tokens_per_sec":
             parts.append(f"tok/s {value:,.0f}")
         else:

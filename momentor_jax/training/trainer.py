@@ -3,8 +3,10 @@
 Sections, top to bottom:
   1. TrainState and its sharded creation (eval_shape -> logical specs -> mesh shardings -> jit(init)).
   2. The train step: loss on the trainable split only, micro-batch accumulation, clipping + AdamW.
-  3. Warm starts (`init_from`) and restore.
-  4. The loop: data -> global batch -> step; metrics at log steps; async checkpoints; SIGTERM; non-finite stop.
+  3. Warm starts (`init_from`).
+  4. The loop: restore or create the state; data -> global batch -> step; metrics fetched only at log and
+     checkpoint steps; async checkpoints; SIGTERM; non-finite stop.
+  5. `train(config, workdir)`: config checks, tokenizer, Grain loader, step count, then the loop.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax
 import flax.linen as nn
@@ -291,6 +293,9 @@ class StopSignal:
                     pass
 
     def _handle(self, signum, frame):
+        if self.signal is not None:  # a second signal: stop waiting for the step to finish
+            self.restore()
+            raise KeyboardInterrupt(f"signal {signum} received twice")
         logging.warning("received signal %d: saving a checkpoint after this step, then exiting", signum)
         self.signal = signum
 
@@ -427,7 +432,9 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
             scalars = _summarize(fetched)
             if step > timer_step:
                 step_time = (now - timer_start) / (step - timer_step)
-                scalars.update(step_time=step_time, tokens_per_sec=tokens_per_step / step_time)
+                # tokens_per_sec counts padded positions (the work MFU measures); real_tokens_per_sec non-padding.
+                scalars.update(step_time=step_time, tokens_per_sec=tokens_per_step / step_time,
+                               real_tokens_per_sec=scalars["num_input_tokens"] / step_time)
                 if peak > 0:
                     scalars["mfu"] = flops_per_step / step_time / peak
                 eta = (total_steps - step) * step_time
