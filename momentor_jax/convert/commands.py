@@ -206,8 +206,9 @@ def _export_tokenizer(model_path: str, out_dir: str, vocab_size: int, num_tokens
     shutil.copy(model_path, os.path.join(out_dir, TOKENIZER_FILE))
     wanted = [constants.ADDED_TOKENS[0], constants.TEMPORAL_TOKEN_FORMAT.format(num_tokens - 1)]
     got = tokenizer.convert_tokens_to_ids(wanted)
-    if got != [base, vocab_size + num_tokens - 1]:
-        raise ValueError(f"exported tokenizer gives ids {got} to {wanted}; expected {[base, vocab_size + num_tokens - 1]}")
+    expected = [base, vocab_size + num_tokens - 1]
+    if got != expected:
+        raise ValueError(f"exported tokenizer gives ids {got} to {wanted}; expected {expected}")
 
 
 def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> None:

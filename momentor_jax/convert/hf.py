@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import math
 import os
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import tqdm
@@ -29,6 +29,16 @@ def _to_numpy(tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
+def _torch_state(path: str) -> dict:
+    """A torch checkpoint's state dict, memory-mapped (tensors are read when used); never unpickles objects."""
+    import torch  # noqa: PLC0415
+
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    return {key: value for key, value in state.items() if hasattr(value, "is_floating_point")}
+
+
 def read_tensor_file(path: str) -> dict:
     """All tensors of one .safetensors or torch (.bin/.pt, loaded with weights_only=True) file as numpy."""
     if path.endswith(".safetensors"):
@@ -36,12 +46,7 @@ def read_tensor_file(path: str) -> dict:
 
         with safe_open(path, framework="pt") as f:
             return {key: _to_numpy(f.get_tensor(key)) for key in f.keys()}
-    import torch  # noqa: PLC0415
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    return {key: _to_numpy(value) for key, value in state.items() if hasattr(value, "is_floating_point")}
+    return {key: _to_numpy(value) for key, value in _torch_state(path).items()}
 
 
 class HFWeights:
@@ -50,7 +55,7 @@ class HFWeights:
     def __init__(self, directory: str):
         self.directory = directory
         self._file_of: dict[str, str] = {}
-        self._cached_file, self._cached = None, {}
+        self._torch_states: dict[str, dict] = {}
         files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
         if files:
             from safetensors import safe_open  # noqa: PLC0415
@@ -61,7 +66,8 @@ class HFWeights:
         else:
             files = sorted(glob.glob(os.path.join(directory, "*.bin")))
             for path in files:
-                self._file_of.update({key: path for key in read_tensor_file(path)})
+                self._torch_states[path] = _torch_state(path)
+                self._file_of.update({key: path for key in self._torch_states[path]})
         if not files:
             raise FileNotFoundError(f"{directory}: no *.safetensors or *.bin weight files")
 
@@ -75,14 +81,12 @@ class HFWeights:
         if key not in self._file_of:
             raise KeyError(f"{self.directory}: no weight named {key!r}")
         path = self._file_of[key]
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open  # noqa: PLC0415
+        if path in self._torch_states:
+            return _to_numpy(self._torch_states[path][key])
+        from safetensors import safe_open  # noqa: PLC0415
 
-            with safe_open(path, framework="pt") as f:
-                return _to_numpy(f.get_tensor(key))
-        if self._cached_file != path:  # torch shards load whole; keep one in memory
-            self._cached_file, self._cached = path, read_tensor_file(path)
-        return self._cached[key]
+        with safe_open(path, framework="pt") as f:
+            return _to_numpy(f.get_tensor(key))
 
 
 def write_safetensors(path: str, tensors: dict) -> None:
@@ -358,10 +362,3 @@ def load_vision_config(clip_dir: str, **overrides) -> VisionConfig:
 
     return vision_config_from_hf(transformers.CLIPVisionConfig.from_pretrained(clip_dir), **overrides)
 
-
-def optional_tensor(get: HFWeights, suffix: str) -> Optional[np.ndarray]:
-    """The tensor whose name ends with `suffix` (any wrapper prefix), or None."""
-    matches = [k for k in get.keys() if k == suffix or k.endswith("." + suffix)]
-    if len(matches) > 1:
-        raise ValueError(f"{get.directory}: several weights end with {suffix!r}: {matches}")
-    return get(matches[0]) if matches else None

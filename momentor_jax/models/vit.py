@@ -20,7 +20,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from momentor_jax.models.config import VisionConfig
@@ -133,6 +132,3 @@ class VisionTower(nn.Module):
         pooled = layer_norm(cfg.layer_norm_eps, "vision_embed", dtype, param_dtype, "post_layernorm")(x[:, 0])
         return nn.with_logical_constraint(pooled.astype(jnp.float32), (self.batch_axis, "vision_embed"))
 
-
-def num_patches(config: VisionConfig) -> int:
-    return int(np.square(config.image_size // config.patch_size))
