@@ -2,12 +2,13 @@
 
     python launch/sweep.py --config=configs/tiny.py[:variant] --workdir_root=DIR [--dry_run]
     python launch/sweep.py --config=configs/momentor_7b.py:stage2 --workdir_root=gs://BUCKET/sweeps/s2 \
-        --tpu=NAME [--tpu=NAME2 ...] [--zone=Z --project=P] [--dry_run]
+        --tpu=NAME [--tpu=NAME2 ...] [--zone=Z --project=P] [--dry_run] [--config.data.dir=gs://BUCKET/data ...]
 
 `sweep()` (or `sweep(variant)`) in the config file returns a list of dicts {dotted.config.key: value}. Each run gets
 workdir DIR/<name>, the name built from its overrides (e.g. `learning_rate=2e-05,batch_size=64`). Locally the runs
 go one after another and a failed run is counted, not fatal. With --tpu the runs are dealt round-robin to the TPU
-VMs; each VM runs its share one after another in the background (see `launch/tpu.py logs`).
+VMs; each VM runs its share one after another in the background (see `launch/tpu.py logs`). Extra
+`--config.key=value` flags go to every run, before the run's own overrides.
 """
 from __future__ import annotations
 
@@ -89,8 +90,12 @@ def run_name(overrides: dict[str, Any]) -> str:
     return name
 
 
-def plan(config: str, workdir_root: str, sweep: Sequence[dict[str, Any]]) -> list[tuple[str, str, list[str]]]:
-    """(name, workdir, override flags) per run; names made unique with a numeric suffix."""
+def plan(config: str, workdir_root: str, sweep: Sequence[dict[str, Any]], common: Sequence[str] = ()
+         ) -> list[tuple[str, str, list[str]]]:
+    """(name, workdir, override flags) per run; names made unique with a numeric suffix.
+
+    `common` flags (`--config.key=value`, e.g. data.dir) go to every run, before the run's own overrides.
+    """
     runs, seen = [], {}
     for overrides in sweep:
         name = run_name(overrides)
@@ -99,7 +104,7 @@ def plan(config: str, workdir_root: str, sweep: Sequence[dict[str, Any]]) -> lis
             name = f"{name}-{seen[name]}"
         else:
             seen[name] = 0
-        runs.append((name, f"{workdir_root.rstrip('/')}/{name}", override_flags(overrides)))
+        runs.append((name, f"{workdir_root.rstrip('/')}/{name}", [*common, *override_flags(overrides)]))
     return runs
 
 
@@ -152,9 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, common = build_parser().parse_known_args(argv)
     try:
-        runs = plan(args.config, args.workdir_root, load_sweep(args.config))
+        for flag in common:
+            if not flag.startswith("--config."):
+                raise tpu.LaunchError(f"unexpected argument {flag!r}: only --config.key=value flags pass through")
+        runs = plan(args.config, args.workdir_root, load_sweep(args.config), common)
         if args.tpu:
             sweep_name = tpu.check_safe(args.sweep_name or default_sweep_name(args.config), "--sweep_name")
             commands = tpu_commands(args, runs, sweep_name)

@@ -50,6 +50,15 @@ def test_dry_run_local(capsys, config_file):
     ]
 
 
+def test_common_overrides_go_to_every_run(capsys, config_file):
+    assert sweep.main([f"--config={config_file}", "--workdir_root=/r", "--config.data.dir=/data", "--dry_run"]) == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert [c[5] for c in commands] == ["--config.data.dir=/data"] * 4
+    assert commands[0][6:] == ["--config.optim.learning_rate=2e-05", "--config.batch_size=64"]
+    assert sweep.main([f"--config={config_file}", "--workdir_root=/r", "--lr=1", "--dry_run"]) == 2
+    assert "--config.key=value" in capsys.readouterr().err
+
+
 def test_dry_run_tpu_round_robin(capsys, config_file):
     argv = [f"--config={config_file}", "--workdir_root=gs://b/s", "--tpu=vm-a", "--tpu=vm-b", "--zone=z",
             "--project=p", "--dry_run"]
