@@ -25,6 +25,7 @@ def get_config(arg=None):
     c.warmup_fraction = 0.01
     c.weight_decay = 0.0
     c.trainable = "momentor"
+    c.requires_init_from = True              # a frozen random LLaMA would teach nothing
     c.mesh = (1, -1, 1)                      # FSDP over the whole slice
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3

@@ -239,3 +239,8 @@ def test_data_state_round_trip(tmp_path, state):
     handler = checkpoint_lib.DataStateHandler()
     handler.save(tmp_path, checkpoint_lib.DataStateSave(state))
     assert handler.restore(tmp_path) == state
+
+
+def test_fresh_run_that_needs_pretrained_weights_refuses_random_init(tmp_path):
+    with pytest.raises(ValueError, match="init_from to the GESM run's workdir"):
+        run_toy(tmp_path, ToyIterator(), requires_init_from=True, variant="instruct")

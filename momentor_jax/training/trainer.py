@@ -394,6 +394,10 @@ def _initial_state(config, factory: StateFactory, ckpt: checkpoint_lib.Checkpoin
         return factory.assemble(restored.params, restored.train), latest
     if config.init_from:
         return factory.from_params(warm_start_params(config.init_from, factory), config.seed), 0
+    if config.get("requires_init_from", False):
+        hint = ("the GESM run's workdir" if config.get("variant") == "instruct"
+                else "an imported checkpoint (python -m momentor_jax.convert import_hf)")
+        raise ValueError(f"this config starts from pretrained weights: set --config.init_from to {hint}")
     return factory.random_init(config.seed), 0
 
 
