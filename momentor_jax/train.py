@@ -18,6 +18,7 @@ import os
 import sys
 
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 # configs/ sits next to the package; make `from configs import ...` work whatever the current directory is.
@@ -106,11 +107,10 @@ def main(argv) -> None:
     from momentor_jax.training import trainer  # noqa: PLC0415
 
     config, workdir = _CONFIG.value, _WORKDIR.value
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
     _resolve_data(config, workdir)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1, sort_keys=True))
+        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1, sort_keys=True))
     logging.info("process %d of %d, %d devices (%s)", jax.process_index(), jax.process_count(), jax.device_count(),
                  jax.devices()[0].device_kind)
     try:

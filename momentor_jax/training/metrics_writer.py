@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import datetime
-import os
 from typing import Mapping, Optional
 
 import jax
+from etils import epath
 
 # What the console line shows, in order (TensorBoard gets every scalar).
 _CONSOLE_KEYS = ("loss", "text_loss", "temporal_loss", "temporal_accuracy", "learning_rate", "grad_norm",
@@ -47,7 +47,7 @@ class MetricsWriter:
         self._writer = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # noqa: PLC0415 (only process 0 needs it)
-            os.makedirs(logdir, exist_ok=True)
+            epath.Path(logdir).mkdir(parents=True, exist_ok=True)  # local or gs://
             self._writer = SummaryWriter(logdir=logdir, flush_secs=30)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:

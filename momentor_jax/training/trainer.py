@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from momentor_jax.models import momentor as momentor_lib
 from momentor_jax.models import partition
@@ -481,9 +482,10 @@ def data_paths(config) -> dict:
 def load_tokenizer(path: str, model_config: MomentorConfig):
     """A MomentorTokenizer directory (tokenizer.save) or a bare sentencepiece .model; checked against the model."""
     from momentor_jax.data.tokenizer import ADDED_TOKENS_FILENAME, MomentorTokenizer  # noqa: PLC0415
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, ADDED_TOKENS_FILENAME)):
+    location = epath.Path(path)  # local or gs://
+    if location.is_dir() and (location / ADDED_TOKENS_FILENAME).exists():
         tokenizer = MomentorTokenizer.load(path)
-    elif os.path.isfile(path):
+    elif location.is_file():
         tokenizer = MomentorTokenizer(path, model_config.num_temporal_tokens)
     else:
         raise FileNotFoundError(f"tokenizer {path}: neither a MomentorTokenizer directory nor a sentencepiece model")
