@@ -57,12 +57,12 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-8
-    c.trainable = "momentor"           # 'momentor' (projector, TPM, input embeddings) | 'all' | 'none'
+    c.trainable = "momentor"           # 'momentor' (projector, TPM, input embeddings) | 'all'
     c.remat_policy = remat_ref
 
     c.init_from = config_dict.placeholder(str)   # `convert import_hf` output, or a previous stage's workdir
     c.requires_init_from = False       # True: a fresh run (no checkpoint yet) refuses to start from random weights
-    c.tokenizer = config_dict.placeholder(str)   # MomentorTokenizer dir or sentencepiece .model; unset: <data.dir>/tokenizer
+    c.tokenizer = config_dict.placeholder(str)   # MomentorTokenizer dir or .model file; unset: <data.dir>/tokenizer
 
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
