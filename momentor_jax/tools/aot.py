@@ -272,18 +272,21 @@ def find_max_batch(config, devices, target: TpuTarget, limit: int, log=print) ->
     from momentor_jax.training import sharding  # noqa: PLC0415
     unit = sharding.data_parallel_size(sharding.make_mesh(config.mesh, devices=devices)) * config.grad_accum_steps
 
-    cache: dict[int, Optional[tuple]] = {}
+    tried: dict[int, bool] = {}
+    best: dict[int, tuple] = {}  # only the largest fitting compile is kept (executables are large)
 
     def fits(multiple: int) -> bool:
-        if multiple not in cache:
+        if multiple not in tried:
             start = time.perf_counter()
             step, memory, reason = try_compile(config, devices, target, multiple * unit)
-            ok = step is not None and memory.fits
-            cache[multiple] = (step, memory) if ok else None
+            tried[multiple] = step is not None and memory.fits
+            if tried[multiple] and multiple > max(best, default=0):
+                best.clear()
+                best[multiple] = (step, memory)
             detail = _gib(memory.total).strip() if memory else f"compile OOM: {reason}"
-            log(f"  batch {multiple * unit:6d}: {'fits' if ok else 'does not fit'} ({detail}, "
+            log(f"  batch {multiple * unit:6d}: {'fits' if tried[multiple] else 'does not fit'} ({detail}, "
                 f"{time.perf_counter() - start:.0f} s)")
-        return cache[multiple] is not None
+        return tried[multiple]
 
     if not fits(1):
         return 0, None
@@ -294,7 +297,7 @@ def find_max_batch(config, devices, target: TpuTarget, limit: int, log=print) ->
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if fits(mid) else (low, mid)
-    return low * unit, cache[low]
+    return low * unit, best[low]
 
 
 def main(argv) -> int:
