@@ -42,6 +42,7 @@ RUNTIME_VERSIONS = {
 # gcloud calls v5e slices "v5litepod-N"; accept the marketing name too.
 ACCELERATOR_ALIASES = {"v5e": "v5litepod"}
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMOTE_PYTHON = ".venv/bin/python"
 LOG_ROOT = "~/logs"
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")      # GCE resource names
@@ -163,9 +164,9 @@ def setup_commands(args) -> list[list[str]]:
             fetch += f" && cd ~/{remote_dir} && {shlex.join(['git', 'checkout', '--quiet', args.ref])}"
     else:
         tarball = args.tarball
-        commands.append(["git", "archive", "--format=tar.gz", "-o", tarball, args.ref or "HEAD"])
-        commands.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, f"{check_name(args.name)}:{remote_dir}.tar.gz",
-                         *scope(args), "--worker=all"])
+        commands.append(["git", "-C", REPO_ROOT, "archive", "--format=tar.gz", "-o", tarball, args.ref or "HEAD"])
+        commands.append(["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball,
+                         f"{check_name(args.name)}:{remote_dir}.tar.gz", *scope(args), "--worker=all"])
         fetch = f"rm -rf ~/{remote_dir} && mkdir -p ~/{remote_dir} && tar -xzf ~/{remote_dir}.tar.gz -C ~/{remote_dir}"
     python = shlex.quote(args.python)
     ensure_python = (f"(command -v {python} >/dev/null || (sudo apt-get update -qq && "

@@ -49,7 +49,8 @@ def test_create_queued_resource_and_wait(capsys):
 
 def test_setup_from_tarball(capsys):
     commands = dry_run(capsys, "setup", "--name=mtr-1", "--tarball=/tmp/src.tar.gz")
-    assert commands[0] == ["git", "archive", "--format=tar.gz", "-o", "/tmp/src.tar.gz", "HEAD"]
+    assert commands[0] == ["git", "-C", tpu.REPO_ROOT, "archive", "--format=tar.gz", "-o", "/tmp/src.tar.gz", "HEAD"]
+    assert os.path.isdir(os.path.join(tpu.REPO_ROOT, "launch"))
     assert commands[1] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "/tmp/src.tar.gz", "mtr-1:momentor_jax.tar.gz",
                            *SCOPE, "--worker=all"]
     head, remote = commands[2][:-1], commands[2][-1]

@@ -6,8 +6,8 @@
 Nothing is allocated: the train state and the batch are `jax.eval_shape` abstractions, the devices are libtpu's
 compile-only description of the slice (`jax.experimental.topologies.get_topology_desc`), and XLA's TPU compiler
 plans every buffer. Prints per-chip memory (arguments, outputs, temporaries, generated code, total vs HBM), the
-model FLOPs of one step and the mesh; exits 1 when the step does not fit. `--find_max_batch` binary-searches the largest
-global batch (a multiple of the data-parallel size) that compiles and fits.
+model FLOPs of one step and the mesh; exits 1 when the step does not fit. `--find_max_batch` binary-searches the
+largest global batch (a multiple of the data-parallel size) that compiles and fits. Figures for 7B: docs/aot_7b.md.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ import jax  # noqa: E402
 
 GiB = 1024 ** 3
 
-# Per-chip HBM and the name libtpu gives the generation in topology strings.
+# generation: (libtpu's name in topology strings, torus dims, HBM per chip, TensorCores per chip as counted in
+# the accelerator type: 'v5p-64' is 64 TensorCores = 32 chips; 'v5e-256' is 256 chips)
 _GENERATIONS = {
-    #          libtpu name, dims, HBM,       TensorCores per device (in the accelerator-type count)
     "v4": ("v4", 3, 32 * GiB, 2),
     "v5p": ("v5", 3, 95 * GiB, 2),
     "v5e": ("v5e", 2, 16 * GiB, 1),
