@@ -140,3 +140,21 @@ def test_two_processes_resume_and_match_single_process(tmp_path, data_dir):
     for (path, after), (_, before) in zip(flat_ref, jax.tree_util.tree_leaves_with_path(initial)):
         moved += not np.array_equal(np.asarray(after), np.asarray(before))
     assert moved > 0  # steps 3-4 changed the trainable parameters, so the comparison is not vacuous
+
+
+def test_maybe_initialize_single_process_and_bad_arguments(monkeypatch):
+    from momentor_jax.training import distributed  # noqa: PLC0415
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID,
+                 distributed.ENV_DISTRIBUTED):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(distributed, "tpu_chips_attached", lambda: False)
+    assert distributed.maybe_initialize() is False                       # plain single process: no-op
+    assert distributed.maybe_initialize("127.0.0.1:1", 1, 0) is False    # one process needs no coordinator
+    with pytest.raises(ValueError, match="coordinator_address, num_processes and process_id"):
+        distributed.maybe_initialize("127.0.0.1:1", 2)
+    with pytest.raises(ValueError, match="out of range"):
+        distributed.maybe_initialize("127.0.0.1:1", 2, 2)
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "two")
+    with pytest.raises(ValueError, match="MOMENTOR_NUM_PROCESSES"):
+        distributed.maybe_initialize()
+    assert not jax.distributed.is_initialized()
