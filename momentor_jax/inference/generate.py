@@ -1,0 +1,235 @@
+"""Autoregressive decoding with the KV cache, and answers with times in seconds.
+
+`generate_tokens` is one jitted program per (model config, batch shape, sampling settings): the video is encoded
+once, the right-padded prompts fill a fresh cache in one prefill call, then a `lax.while_loop` decodes up to
+`max_new_tokens` tokens (stopping early once every row has written </s>), with no host round trip per token.
+
+A generated temporal token V + k is turned into a sub-token time p with `tpm.decode_time` on the N temporal
+logits (restricted to k and its neighbours, which for greedy decoding is exactly decode_time of all N), and fed
+back as the interpolated E_in' at p. `Generator` wraps this for host callers: prompts -> padded batch -> answer
+text ("12.3s to 15.0s: ...") plus the times and (start, end) windows in seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from momentor_jax import constants
+from momentor_jax.data import conversation
+from momentor_jax.data.encode import build_prompt
+from momentor_jax.data.tokenizer import MomentorTokenizer
+from momentor_jax.models import tpm as tpm_lib
+from momentor_jax.models.config import MomentorConfig
+from momentor_jax.models.layers import to_dtype
+from momentor_jax.models.llama import init_cache
+from momentor_jax.models.momentor import Momentor
+
+PROMPT_BUCKET = 64  # prompts are right-padded to a multiple of this, so similar prompts share one compilation
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0: greedy. top_p < 1: nucleus sampling over the smallest set with that much probability."""
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+def _banned_ids(config: MomentorConfig) -> list[int]:
+    """Ids the model must never write: the video span tokens and the temporal placeholders (inputs only)."""
+    special = constants.special_token_ids(config.llm.vocab_size)
+    return [special[name] for name in ("vid_patch", "vid_start", "vid_end", "temp_input", "temp_output")]
+
+
+def _pick_tokens(logits, rng, sampling: SamplingConfig):
+    """[B, V + N] float32 logits -> [B] int32 token ids."""
+    if sampling.temperature <= 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    if sampling.top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        sorted_logits = jnp.where(mass_before < sampling.top_p, sorted_logits, -jnp.inf)
+        choice = jax.random.categorical(rng, sorted_logits, axis=-1)
+        return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _refined_times(logits, tokens, vocab_size: int):
+    """Sub-token normalized time [B] for a temporal token V + k: decode_time over k and its neighbours."""
+    temporal = logits[:, vocab_size:]
+    index = jnp.arange(temporal.shape[-1])
+    k = jnp.clip(tokens - vocab_size, 0, temporal.shape[-1] - 1)
+    near = jnp.abs(index[None, :] - k[:, None]) <= 1
+    return tpm_lib.decode_time(jnp.where(near, temporal, -jnp.inf))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_id"))
+def generate_tokens(params, input_ids, token_times, prompt_lengths, video, rng, *, config: MomentorConfig,
+                    sampling: SamplingConfig, eos_id: int) -> dict:
+    """Decode after right-padded prompts.
+
+    input_ids/token_times [B, L] (real tokens first, `prompt_lengths` [B] of them), video frames [B, M, H, W, 3] or
+    features [B, M, F]. Returns {'tokens' [B, T] int32 (after </s>: 0), 'times' [B, T] float32 normalized time of
+    each temporal token (0 elsewhere), 'num_tokens' [B] int32 generated tokens up to and including </s>}.
+    """
+    model = Momentor(config)
+    variables = {"params": params}
+    batch_size, prompt_len = input_ids.shape
+    steps = sampling.max_new_tokens
+    vocab_size = config.llm.vocab_size
+    has_temporal = config.tpm_enabled
+
+    video_embeds = model.apply(variables, video, method=Momentor.encode_video)
+    embeds = model.apply(variables, input_ids, token_times, video_embeds, method=Momentor.embed_inputs)
+    cache = init_cache(config.llm, batch_size, prompt_len + steps, to_dtype(config.llm.dtype))
+    positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), (batch_size, prompt_len))
+    segment_ids = (positions < prompt_lengths[:, None]).astype(jnp.int32)
+    logits, cache = model.apply(variables, embeds, positions, segment_ids, cache, method=Momentor.forward_embeds)
+    last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+    banned = jnp.zeros((logits.shape[-1],), bool).at[jnp.asarray(_banned_ids(config))].set(True)
+
+    def cond(state):
+        step, _, _, done, _, _, _ = state
+        return (step < steps) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, last, done, rng, tokens, times = state
+        rng, step_rng = jax.random.split(rng)
+        scores = jnp.where(banned[None, :], -jnp.inf, last)
+        token = _pick_tokens(scores, step_rng, sampling)
+        is_temporal = token >= vocab_size
+        time = _refined_times(scores, token, vocab_size) if has_temporal else jnp.zeros((batch_size,))
+        time = jnp.where(is_temporal, time, 0.0)
+        tokens = tokens.at[:, step].set(jnp.where(done, 0, token))
+        times = times.at[:, step].set(jnp.where(done, 0.0, time))
+        done = done | (token == eos_id)
+        fed = model.apply(variables, token[:, None], time[:, None], method=Momentor.embed_generated)
+        step_logits, cache = model.apply(variables, fed, cache["lengths"][:, None],
+                                         jnp.ones((batch_size, 1), jnp.int32), cache,
+                                         method=Momentor.forward_embeds)
+        return step + 1, cache, step_logits[:, 0], done, rng, tokens, times
+
+    state = (jnp.int32(0), cache, last, jnp.zeros((batch_size,), bool), rng,
+             jnp.zeros((batch_size, steps), jnp.int32), jnp.zeros((batch_size, steps), jnp.float32))
+    steps_run, _, _, _, _, tokens, times = jax.lax.while_loop(cond, body, state)
+    is_eos = tokens == eos_id
+    num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, steps_run)
+    return {"tokens": tokens, "times": times, "num_tokens": num_tokens.astype(jnp.int32)}
+
+
+# ----------------------------------------------------------------------------------------------- host side
+@dataclasses.dataclass
+class Answer:
+    """One generated answer: text with times in seconds, the times in order, consecutive pairs as windows."""
+    text: str
+    times: list
+    windows: list
+    token_ids: list
+
+    def to_json(self) -> dict:
+        return {"answer": self.text, "times": self.times, "windows": [list(w) for w in self.windows]}
+
+
+def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: float,
+                  tokenizer: MomentorTokenizer) -> Answer:
+    """Token ids (up to </s>) and normalized times -> Answer with each temporal token written as "12.3s"."""
+    vocab_size = tokenizer.vocab_size
+    pieces, run, seconds = [], [], []
+
+    def flush():
+        if run:
+            text = tokenizer.decode(run, skip_special_tokens=True)
+            # sentencepiece drops the word-start space of a run's first piece; after a time it separates words.
+            if pieces and tokenizer.id_to_token(run[0]).startswith("\u2581") and not text.startswith(" "):
+                text = " " + text
+            pieces.append(text)
+            run.clear()
+
+    kept = []
+    for token_id, time in zip(token_ids, times):
+        token_id = int(token_id)
+        if token_id == tokenizer.eos_id:
+            break
+        kept.append(token_id)
+        if token_id >= vocab_size:
+            flush()
+            if pieces and not pieces[-1][-1:].isspace():
+                pieces.append(" ")
+            value = round(float(np.clip(time, 0.0, 1.0)) * duration, 1)
+            seconds.append(value)
+            pieces.append(f"{value:.1f}s")
+        else:
+            run.append(token_id)
+    flush()
+    windows = [(seconds[i], seconds[i + 1]) if seconds[i] <= seconds[i + 1] else (seconds[i + 1], seconds[i])
+               for i in range(0, len(seconds) - 1, 2)]
+    return Answer(text="".join(pieces).strip(), times=seconds, windows=windows, token_ids=kept)
+
+
+def _bucket(length: int, bucket: int = PROMPT_BUCKET) -> int:
+    return -(-length // bucket) * bucket
+
+
+class Generator:
+    """Answers questions about videos with a loaded model (params, config, tokenizer)."""
+
+    def __init__(self, params: Any, config: MomentorConfig, tokenizer: MomentorTokenizer,
+                 system_prompt: str = conversation.SYSTEM_PROMPT, sampling: SamplingConfig = SamplingConfig(),
+                 seed: int = 0):
+        if tokenizer.vocab_size != config.llm.vocab_size or tokenizer.num_temporal_tokens != config.num_temporal_tokens:
+            raise ValueError(f"tokenizer (V={tokenizer.vocab_size}, N={tokenizer.num_temporal_tokens}) does not match "
+                             f"the model (V={config.llm.vocab_size}, N={config.num_temporal_tokens})")
+        self.params, self.config, self.tokenizer = params, config, tokenizer
+        self.system_prompt, self.sampling = system_prompt, sampling
+        self._rng = jax.random.PRNGKey(seed)
+
+    def prompt(self, question: str, duration: float, input_times: Sequence[float] = ()) -> dict:
+        return build_prompt([{"User": question, "Assistant": None}], self.tokenizer, self.config.num_frames,
+                            for_generation=True, duration=duration, temporal_input_times=input_times,
+                            system_prompt=self.system_prompt)
+
+    def answer(self, questions: Sequence[str], videos: np.ndarray, durations: Sequence[float],
+               input_times: Optional[Sequence[Sequence[float]]] = None, batch_size: Optional[int] = None
+               ) -> list[Answer]:
+        """One answer per question; videos [B, M, ...] (frames or cached features); durations in seconds.
+
+        batch_size: pad the batch to this many rows (fixed shapes across calls); default len(questions).
+        """
+        count = len(questions)
+        if count == 0:
+            return []
+        batch_size = batch_size or count
+        if count > batch_size:
+            raise ValueError(f"{count} questions for a batch of {batch_size}")
+        input_times = input_times or [()] * count
+        prompts = [self.prompt(q, float(d), t) for q, d, t in zip(questions, durations, input_times)]
+        lengths = np.array([len(p["input_ids"]) for p in prompts] + [1] * (batch_size - count), np.int32)
+        max_positions = self.config.llm.max_position_embeddings
+        width = _bucket(int(lengths.max()))
+        if width + self.sampling.max_new_tokens > max_positions:
+            width = int(lengths.max())
+        if width + self.sampling.max_new_tokens > max_positions:
+            raise ValueError(f"prompt of {width} tokens + max_new_tokens {self.sampling.max_new_tokens} exceeds "
+                             f"max_position_embeddings {max_positions}")
+        input_ids = np.zeros((batch_size, width), np.int32)
+        token_times = np.zeros((batch_size, width), np.float32)
+        input_ids[:, 0] = self.tokenizer.bos_id
+        for row, p in enumerate(prompts):
+            input_ids[row, :len(p["input_ids"])] = p["input_ids"]
+            token_times[row, :len(p["token_times"])] = p["token_times"]
+        videos = np.asarray(videos)
+        if len(videos) < batch_size:
+            videos = np.concatenate([videos, np.repeat(videos[-1:], batch_size - len(videos), axis=0)])
+        self._rng, rng = jax.random.split(self._rng)
+        out = generate_tokens(self.params, input_ids, token_times, lengths, videos, rng, config=self.config,
+                              sampling=self.sampling, eos_id=self.tokenizer.eos_id)
+        tokens, times = np.asarray(out["tokens"]), np.asarray(out["times"])
+        return [render_answer(tokens[i], times[i], float(durations[i]), self.tokenizer) for i in range(count)]
