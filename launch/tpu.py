@@ -3,7 +3,7 @@
     python launch/tpu.py create --name=NAME --accelerator_type=v5p-64 [--spot | --preemptible] [--queued [--wait]]
     python launch/tpu.py setup  --name=NAME [--repo_url=URL --ref=REF]      # default: tarball of git HEAD
     python launch/tpu.py train  --name=NAME --config=configs/momentor_7b.py:stage1 [--workdir=gs://...] \
-                                [--config.optim.learning_rate=1e-5 ...]
+                                [--config.learning_rate=1e-5 ...]
     python launch/tpu.py logs   --name=NAME [--run_name=RUN] [--worker=0]
     python launch/tpu.py stop   --name=NAME [--run_name=RUN]
     python launch/tpu.py delete --name=NAME [--queued]
