@@ -24,7 +24,8 @@ CORE = [
 # torch is imported lazily, only by conversion, parity tests and the PyTorch benchmark.
 CONVERT = ["torch", "transformers>=4.46", "safetensors"]
 EVAL = ["pycocoevalcap"]  # METEOR (needs a Java runtime) and CIDEr for dense captioning
-TPU = ["libtpu"]  # real TPU runtime; also lets tools.aot compile for TPU topologies on a CPU host
+TPU = ["jax[tpu]>=0.12,<0.13"]  # the TPU runtime matching jax, for Cloud TPU VMs
+AOT = ["libtpu"]  # lets tools.aot compile for TPU topologies on a CPU host
 
 setup(
     name="momentor_jax",
@@ -37,6 +38,7 @@ setup(
         "convert": CONVERT,
         "eval": EVAL,
         "tpu": TPU,
-        "test": CONVERT + EVAL + TPU + ["pytest", "pytest-xdist"],
+        "aot": AOT,
+        "test": CONVERT + EVAL + AOT + ["pytest", "pytest-xdist"],
     },
 )
