@@ -23,7 +23,7 @@ def demo_model() -> model_configs.MomentorConfig:
 
 def get_config(arg=None):
     variant = parse_variant(arg, "gesm", VARIANTS)
-    c = base_config(demo_model(), num_frames=16, max_length=256, remat_policy="none")
+    c = base_config(demo_model(), num_frames=16, max_length=192, remat_policy="none")
     c.variant = variant
     c.batch_size = 8
     c.total_steps = 300

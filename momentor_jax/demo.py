@@ -1,0 +1,369 @@
+"""The end-to-end CPU demo: a small Momentor trained from scratch learns to localize events in synthetic videos.
+
+    python -m momentor_jax.demo [--workdir=demo_workdir] [--quick] [--ablate_tpm] [--config.KEY=VALUE ...]
+
+Every step runs the project's real command in a subprocess (argument lists, never shell strings):
+  1. data/make_synthetic.py      training + held-out videos with known events
+  2. data/convert_data_gesm.py, data/convert_data.py, data/extract_frames.py, and a small sentencepiece tokenizer
+  3. momentor_jax.train          stage 1 GESM, then stage 2 instruction tuning warm-started from stage 1
+  4. momentor_jax.evaluate       temporal grounding on the held-out videos; next to it two baselines on the same
+                                 queries (a seeded random window, the best single fixed window by grid search)
+  5. momentor_jax.convert export_hf of the trained model
+`--ablate_tpm` trains and evaluates with times written as plain text (`--config.model.tpm_enabled=False`).
+`--config.KEY=VALUE` flags are passed to both training stages. Re-running on the same workdir reuses finished steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from typing import Optional, Sequence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILE = os.path.join(REPO_ROOT, "configs", "demo.py")
+DONE_MARKER = "DEMO_STEP_DONE"
+
+
+def _log(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_command(args: Sequence[str], what: str) -> None:
+    """Runs one pipeline command with the repository on PYTHONPATH; its output streams through; fails loudly."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    _log(f"{what}: {' '.join(args[1:])}")
+    completed = subprocess.run(list(args), cwd=REPO_ROOT, env=env, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"demo: {what} failed with exit status {completed.returncode}")
+
+
+def _python(*args: str) -> list:
+    return [sys.executable, *args]
+
+
+def _done(directory: str) -> bool:
+    return os.path.exists(os.path.join(directory, DONE_MARKER))
+
+
+def _mark_done(directory: str) -> None:
+    with open(os.path.join(directory, DONE_MARKER), "w") as f:
+        f.write("ok\n")
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
+    """Data and training sizes; --quick is the smoke test's path (no learning expected)."""
+    if quick:
+        return {"train_videos": 6, "heldout_videos": 2, "gesm_steps": 3, "instruct_steps": 3, "batch_size": 2,
+                "fmt": "text" if ablate_tpm else "temporal"}
+    return {"train_videos": 96, "heldout_videos": 12, "gesm_steps": 150, "instruct_steps": 450, "batch_size": 8,
+            "fmt": "text" if ablate_tpm else "temporal"}
+
+
+def load_model_config(overrides: Sequence[str]):
+    """The demo config's MomentorConfig with the `--config.KEY=VALUE` overrides applied (frames, vocabulary)."""
+    import ast  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+    sys.path.insert(0, REPO_ROOT)
+    from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("demo_config", CONFIG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for override in overrides:
+        key, _, text = override[len("--config."):].partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config, MomentorConfig.from_dict(config.model)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def grounding_examples(gesm_raw_path: str, fmt: str, seed: int) -> list:
+    """Training dialogues that ask for one event's window with its caption as the query, the form of the
+    held-out grounding queries (the captions of held-out videos are never used)."""
+    from momentor_jax import constants  # noqa: PLC0415
+    from momentor_jax.data import moment10m  # noqa: PLC0415
+
+    prompts = grounding_prompts()
+    rng = random.Random(seed)
+    with open(gesm_raw_path) as f:
+        raw = json.load(f)
+    records = []
+    for video_id, entry in raw.items():
+        for (start, end), caption in zip(entry["timestamps"], entry["captions"]):
+            user = rng.choice(prompts).format(query=caption)
+            if fmt == "temporal":
+                answer = f"{moment10m.placeholder_window(constants.TEMP_OUTPUT_TOKEN)}."
+                times = [start, end]
+            else:
+                answer = f"{rng.choice(moment10m.MOMENT_TEMPLATE_POOL).format(start, end)}."
+                times = []
+            records.append({"id": video_id, "data_type": "grounding_data",
+                            "conversations": [{"User": user, "Assistant": answer}],
+                            "temporal_input_times": [], "temporal_output_times": times})
+    return records
+
+
+def grounding_prompts() -> list:
+    """The evaluate command's grounding prompt(s) when it exposes them, else a few phrasings around the query."""
+    try:
+        from momentor_jax import evaluate  # noqa: PLC0415
+        prompts = getattr(evaluate, "GROUNDING_PROMPTS", None) or [getattr(evaluate, "GROUNDING_PROMPT")]
+        return [p for p in prompts if "{query}" in p]
+    except (ImportError, AttributeError):
+        return ["Find the moment in the video that matches the description: {query}",
+                "When does this happen in the video? {query}",
+                "Localize the event: {query}"]
+
+
+def train_tokenizer(example_paths: Sequence[str], out_dir: str, model_config, seed: int) -> None:
+    from momentor_jax import constants  # noqa: PLC0415
+    from momentor_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415
+
+    texts = tokenizer_lib.demo_texts(seed=seed)
+    for path in example_paths:
+        with open(path) as f:
+            for line in f:
+                for turn in json.loads(line)["conversations"]:
+                    texts.extend(v for v in turn.values() if v)
+    base_vocab = model_config.llm.vocab_size - constants.NUM_ADDED_TOKENS
+    model_path = tokenizer_lib.train_sentencepiece(texts, os.path.join(out_dir, "sentencepiece"),
+                                                   vocab_size=base_vocab)
+    tokenizer_lib.MomentorTokenizer(model_path, model_config.num_temporal_tokens).save(
+        os.path.join(out_dir, "tokenizer"))
+
+
+def prepare_data(data_dir: str, settings: dict, model_config, seed: int) -> None:
+    """Renders, converts and extracts the data set into `data_dir` (the trainer's prepared-data layout)."""
+    if _done(data_dir):
+        _log(f"data: reusing {data_dir}")
+        return
+    raw = os.path.join(data_dir, "raw")
+    num_videos = settings["train_videos"] + settings["heldout_videos"]
+    run_command(_python("data/make_synthetic.py", "--out", raw, "--num_videos", str(num_videos),
+                        "--num_heldout", str(settings["heldout_videos"]), "--seed", str(seed),
+                        "--size", str(max(64, model_config.vision.image_size))), "render videos")
+    fmt = settings["fmt"]
+    gesm_path = os.path.join(data_dir, "gesm_train.jsonl")
+    instruct_path = os.path.join(data_dir, "instruct_train.jsonl")
+    run_command(_python("data/convert_data_gesm.py", "--source_path", os.path.join(raw, "gesm_train.json"),
+                        "--target_path", gesm_path, "--format", fmt, "--seed", str(seed)), "convert GESM")
+    run_command(_python("data/convert_data.py", "--source_path", os.path.join(raw, "moment10m_train.json"),
+                        "--target_path", instruct_path, "--format", fmt, "--seed", str(seed)),
+                "convert Moment-10M")
+    extra = grounding_examples(os.path.join(raw, "gesm_train.json"), fmt, seed)
+    with open(instruct_path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in extra)
+    _log(f"added {len(extra)} grounding dialogues (training videos) to {instruct_path}")
+    run_command(_python("data/extract_frames.py", "--video_dir", os.path.join(raw, "videos"),
+                        "--out_dir", os.path.join(data_dir, "frames"), "--num_frames", str(model_config.num_frames),
+                        "--size", str(model_config.vision.image_size)), "extract frames")
+    _log("training the sentencepiece tokenizer")
+    train_tokenizer([gesm_path, instruct_path], data_dir, model_config, seed)
+    _mark_done(data_dir)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def train_stage(variant: str, run_dir: str, data_dir: str, steps: int, batch_size: int,
+                overrides: Sequence[str], init_from: Optional[str] = None) -> None:
+    args = _python("-m", "momentor_jax.train", f"--config={CONFIG_FILE}:{variant}", f"--workdir={run_dir}",
+                   f"--config.data.dir={data_dir}", f"--config.total_steps={steps}",
+                   f"--config.batch_size={batch_size}")
+    if init_from:
+        args.append(f"--config.init_from={init_from}")
+    run_command(args + list(overrides), f"train {variant}")
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def read_queries(path: str) -> list:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def random_baseline(queries: Sequence[dict], seed: int) -> list:
+    """One uniformly random window per query (seeded), as grounding predictions."""
+    rng = random.Random(seed)
+    predictions = []
+    for q in queries:
+        a, b = sorted(rng.uniform(0.0, q["duration"]) for _ in range(2))
+        predictions.append({"qid": q["qid"], "pred_relevant_windows": [[a, b, 1.0]]})
+    return predictions
+
+
+def fixed_window_baseline(queries: Sequence[dict], grid: int = 40) -> tuple:
+    """The single window [s, e] in normalized time that maximizes mIoU over `queries` (grid search, oracle: it
+    sees the held-out answers). Returns (predictions, (s, e))."""
+    from momentor_jax.evaluation.metrics import evaluate_grounding  # noqa: PLC0415
+
+    def predict(s, e):
+        return [{"qid": q["qid"], "pred_relevant_windows": [[s * q["duration"], e * q["duration"], 1.0]]}
+                for q in queries]
+
+    best, best_window = -1.0, (0.0, 1.0)
+    points = [i / grid for i in range(grid + 1)]
+    for i, s in enumerate(points):
+        for e in points[i + 1:]:
+            miou = evaluate_grounding(predict(s, e), queries)["mIoU"]
+            if miou > best:
+                best, best_window = miou, (s, e)
+    return predict(*best_window), best_window
+
+
+def evaluate_model(checkpoint: str, queries_path: str, frames_dir: str, out_dir: str) -> dict:
+    """Runs the project's evaluate command; returns its metrics (R1@0.3/0.5/0.7, mIoU in percent)."""
+    run_command(_python("-m", "momentor_jax.evaluate", "--checkpoint", checkpoint, "--task", "grounding",
+                        "--annotations", queries_path, "--frames_dir", frames_dir, "--out", out_dir),
+                "evaluate grounding")
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    return {k: float(metrics[k]) for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")} if "mIoU" in metrics \
+        else {k: float(v) for k, v in metrics["grounding"].items()}
+
+
+def plot_heldout(queries: Sequence[dict], predictions_path: str, path: str, max_videos: int = 4) -> str:
+    """Timeline PNG for the first few held-out videos: every query's true window above, its prediction below."""
+    from momentor_jax.evaluation.plots import plot_timelines  # noqa: PLC0415
+
+    predicted = {}
+    with open(predictions_path) as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                windows = record.get("pred_relevant_windows") or []
+                predicted[str(record["qid"])] = [w[:2] for w in windows[:1]]
+    rows, videos = [], []
+    for q in queries:
+        if q["vid"] not in videos:
+            if len(videos) == max_videos:
+                continue
+            videos.append(q["vid"])
+        rows.append({"label": f"{q['vid'][:6]} {q['query']}", "duration": q["duration"],
+                     "ground_truth": q["relevant_windows"], "predicted": predicted.get(str(q["qid"]), [])})
+    return plot_timelines(rows, path, title="held-out grounding: true (green) vs predicted (orange)")
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def params_checkpoint_from_run(run_dir: str, out_dir: str, tokenizer_model: str) -> str:
+    """The latest trained parameters of a run as a Momentor parameter checkpoint (checkpoint_io layout)."""
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+    from momentor_jax import checkpoint_io  # noqa: PLC0415
+    from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
+
+    if os.path.exists(os.path.join(out_dir, checkpoint_io.CONFIG_FILE)):
+        return out_dir
+    with open(os.path.join(run_dir, "config.json")) as f:
+        model_config = MomentorConfig.from_dict(json.load(f)["model"])
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                                    item_handlers={"params": ocp.StandardCheckpointHandler()})
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise SystemExit(f"demo: {run_dir}/checkpoints holds no finished checkpoint")
+        params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+    finally:
+        manager.close()
+    checkpoint_io.save_params(out_dir, params, model_config)
+    shutil.copy(tokenizer_model, os.path.join(out_dir, checkpoint_io.TOKENIZER_FILE))
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def _parse(argv: Sequence[str]) -> tuple:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="demo_workdir")
+    parser.add_argument("--quick", action="store_true", help="tiny data and a few steps (smoke test)")
+    parser.add_argument("--ablate_tpm", action="store_true", help="times as plain text, no temporal tokens")
+    parser.add_argument("--seed", type=int, default=0)
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--config.")]
+    if bad:
+        parser.error(f"unknown arguments {bad} (training overrides are written --config.KEY=VALUE)")
+    return args, rest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+    started = time.time()
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    settings = demo_settings(args.quick, args.ablate_tpm)
+    if args.ablate_tpm:
+        overrides = ["--config.model.tpm_enabled=False", *overrides]
+    if args.quick:
+        overrides = ["--config.checkpoint_every_steps=1000", "--config.log_every_steps=1", *overrides]
+    _, model_config = load_model_config(overrides)
+    data_dir = os.path.join(workdir, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    prepare_data(data_dir, settings, model_config, args.seed)
+
+    stage1, stage2 = os.path.join(workdir, "stage1_gesm"), os.path.join(workdir, "stage2_instruct")
+    train_stage("gesm", stage1, data_dir, settings["gesm_steps"], settings["batch_size"], overrides)
+    train_stage("instruct", stage2, data_dir, settings["instruct_steps"], settings["batch_size"], overrides,
+                init_from=stage1)
+
+    checkpoint = params_checkpoint_from_run(stage2, os.path.join(workdir, "checkpoint"),
+                                            os.path.join(data_dir, "tokenizer", "tokenizer.model"))
+    eval_dir = os.path.join(workdir, "eval")
+    queries_path = os.path.join(data_dir, "raw", "grounding_heldout.jsonl")
+    queries = read_queries(queries_path)
+    model_metrics = evaluate_model(checkpoint, queries_path, os.path.join(data_dir, "frames"),
+                                   os.path.join(eval_dir, "model"))
+    from momentor_jax.evaluation.metrics import evaluate_grounding  # noqa: PLC0415
+    fixed_predictions, fixed_window = fixed_window_baseline(queries)
+    results = {"model": model_metrics,
+               "baseline_random": evaluate_grounding(random_baseline(queries, args.seed), queries),
+               "baseline_fixed": evaluate_grounding(fixed_predictions, queries)}
+    with open(os.path.join(eval_dir, "metrics.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    figure = plot_heldout(queries, os.path.join(eval_dir, "model", "predictions.jsonl"),
+                          os.path.join(eval_dir, "timeline.png"))
+
+    export_dir = os.path.join(workdir, "export")
+    run_command(_python("-m", "momentor_jax.convert", "export_hf", "--checkpoint", checkpoint, "--out", export_dir),
+                "export to Hugging Face format")
+
+    print(f"\nheld-out temporal grounding, {len(queries)} queries ({'text times' if args.ablate_tpm else 'TPM'}):")
+    print(f"  {'':16s}" + "".join(f"{k:>9s}" for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")))
+    names = {"model": "Momentor (demo)", "baseline_random": "random window",
+             "baseline_fixed": f"fixed [{fixed_window[0]:.2f}, {fixed_window[1]:.2f}]"}
+    for key, metrics in results.items():
+        print(f"  {names[key]:16s}" + "".join(f"{metrics[k]:9.1f}" for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")))
+    print(f"\nworkdir      {workdir}\n"
+          f"metrics      {os.path.join(eval_dir, 'metrics.json')}\n"
+          f"figure       {figure}\n"
+          f"export       {export_dir} (llm/, vision/, momentor_extras)\n"
+          f"checkpoint   {checkpoint}\n"
+          f"tensorboard  tensorboard --logdir {workdir}\n"
+          f"took {(time.time() - started) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The demo's --quick path end to end: data, both training stages, evaluation with baselines, figure, export."""
+import json
+import os
+import subprocess
+import sys
+
+from momentor_jax import demo
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_fixed_window_baseline_finds_the_common_window():
+    queries = [{"qid": i, "vid": "v", "query": "q", "duration": 20.0, "relevant_windows": [[5.0, 15.0]]}
+               for i in range(3)]
+    _, (start, end) = demo.fixed_window_baseline(queries, grid=20)
+    assert (start, end) == (0.25, 0.75)
+
+
+def test_random_baseline_is_seeded_and_inside_the_video():
+    queries = [{"qid": i, "duration": 10.0 + i} for i in range(5)]
+    first, second = demo.random_baseline(queries, seed=3), demo.random_baseline(queries, seed=3)
+    assert first == second
+    for q, p in zip(queries, first):
+        s, e, _ = p["pred_relevant_windows"][0]
+        assert 0.0 <= s <= e <= q["duration"]
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    workdir = tmp_path / "demo"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)  # one CPU device, as `make demo` runs
+    result = subprocess.run([sys.executable, "-m", "momentor_jax.demo", f"--workdir={workdir}", "--quick"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(workdir / "eval" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert set(metrics) == {"model", "baseline_random", "baseline_fixed"}
+    for block in metrics.values():
+        assert set(block) == {"R1@0.3", "R1@0.5", "R1@0.7", "mIoU"}
+        assert all(0.0 <= v <= 100.0 for v in block.values())
+    assert os.path.getsize(workdir / "eval" / "timeline.png") > 1000
+    assert (workdir / "export" / "llm" / "config.json").exists()
+    import transformers  # noqa: PLC0415 (heavy)
+    config = transformers.AutoConfig.from_pretrained(str(workdir / "export" / "llm"))
+    assert config.vocab_size > 0
+    assert "held-out temporal grounding" in result.stdout
