@@ -97,19 +97,20 @@ def load_model_config(overrides: Sequence[str]):
 
 
 def grounding_examples(gesm_raw_path: str, fmt: str, seed: int) -> list:
-    """Training dialogues that ask for one event's window with its caption as the query, the form of the
-    held-out grounding queries (the captions of held-out videos are never used)."""
+    """Training dialogues asking for one event's window with its caption as the query, worded as the evaluate
+    command asks its grounding questions (training videos only)."""
     from momentor_jax import constants  # noqa: PLC0415
     from momentor_jax.data import moment10m  # noqa: PLC0415
 
-    prompts = grounding_prompts()
+    from momentor_jax.evaluation.tasks import grounding_question  # noqa: PLC0415
+
     rng = random.Random(seed)
     with open(gesm_raw_path) as f:
         raw = json.load(f)
     records = []
     for video_id, entry in raw.items():
         for (start, end), caption in zip(entry["timestamps"], entry["captions"]):
-            user = rng.choice(prompts).format(query=caption)
+            user = grounding_question(caption)
             if fmt == "temporal":
                 answer = f"{moment10m.placeholder_window(constants.TEMP_OUTPUT_TOKEN)}."
                 times = [start, end]
@@ -120,18 +121,6 @@ def grounding_examples(gesm_raw_path: str, fmt: str, seed: int) -> list:
                             "conversations": [{"User": user, "Assistant": answer}],
                             "temporal_input_times": [], "temporal_output_times": times})
     return records
-
-
-def grounding_prompts() -> list:
-    """The evaluate command's grounding prompt(s) when it exposes them, else a few phrasings around the query."""
-    try:
-        from momentor_jax import evaluate  # noqa: PLC0415
-        prompts = getattr(evaluate, "GROUNDING_PROMPTS", None) or [getattr(evaluate, "GROUNDING_PROMPT")]
-        return [p for p in prompts if "{query}" in p]
-    except (ImportError, AttributeError):
-        return ["Find the moment in the video that matches the description: {query}",
-                "When does this happen in the video? {query}",
-                "Localize the event: {query}"]
 
 
 def train_tokenizer(example_paths: Sequence[str], out_dir: str, model_config, seed: int) -> None:
@@ -268,27 +257,15 @@ def plot_heldout(queries: Sequence[dict], predictions_path: str, path: str, max_
 
 
 def params_checkpoint_from_run(run_dir: str, out_dir: str, tokenizer_model: str) -> str:
-    """The latest trained parameters of a run as a Momentor parameter checkpoint (checkpoint_io layout)."""
-    import orbax.checkpoint as ocp  # noqa: PLC0415
+    """The latest trained parameters of a run as a Momentor parameter checkpoint (checkpoint_io layout, the
+    input of `convert export_hf`)."""
     from momentor_jax import checkpoint_io  # noqa: PLC0415
-    from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
+    from momentor_jax.inference import load  # noqa: PLC0415
 
-    if os.path.exists(os.path.join(out_dir, checkpoint_io.CONFIG_FILE)):
-        return out_dir
-    with open(os.path.join(run_dir, "config.json")) as f:
-        model_config = MomentorConfig.from_dict(json.load(f)["model"])
-    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                                    item_handlers={"params": ocp.StandardCheckpointHandler()})
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise SystemExit(f"demo: {run_dir}/checkpoints holds no finished checkpoint")
-        params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
-    finally:
-        manager.close()
-    checkpoint_io.save_params(out_dir, params, model_config)
-    shutil.copy(tokenizer_model, os.path.join(out_dir, checkpoint_io.TOKENIZER_FILE))
+    if not os.path.exists(os.path.join(out_dir, checkpoint_io.CONFIG_FILE)):
+        params, model_config, _ = load.load_model(run_dir)
+        checkpoint_io.save_params(out_dir, params, model_config)
+        shutil.copy(tokenizer_model, os.path.join(out_dir, checkpoint_io.TOKENIZER_FILE))
     return out_dir
 
 
@@ -328,12 +305,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train_stage("instruct", stage2, data_dir, settings["instruct_steps"], settings["batch_size"], overrides,
                 init_from=stage1)
 
-    checkpoint = params_checkpoint_from_run(stage2, os.path.join(workdir, "checkpoint"),
-                                            os.path.join(data_dir, "tokenizer", "tokenizer.model"))
     eval_dir = os.path.join(workdir, "eval")
     queries_path = os.path.join(data_dir, "raw", "grounding_heldout.jsonl")
     queries = read_queries(queries_path)
-    model_metrics = evaluate_model(checkpoint, queries_path, os.path.join(data_dir, "frames"),
+    model_metrics = evaluate_model(stage2, queries_path, os.path.join(data_dir, "frames"),
                                    os.path.join(eval_dir, "model"))
     from momentor_jax.evaluation.metrics import evaluate_grounding  # noqa: PLC0415
     fixed_predictions, fixed_window = fixed_window_baseline(queries)
@@ -345,16 +320,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     figure = plot_heldout(queries, os.path.join(eval_dir, "model", "predictions.jsonl"),
                           os.path.join(eval_dir, "timeline.png"))
 
+    checkpoint = params_checkpoint_from_run(stage2, os.path.join(workdir, "checkpoint"),
+                                            os.path.join(data_dir, "tokenizer", "tokenizer.model"))
     export_dir = os.path.join(workdir, "export")
     run_command(_python("-m", "momentor_jax.convert", "export_hf", "--checkpoint", checkpoint, "--out", export_dir),
                 "export to Hugging Face format")
 
     print(f"\nheld-out temporal grounding, {len(queries)} queries ({'text times' if args.ablate_tpm else 'TPM'}):")
-    print(f"  {'':16s}" + "".join(f"{k:>9s}" for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")))
+    print(f"  {'':20s}" + "".join(f"{k:>9s}" for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")))
     names = {"model": "Momentor (demo)", "baseline_random": "random window",
              "baseline_fixed": f"fixed [{fixed_window[0]:.2f}, {fixed_window[1]:.2f}]"}
     for key, metrics in results.items():
-        print(f"  {names[key]:16s}" + "".join(f"{metrics[k]:9.1f}" for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")))
+        print(f"  {names[key]:20s}" + "".join(f"{metrics[k]:9.1f}" for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")))
     print(f"\nworkdir      {workdir}\n"
           f"metrics      {os.path.join(eval_dir, 'metrics.json')}\n"
           f"figure       {figure}\n"
