@@ -31,6 +31,7 @@ _OUT = flags.DEFINE_string("out", None, "output directory")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "evaluate only the first N queries")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "queries decoded together (fixed batch shape)")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "longest answer in tokens")
+_SYSTEM_PROMPT = flags.DEFINE_string("system_prompt", None, "override the checkpoint's system prompt")
 _NUM_TIMELINES = flags.DEFINE_integer("num_timelines", 12, "queries drawn in timeline.png")
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -104,7 +105,7 @@ def _batches(items, size):
 def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, video_dir: Optional[str] = None,
              frames_dir: Optional[str] = None, durations_path: Optional[str] = None,
              max_examples: Optional[int] = None, batch_size: int = 4, max_new_tokens: int = 128,
-             num_timelines: int = 12, progress: bool = True) -> dict:
+             num_timelines: int = 12, progress: bool = True, system_prompt: Optional[str] = None) -> dict:
     """Runs one task end to end and returns the metrics written to OUT/metrics.json."""
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -123,7 +124,7 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
         raise ValueError(f"{annotations}: no queries to evaluate")
 
     params, config, tokenizer = load.load_model(checkpoint)
-    generator = generate.Generator(params, config, tokenizer, load.load_system_prompt(checkpoint),
+    generator = generate.Generator(params, config, tokenizer, system_prompt or load.load_system_prompt(checkpoint),
                                    generate.SamplingConfig(max_new_tokens=max_new_tokens))
     source = VideoSource(config, video_dir, frames_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -184,7 +185,7 @@ def main(argv) -> None:
         raise app.UsageError("give exactly one of --video_dir and --frames_dir")
     metrics = evaluate(_CHECKPOINT.value, _TASK.value, _ANNOTATIONS.value, _OUT.value, _VIDEO_DIR.value,
                        _FRAMES_DIR.value, _DURATIONS.value, _MAX_EXAMPLES.value, _BATCH_SIZE.value,
-                       _MAX_NEW_TOKENS.value, _NUM_TIMELINES.value)
+                       _MAX_NEW_TOKENS.value, _NUM_TIMELINES.value, system_prompt=_SYSTEM_PROMPT.value)
     print(json.dumps(metrics, indent=1))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Optional
 
 from absl import app, flags
 
@@ -22,6 +23,7 @@ _JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of the a
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "longest answer in tokens")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0: greedy decoding")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (with temperature > 0)")
+_SYSTEM_PROMPT = flags.DEFINE_string("system_prompt", None, "override the checkpoint's system prompt")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
 
 EXIT_BAD_VIDEO = 2
@@ -40,10 +42,12 @@ def load_video(path: str, config) -> tuple:
 
 
 def predict(checkpoint: str, video: str, question: str, max_new_tokens: int = 128, temperature: float = 0.0,
-            top_p: float = 1.0, seed: int = 0) -> dict:
+            top_p: float = 1.0, seed: int = 0, system_prompt: Optional[str] = None) -> dict:
     """{'video', 'duration', 'question', 'answer', 'times', 'windows'} with times in seconds."""
     from momentor_jax.data.video import VideoDecodeError  # noqa: PLC0415
     from momentor_jax.inference import generate, load  # noqa: PLC0415
+    if not os.path.isfile(video):  # before the (slow) model load
+        raise VideoDecodeError(f"{video}: no such video file")
     params, config, tokenizer = load.load_model(checkpoint)
     try:
         frames, duration = load_video(video, config)
@@ -52,7 +56,8 @@ def predict(checkpoint: str, video: str, question: str, max_new_tokens: int = 12
     except Exception as e:  # PyAV and PIL raise many types on damaged input
         raise VideoDecodeError(f"{video}: cannot decode ({type(e).__name__}: {e})") from e
     sampling = generate.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    generator = generate.Generator(params, config, tokenizer, load.load_system_prompt(checkpoint), sampling, seed)
+    generator = generate.Generator(params, config, tokenizer, system_prompt or load.load_system_prompt(checkpoint),
+                                   sampling, seed)
     answer = generator.answer([question], frames[None], [duration])[0]
     return {"video": video, "duration": duration, "question": question, **answer.to_json()}
 
@@ -66,7 +71,7 @@ def main(argv) -> None:
     from momentor_jax.data.video import VideoDecodeError  # noqa: PLC0415
     try:
         result = predict(_CHECKPOINT.value, _VIDEO.value, _QUESTION.value, _MAX_NEW_TOKENS.value, _TEMPERATURE.value,
-                         _TOP_P.value, _SEED.value)
+                         _TOP_P.value, _SEED.value, _SYSTEM_PROMPT.value)
     except VideoDecodeError as e:
         print(f"error: video {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_VIDEO)

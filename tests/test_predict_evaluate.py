@@ -1,0 +1,234 @@
+"""predict and evaluate on synthetic videos with a tiny random checkpoint (converted layout and a run workdir)."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from momentor_jax import checkpoint_io
+from momentor_jax.data import extract, synthetic
+from momentor_jax.data import tokenizer as tokenizer_lib
+from momentor_jax.evaluate import evaluate
+from momentor_jax.evaluation import tasks
+from momentor_jax.inference import load
+from momentor_jax.models import config as model_configs
+from momentor_jax.models.momentor import Momentor, example_batch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYSTEM_PROMPT = "You are Momentor, a video assistant."
+
+
+def _run(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300)
+
+
+def _random_params(config, seed=0):
+    """Random parameters of the model's shapes (norm scales 1), without the slow un-jitted flax init."""
+    shapes = jax.eval_shape(Momentor(config).init, jax.random.PRNGKey(0), example_batch(config, 1, 16))["params"]
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        leaf = leaf.unbox() if hasattr(leaf, "unbox") else leaf
+        if jax.tree_util.keystr(path).endswith("['scale']"):
+            return np.ones(leaf.shape, leaf.dtype)
+        return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes, is_leaf=lambda x: hasattr(x, "unbox"))
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """Two synthetic held-out videos, their frame records, a tokenizer, a converted checkpoint and a run workdir.
+
+    The random model's temporal output table is scaled up so that it writes temporal tokens (times) readily.
+    """
+    root = tmp_path_factory.mktemp("predict_evaluate")
+    raw = str(root / "raw")
+    synthetic.make_dataset(raw, 2, seed=3, num_heldout=2, min_duration=8, max_duration=10, progress=False)
+    config = model_configs.tiny()
+    summary = extract.extract_frames(os.path.join(raw, "videos"), str(root / "frames"), num_frames=config.num_frames,
+                                     size=config.vision.image_size, progress=False)
+    assert not summary.failed
+    base = config.llm.vocab_size - 5
+    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(200), str(root / "sp"), vocab_size=base)
+    tokenizer = tokenizer_lib.MomentorTokenizer(model_path, config.num_temporal_tokens)
+
+    params = _random_params(config)
+    params["tpm"]["output_embedding"] = params["tpm"]["output_embedding"] * 40.0
+    converted = str(root / "converted")
+    checkpoint_io.save_params(converted, params, config)
+    tokenizer.save(os.path.join(converted, "tokenizer"))
+
+    workdir = root / "run"  # the layout momentor_jax.train writes
+    (workdir / "checkpoints" / "3").mkdir(parents=True)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save(str(workdir / "checkpoints" / "3" / "params"), params)
+    tokenizer.save(str(root / "data" / "tokenizer"))
+    (workdir / "config.json").write_text(json.dumps({
+        "model": config.to_dict(), "tokenizer": None,
+        "data": {"dir": str(root / "data"), "system_prompt": SYSTEM_PROMPT}}))
+    return {"root": root, "raw": raw, "converted": converted, "workdir": str(workdir), "config": config,
+            "specs": synthetic.load_specs(raw)}
+
+
+def test_load_model_accepts_the_three_layouts(tiny_setup):
+    converted_params, config, tokenizer = load.load_model(tiny_setup["converted"])
+    assert config == tiny_setup["config"] and tokenizer.vocab_size == config.llm.vocab_size
+    for path in (tiny_setup["workdir"], os.path.join(tiny_setup["workdir"], "checkpoints", "3")):
+        params, run_config, _ = load.load_model(path)
+        assert run_config == config
+        np.testing.assert_array_equal(params["tpm"]["output_embedding"], converted_params["tpm"]["output_embedding"])
+        assert load.load_system_prompt(path) == SYSTEM_PROMPT
+    with pytest.raises(FileNotFoundError, match="neither a training workdir"):
+        load.load_model(str(tiny_setup["root"] / "raw"))
+
+
+def test_predict_json_windows_lie_in_the_video(tiny_setup):
+    vid, spec = next(iter(tiny_setup["specs"].items()))
+    video = os.path.join(tiny_setup["raw"], "videos", f"{vid}.mp4")
+    result = _run("momentor_jax.predict", "--checkpoint", tiny_setup["workdir"], "--video", video,
+                  "--question", "When does the red circle appear?", "--json", "--max_new_tokens", "12")
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["duration"] == pytest.approx(spec.duration, abs=0.2)
+    assert answer["windows"], answer
+    for start, end in answer["windows"]:
+        assert 0.0 <= start <= end <= answer["duration"]
+    for t in answer["times"]:
+        assert f"{t:.1f}s" in answer["answer"]
+
+
+def test_predict_missing_or_broken_video_exits_2(tiny_setup):
+    broken = tiny_setup["root"] / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    for video in (str(tiny_setup["root"] / "absent.mp4"), str(broken)):
+        result = _run("momentor_jax.predict", "--checkpoint", tiny_setup["converted"], "--video", video,
+                      "--question", "What happens?")
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert video in result.stderr
+
+
+def _check_outputs(out, metrics, num_queries):
+    assert {"R1@0.3", "R1@0.5", "R1@0.7", "mIoU"} <= set(metrics)
+    assert metrics["num_queries"] == num_queries and 0 <= metrics["num_unparsable"] <= num_queries
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f) == metrics
+    with open(os.path.join(out, "predictions.jsonl")) as f:
+        predictions = [json.loads(line) for line in f]
+    assert len(predictions) == num_queries
+    for p in predictions:
+        assert {"qid", "vid", "pred_relevant_windows"} <= set(p)
+    with Image.open(os.path.join(out, "timeline.png")) as image:
+        assert image.size[0] > 100 and image.size[1] > 50
+    return predictions
+
+
+def test_evaluate_grounding_command_with_video_dir(tiny_setup):
+    out = str(tiny_setup["root"] / "eval_cli")
+    annotations = os.path.join(tiny_setup["raw"], "grounding_heldout.jsonl")
+    result = _run("momentor_jax.evaluate", "--checkpoint", tiny_setup["workdir"], "--task", "grounding",
+                  "--annotations", annotations, "--video_dir", os.path.join(tiny_setup["raw"], "videos"),
+                  "--out", out, "--batch_size", "2", "--max_new_tokens", "12")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(annotations) as f:
+        num_queries = sum(1 for _ in f)
+    with open(os.path.join(out, "metrics.json")) as f:
+        _check_outputs(out, json.load(f), num_queries)
+
+
+def test_evaluate_grounding_from_frame_records_counts_missing_videos(tiny_setup):
+    with open(os.path.join(tiny_setup["raw"], "grounding_heldout.jsonl")) as f:
+        records = [json.loads(line) for line in f][:2]
+    records.append({"qid": 99, "vid": "absent_video", "query": "A red circle appears.", "duration": 10.0,
+                    "relevant_windows": [[1.0, 2.0]]})
+    annotations = tiny_setup["root"] / "with_missing.jsonl"
+    annotations.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = str(tiny_setup["root"] / "eval_frames")
+    metrics = evaluate(tiny_setup["converted"], "grounding", str(annotations), out,
+                       frames_dir=str(tiny_setup["root"] / "frames"), batch_size=2, max_new_tokens=12,
+                       progress=False, system_prompt=SYSTEM_PROMPT)
+    predictions = _check_outputs(out, metrics, 3)
+    assert metrics["num_missing_videos"] == 1
+    assert [p["pred_relevant_windows"] for p in predictions if p["qid"] == 99] == [[]]
+
+
+def test_evaluate_action_segmentation_writes_frame_labels(tiny_setup):
+    ground_truth = {}
+    for vid, spec in tiny_setup["specs"].items():
+        times = (np.arange(20) + 0.5) * spec.duration / 20
+        labels = ["background"] * 20
+        for e in spec.events:
+            for i in np.flatnonzero((times >= e.start) & (times <= e.end)):
+                labels[i] = e.kind.name.replace(" ", "_")
+        ground_truth[vid] = labels
+    annotations = tiny_setup["root"] / "segmentation.json"
+    annotations.write_text(json.dumps(ground_truth))
+    out = str(tiny_setup["root"] / "eval_segmentation")
+    metrics = evaluate(tiny_setup["converted"], "action_segmentation", str(annotations), out,
+                       video_dir=os.path.join(tiny_setup["raw"], "videos"), batch_size=2, max_new_tokens=12,
+                       progress=False, system_prompt=SYSTEM_PROMPT)
+    assert {"Acc", "Edit", "F1@10", "F1@25", "F1@50", "num_unparsable"} <= set(metrics)
+    with open(os.path.join(out, "predictions.json")) as f:
+        predictions = json.load(f)
+    assert set(predictions) == set(ground_truth)
+    assert all(len(predictions[vid]) == 20 for vid in ground_truth)
+    assert os.path.exists(os.path.join(out, "timeline.png"))
+
+
+# ------------------------------------------------------------------------------------ task pieces, no model
+def test_grounding_annotations_in_three_formats(tmp_path):
+    charades = tmp_path / "charades.txt"
+    charades.write_text("AO8RW 0.0 6.9##a person is putting a book on a shelf.\nY6R7T 12.1 20.5##Person opens door\n")
+    records = tasks.load_grounding(str(charades), {"AO8RW": 33.0})
+    assert [r["relevant_windows"] for r in records] == [[[0.0, 6.9]], [[12.1, 20.5]]]
+    assert records[0]["duration"] == 33.0 and records[1]["duration"] is None
+    anet = tmp_path / "anet.json"
+    anet.write_text(json.dumps({"v_x": {"duration": 50.0, "timestamps": [[1, 5], [6, 9]],
+                                        "sentences": ["A man runs.", " He jumps."]}}))
+    records = tasks.load_grounding(str(anet))
+    assert [(r["query"], r["relevant_windows"]) for r in records] == [("A man runs.", [[1.0, 5.0]]),
+                                                                      ("He jumps.", [[6.0, 9.0]])]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("AO8RW 0.0##missing end\n")
+    with pytest.raises(ValueError, match="bad.txt, line 1"):
+        tasks.load_grounding(str(bad))
+    assert tasks.grounding_question("A red circle appears.") == "Find the moment when a red circle appears."
+
+
+def test_answers_become_submissions_and_misses_stay():
+    records = [{"qid": 0, "vid": "v", "query": "q", "duration": 20.0, "relevant_windows": [[2.0, 8.0]]},
+               {"qid": 1, "vid": "v", "query": "q", "duration": 20.0, "relevant_windows": [[10.0, 12.0]]}]
+    task = tasks.grounding_task(records, "gt")
+    good, parsed = task.to_prediction(task.queries[0], "It appears from 2.0s to 8.0s, then 9.0s to 30.0s.", 20.0)
+    assert parsed and good["pred_relevant_windows"] == [[2.0, 8.0, 1.0], [9.0, 20.0, 0.99]]
+    miss, parsed = task.to_prediction(task.queries[1], "I cannot tell.", 20.0)
+    assert not parsed and miss["pred_relevant_windows"] == []
+    metrics = task.score({0: good, 1: miss})
+    assert metrics["R1@0.7"] == 50.0 and metrics["mIoU"] == 50.0
+
+    saliency_records = [dict(records[0], relevant_clip_ids=[1, 2], saliency_scores=[[2, 3, 4], [1, 1, 1]])]
+    highlights = tasks.highlights_task(saliency_records, "gt")
+    prediction, _ = highlights.to_prediction(highlights.queries[0], "2.0s to 6.0s", 20.0)
+    assert prediction["pred_saliency_scores"] == [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert "HL-min-VeryGood-mAP" in highlights.score({0: prediction})
+
+    dense = tasks.dense_captioning_task({"v": {"duration": 20.0, "timestamps": [[0, 5]], "sentences": ["a"]}}, "gt")
+    events, parsed = dense.to_prediction(dense.queries[0], "0.0s to 5.0s: a red circle appears. 6.0s to 9.0s: it "
+                                                           "fades.", 20.0)
+    assert parsed and events == [{"sentence": "a red circle appears", "timestamp": [0.0, 5.0]},
+                                 {"sentence": "it fades", "timestamp": [6.0, 9.0]}]
+
+
+def test_events_map_to_nearest_class_and_background():
+    classes = ["pour_milk", "crack_egg", "stir_dough"]
+    assert tasks.nearest_class("someone cracks an egg", classes) == "crack_egg"
+    labels = tasks.events_to_frame_labels([(0.0, 4.0, "pouring the milk"), (6.0, 8.0, "stir the dough")], 10, 10.0,
+                                          classes)
+    assert labels == ["pour_milk"] * 4 + ["background"] * 2 + ["stir_dough"] * 2 + ["background"] * 2
