@@ -124,6 +124,7 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
         raise ValueError(f"{annotations}: no queries to evaluate")
 
     params, config, tokenizer = load.load_model(checkpoint)
+    params = load.shard_params(params, config)
     generator = generate.Generator(params, config, tokenizer, system_prompt or load.load_system_prompt(checkpoint),
                                    generate.SamplingConfig(max_new_tokens=max_new_tokens))
     source = VideoSource(config, video_dir, frames_dir)

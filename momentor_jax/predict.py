@@ -49,6 +49,7 @@ def predict(checkpoint: str, video: str, question: str, max_new_tokens: int = 12
     if not os.path.isfile(video):  # before the (slow) model load
         raise VideoDecodeError(f"{video}: no such video file")
     params, config, tokenizer = load.load_model(checkpoint)
+    params = load.shard_params(params, config)
     try:
         frames, duration = load_video(video, config)
     except VideoDecodeError:

@@ -232,3 +232,15 @@ def test_events_map_to_nearest_class_and_background():
     labels = tasks.events_to_frame_labels([(0.0, 4.0, "pouring the milk"), (6.0, 8.0, "stir the dough")], 10, 10.0,
                                           classes)
     assert labels == ["pour_milk"] * 4 + ["background"] * 2 + ["stir_dough"] * 2 + ["background"] * 2
+
+
+def test_sharded_params_give_the_same_answers(tiny_setup):
+    from momentor_jax.inference import generate
+    params, config, tokenizer = load.load_model(tiny_setup["workdir"])
+    sharded = load.shard_params(params, config)
+    assert len(jax.tree.leaves(sharded)[0].sharding.device_set) == jax.device_count()
+    frames = np.random.default_rng(0).integers(0, 255, (2, config.num_frames, 32, 32, 3), dtype=np.uint8)
+    questions = ["When does the red circle appear?", "What happens in the video?"]
+    answers = [generate.Generator(p, config, tokenizer, SYSTEM_PROMPT, generate.SamplingConfig(max_new_tokens=8))
+               .answer(questions, frames, [10.0, 12.0]) for p in (params, sharded)]
+    assert [a.token_ids for a in answers[0]] == [a.token_ids for a in answers[1]]

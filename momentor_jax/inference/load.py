@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -114,3 +114,24 @@ def load_system_prompt(path: str) -> str:
         if prompt:
             return prompt
     return conversation.SYSTEM_PROMPT
+
+
+def shard_params(params: Any, config: MomentorConfig, devices: Optional[Sequence[Any]] = None) -> Any:
+    """Places `params` on all devices (default jax.devices()), split along the training rules' 'fsdp' mesh axis.
+
+    A 7B model (28 GB of fp32 params) does not fit one accelerator; the decoding program then follows the params'
+    shardings (the batch stays replicated, which is what small inference batches want).
+    """
+    from momentor_jax.models.momentor import Momentor, example_batch  # noqa: PLC0415
+    from momentor_jax.training import sharding  # noqa: PLC0415
+
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) == 1:
+        return jax.device_put(params, devices[0])
+    mesh = sharding.make_mesh((1, len(devices), 1), devices)
+    abstract = jax.eval_shape(Momentor(config).init, jax.random.PRNGKey(0), example_batch(config, 1, 8))["params"]
+    shardings = sharding.logical_to_shardings(abstract, mesh, sharding.axis_rules())
+    missing = sorted(set(params) - set(shardings))
+    if missing:
+        raise ValueError(f"parameter groups {missing} are not part of the model for this config")
+    return jax.device_put(params, {name: shardings[name] for name in params})
