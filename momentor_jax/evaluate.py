@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Optional
 
+import numpy as np
 from absl import app, flags
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training workdir, step directory or converted checkpoint")
@@ -134,7 +135,7 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
     unparsable = missing = 0
     bar = tqdm(total=len(queries), desc=f"evaluate {task_name}", disable=not progress)
     for batch in _batches(queries, batch_size):
-        ready, videos, seconds = [], [], []
+        ready, videos, video_seconds = [], [], []
         for query in batch:
             try:
                 video, video_duration = source.get(query.vid)
@@ -147,12 +148,13 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
                 continue
             ready.append(query)
             videos.append(video)
-            seconds.append(float(query.duration) if query.duration else video_duration)
+            video_seconds.append(video_duration)
         if ready:
-            import numpy as np  # noqa: PLC0415
-            results = generator.answer([q.question for q in ready], np.stack(videos), seconds,
+            # Answers are rendered on the decoded video's time axis, then clipped to the annotated duration.
+            results = generator.answer([q.question for q in ready], np.stack(videos), video_seconds,
                                        batch_size=batch_size)
-            for query, result, duration in zip(ready, results, seconds):
+            for query, result, video_duration in zip(ready, results, video_seconds):
+                duration = float(query.duration) if query.duration else video_duration
                 prediction, parsed = task.to_prediction(query, result.text, duration)
                 unparsable += not parsed
                 predictions[query.qid] = prediction
