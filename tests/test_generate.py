@@ -128,14 +128,11 @@ def test_render_answer_writes_seconds_and_windows():
         vocab_size, eos_id = 100, 2
 
         def decode(self, ids, skip_special_tokens=True):
-            return {(10,): "to", (11, 12): "a red circle"}[tuple(ids)]
-
-        def id_to_token(self, i):
-            return "\u2581x"
+            return {(10,): " to ", (11, 12): ": a red circle", (13,): "from"}[tuple(ids)]
 
     vocab = 100
-    answer = generate.render_answer([vocab + 3, 10, vocab + 9, 11, 12, 2, 50], [0.2, 0, 0.6, 0, 0, 0, 0], 20.0,
-                                    FakeTokenizer())
-    assert answer.text == "4.0s to 12.0s a red circle"
+    answer = generate.render_answer([13, vocab + 3, 10, vocab + 9, 11, 12, 2, 50], [0, 0.2, 0, 0.6, 0, 0, 0, 0],
+                                    20.0, FakeTokenizer())
+    assert answer.text == "from 4.0s to 12.0s: a red circle"
     assert answer.times == [4.0, 12.0]
     assert answer.windows == [(4.0, 12.0)]

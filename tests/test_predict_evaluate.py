@@ -244,3 +244,20 @@ def test_sharded_params_give_the_same_answers(tiny_setup):
     answers = [generate.Generator(p, config, tokenizer, SYSTEM_PROMPT, generate.SamplingConfig(max_new_tokens=8))
                .answer(questions, frames, [10.0, 12.0]) for p in (params, sharded)]
     assert [a.token_ids for a in answers[0]] == [a.token_ids for a in answers[1]]
+
+
+def test_rendered_answer_reads_like_the_training_text(tiny_setup):
+    """Training text with <TEMP-OUTPUT> placeholders, generated as temporal tokens, renders back with seconds."""
+    from momentor_jax.data.tokenizer import MomentorTokenizer
+    from momentor_jax.inference import generate
+    tokenizer = MomentorTokenizer.load(str(tiny_setup["root"] / "data" / "tokenizer"))
+    text = "It appears from <TEMP-OUTPUT> to <TEMP-OUTPUT>. Then <TEMP-OUTPUT> to <TEMP-OUTPUT>: a red circle."
+    ids = tokenizer.encode(text, add_bos=False)
+    slots = [i for i, t in enumerate(ids) if t == tokenizer.temp_output_id]
+    times = np.zeros(len(ids) + 1)
+    for slot, (k, p) in zip(slots, [(3, 0.2), (9, 0.6), (10, 0.65), (12, 0.8)]):
+        ids[slot] = tokenizer.vocab_size + k
+        times[slot] = p
+    answer = generate.render_answer(ids + [tokenizer.eos_id], times, 20.0, tokenizer)
+    assert answer.text == "It appears from 4.0s to 12.0s. Then 13.0s to 16.0s: a red circle."
+    assert answer.windows == [(4.0, 12.0), (13.0, 16.0)]

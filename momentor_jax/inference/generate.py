@@ -146,11 +146,8 @@ def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: fl
 
     def flush():
         if run:
-            text = tokenizer.decode(run, skip_special_tokens=True)
-            # sentencepiece drops the word-start space of a run's first piece; after a time it separates words.
-            if pieces and tokenizer.id_to_token(run[0]).startswith("\u2581") and not text.startswith(" "):
-                text = " " + text
-            pieces.append(text)
+            # The tokenizer gives text after an added token a dummy-prefix space, which decode strips again.
+            pieces.append(tokenizer.decode(run, skip_special_tokens=True))
             run.clear()
 
     kept = []
@@ -161,7 +158,7 @@ def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: fl
         kept.append(token_id)
         if token_id >= vocab_size:
             flush()
-            if pieces and not pieces[-1][-1:].isspace():
+            if pieces and pieces[-1][-1:].isalnum():  # "from12.0s" when the model skipped the space
                 pieces.append(" ")
             value = round(float(np.clip(time, 0.0, 1.0)) * duration, 1)
             seconds.append(value)
