@@ -1,5 +1,4 @@
 """KV-cache generation equals greedy decoding by full forwards, on a tiny random Momentor."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp

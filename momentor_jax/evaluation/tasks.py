@@ -206,7 +206,8 @@ def dense_captioning_task(ground_truth: Mapping, gt_source: str) -> Task:
 
     def to_prediction(query: Query, text: str, duration: float) -> tuple:
         events = parsing.parse_events(text, duration)
-        return [{"sentence": caption, "timestamp": [round(s, 2), round(e, 2)]} for s, e, caption in events], bool(events)
+        results = [{"sentence": caption, "timestamp": [round(s, 2), round(e, 2)]} for s, e, caption in events]
+        return results, bool(events)
 
     def score(predictions: dict) -> dict:
         gt = {vid: ground_truth[vid] for vid in predictions}
