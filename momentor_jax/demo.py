@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO_ROOT, "configs", "demo.py")
 DONE_MARKER = "DEMO_STEP_DONE"
+# Moment-10M data types whose answers are time spans, plus the demo's own grounding dialogues.
+LOCALIZATION_TYPES = ("segment_locate_data", "appearance_data", "qa_data", "grounding_data")
 
 
 def _log(message: str) -> None:
@@ -64,7 +66,7 @@ def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
     if quick:
         return {"train_videos": 6, "heldout_videos": 2, "gesm_steps": 3, "instruct_steps": 3, "batch_size": 2,
                 "fmt": "text" if ablate_tpm else "temporal"}
-    return {"train_videos": 96, "heldout_videos": 12, "gesm_steps": 150, "instruct_steps": 450, "batch_size": 8,
+    return {"train_videos": 160, "heldout_videos": 12, "gesm_steps": 150, "instruct_steps": 1000, "batch_size": 8,
             "fmt": "text" if ablate_tpm else "temporal"}
 
 
@@ -123,6 +125,18 @@ def grounding_examples(gesm_raw_path: str, fmt: str, seed: int) -> list:
     return records
 
 
+def keep_localization_dialogues(path: str, extra: Sequence[dict]) -> None:
+    """Rewrites the stage-2 examples with only the dialogues that answer with time spans, plus `extra`: a model this
+    small, trained for minutes, learns grounding much sooner without the captioning and colour questions."""
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in records if r["data_type"] in LOCALIZATION_TYPES]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in [*kept, *extra])
+    _log(f"stage 2 examples: {len(kept)} of {len(records)} Moment-10M dialogues (localization types) + "
+         f"{len(extra)} grounding dialogues -> {path}")
+
+
 def train_tokenizer(example_paths: Sequence[str], out_dir: str, model_config, seed: int) -> None:
     from momentor_jax import constants  # noqa: PLC0415
     from momentor_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415
@@ -158,10 +172,7 @@ def prepare_data(data_dir: str, settings: dict, model_config, seed: int) -> None
     run_command(_python("data/convert_data.py", "--source_path", os.path.join(raw, "moment10m_train.json"),
                         "--target_path", instruct_path, "--format", fmt, "--seed", str(seed)),
                 "convert Moment-10M")
-    extra = grounding_examples(os.path.join(raw, "gesm_train.json"), fmt, seed)
-    with open(instruct_path, "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in extra)
-    _log(f"added {len(extra)} grounding dialogues (training videos) to {instruct_path}")
+    keep_localization_dialogues(instruct_path, grounding_examples(os.path.join(raw, "gesm_train.json"), fmt, seed))
     run_command(_python("data/extract_frames.py", "--video_dir", os.path.join(raw, "videos"),
                         "--out_dir", os.path.join(data_dir, "frames"), "--num_frames", str(model_config.num_frames),
                         "--size", str(model_config.vision.image_size)), "extract frames")
