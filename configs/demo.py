@@ -1,6 +1,7 @@
 """The CPU demo: a small CLIP-style ViT and LLaMA from random init, every parameter trainable, the paper's TPM
-(neighbouring token propagation, soft temporal labels) with one temporal token per frame (32, not 300: a model this
-small, trained for minutes, localizes much sooner when token k is frame k). Variants :gesm (default) and :instruct.
+(neighbouring token propagation, soft temporal labels) with one temporal token per frame
+(32, not the paper's 300: token k is frame k, and few output classes for a model trained for minutes).
+Variants :gesm (default) and :instruct.
 `python -m momentor_jax.demo` (make demo) runs both stages on a synthetic data set and evaluates grounding.
 
 With `data.dir` unset the run renders and prepares a synthetic dataset inside the workdir.
