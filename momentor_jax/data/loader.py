@@ -38,7 +38,6 @@ import glob
 import json
 import logging
 import os
-import threading
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import grain
@@ -48,6 +47,7 @@ from absl import flags
 
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
+from momentor_jax.data.open_files import OpenFiles
 
 SKIPPED_KEY = "_num_skipped"
 ENCODED_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "token_times", "target_times")
@@ -89,9 +89,7 @@ class JsonlExamples:
         self.file_ids = np.asarray(file_ids, np.int32)
         self.offsets = np.asarray(offsets, np.int64)
         self.lengths = np.asarray(lengths, np.int32)
-        self._fds: dict = {}
-        self._fd_pid = os.getpid()
-        self._lock = threading.Lock()
+        self._files = OpenFiles(self.paths)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -102,37 +100,10 @@ class JsonlExamples:
     def where(self, i: int) -> str:
         return f"{self.paths[self.file_ids[i]]} at byte {self.offsets[i]}"
 
-    def _fd(self, file_id: int) -> int:
-        with self._lock:
-            if self._fd_pid != os.getpid():
-                self._fds, self._fd_pid = {}, os.getpid()
-            if file_id not in self._fds:
-                self._fds[file_id] = os.open(self.paths[file_id], os.O_RDONLY)
-            return self._fds[file_id]
-
     def __getitem__(self, i: int) -> dict:
         file_id = int(self.file_ids[i])
-        line = os.pread(self._fd(file_id), int(self.lengths[i]), int(self.offsets[i]))
+        line = os.pread(self._files.fd(file_id), int(self.lengths[i]), int(self.offsets[i]))
         return json.loads(line)
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_fds"] = {}
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._fd_pid = os.getpid()
-        self._lock = threading.Lock()
-
-    def __del__(self) -> None:
-        try:
-            if self._fd_pid == os.getpid():
-                for fd in self._fds.values():
-                    os.close(fd)
-        except Exception:  # interpreter shutdown
-            pass
 
 
 def scan_jsonl(patterns: Union[str, Sequence[str]]) -> tuple:

@@ -17,10 +17,11 @@ import json
 import logging
 import os
 import struct
-import threading
 from typing import Callable, Iterator, Optional, Sequence
 
 import google_crc32c
+
+from momentor_jax.data.open_files import OpenFiles
 
 INDEX_SUFFIX = ".index"
 INDEX_VERSION = 1
@@ -262,9 +263,7 @@ class TFRecordDataSource:
         self._starts = [0]
         for index in self.indexes:
             self._starts.append(self._starts[-1] + len(index))
-        self._fds: dict[int, int] = {}
-        self._fd_pid = os.getpid()
-        self._lock = threading.Lock()
+        self._files = OpenFiles(self.paths)
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -282,47 +281,16 @@ class TFRecordDataSource:
     def global_index(self, shard: int, record: int) -> int:
         return self._starts[shard] + record
 
-    def _fd(self, shard: int) -> int:
-        fd = self._fds.get(shard) if self._fd_pid == os.getpid() else None
-        if fd is not None:
-            return fd
-        with self._lock:
-            if self._fd_pid != os.getpid():  # forked: the parent's descriptors are not ours to share
-                self._fds, self._fd_pid = {}, os.getpid()
-            if shard not in self._fds:
-                self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
-            return self._fds[shard]
-
     def read(self, shard: int, record: int) -> bytes:
         index = self.indexes[shard]
-        return read_record_at(self._fd(shard), self.paths[shard], record, index.offsets[record],
+        return read_record_at(self._files.fd(shard), self.paths[shard], record, index.offsets[record],
                               index.lengths[record])
 
     def __getitem__(self, i: int) -> bytes:
         return self.read(*self.locate(i))
 
     def close(self) -> None:
-        if self._fd_pid == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-        self._fds = {}
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_fds"] = {}
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._fd_pid = os.getpid()
-        self._lock = threading.Lock()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
+        self._files.close()
 
     def __repr__(self) -> str:
         return f"TFRecordDataSource(paths={self.paths!r}, num_records={len(self)})"
