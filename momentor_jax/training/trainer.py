@@ -353,15 +353,15 @@ def build_state_factory(config, model_config: MomentorConfig, mesh, total_steps:
     """(state factory, optimizer, schedule) for a config on a mesh."""
     rules = sharding.axis_rules(config.logical_axis_rules)
     tx, schedule = optim.make_optimizer(config, total_steps)
-    if init_batch is None:
-        init_batch = momentor_lib.example_batch(model_config, config.batch_size, config.max_length)
+    if init_batch is None:  # parameter shapes do not depend on the batch size: initialise on one example
+        init_batch = momentor_lib.example_batch(model_config, 1, config.max_length)
     return StateFactory(fns, tx, mesh, rules, config.trainable, init_batch), tx, schedule
 
 
 def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfig, mesh, data_iterator,
              total_steps: int, init_batch: Optional[dict] = None) -> TrainResult:
     """Creates or restores the state and trains to `total_steps`. `data_iterator` yields per-process numpy
-    batches and has get_state() / set_state(); `init_batch` (default: zeros shaped like the model's batches)
+    batches and has get_state() / set_state(); `init_batch` (default: one zero example of the model's batch layout)
     only gives shapes for parameter creation."""
     factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
