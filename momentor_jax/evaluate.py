@@ -35,8 +35,6 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "longest answer in
 _SYSTEM_PROMPT = flags.DEFINE_string("system_prompt", None, "override the checkpoint's system prompt")
 _NUM_TIMELINES = flags.DEFINE_integer("num_timelines", 12, "queries drawn in timeline.png")
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-
 
 class MissingVideo(Exception):
     """A video that the source does not hold or cannot read."""
@@ -69,7 +67,7 @@ class VideoSource:
     def _load(self, vid: str):
         if self.index is not None:
             return self._from_record(vid)
-        from momentor_jax.data.video import decode_frames  # noqa: PLC0415
+        from momentor_jax.data.video import VIDEO_EXTENSIONS, decode_frames  # noqa: PLC0415
         path = next((os.path.join(self.video_dir, vid + ext) for ext in VIDEO_EXTENSIONS
                      if os.path.isfile(os.path.join(self.video_dir, vid + ext))), None)
         if path is None:

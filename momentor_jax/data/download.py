@@ -16,11 +16,12 @@ from typing import Iterable, Optional
 
 from tqdm import tqdm
 
+from momentor_jax.data.video import VIDEO_EXTENSIONS
+
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={id}"
 # The public script asks for format 134 (360p mp4, video only); fall back to the nearest that exists.
 DEFAULT_FORMAT = "134/bestvideo[height<=360][ext=mp4]/best[height<=360]/best"
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv")
 TEMP_DIR = ".downloading"
 FAILURES_FILE = "download_failures.jsonl"
 

@@ -25,7 +25,6 @@ from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
 from momentor_jax.data import video as video_lib
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 SHARD_PREFIX = "frames"
 FAILURES_FILE = "extract_failures.jsonl"
 CONFIG_FILE = "extract_config.json"
@@ -53,7 +52,7 @@ def list_videos(video_dir: str) -> dict:
     """{video_id: path} for the video files in a directory (hidden and partial downloads left out)."""
     videos = {}
     for name in sorted(os.listdir(video_dir)):
-        if name.startswith(".") or not name.lower().endswith(VIDEO_EXTENSIONS):
+        if name.startswith(".") or not name.lower().endswith(video_lib.VIDEO_EXTENSIONS):
             continue
         video_id = video_id_of(name)
         if video_id in videos:

@@ -15,6 +15,7 @@ import av
 import numpy as np
 from PIL import Image
 
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 SEEK_AHEAD_SECONDS = 8.0  # seek instead of decoding through when the next wanted frame is this far ahead
 # Decodable frames must reach this close to the stated duration; a truncated download otherwise yields a video
 # whose tail is one frame repeated.
