@@ -11,7 +11,7 @@ import pytest
 from momentor_jax import constants
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import encode, loader, tfrecord
-from momentor_jax.tools import bench_loader
+from momentor_jax.tools.bench import loader_data
 
 NUM_VIDEOS, NUM_FRAMES, IMAGE_SIZE, MAX_LENGTH, NUM_TEMPORAL = 6, 8, 32, 256, 16
 GLOBAL_BATCH = 4  # 6 videos x 3 examples = 18 -> epochs of 16 examples, 4 global batches
@@ -19,18 +19,18 @@ GLOBAL_BATCH = 4  # 6 videos x 3 examples = 18 -> epochs of 16 examples, 4 globa
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return bench_loader.render_dataset(str(tmp_path_factory.mktemp("loader_data")), NUM_VIDEOS, NUM_FRAMES,
-                                       IMAGE_SIZE, num_shards=2, missing_videos=1)
+    return loader_data.render_dataset(str(tmp_path_factory.mktemp("loader_data")), NUM_VIDEOS, NUM_FRAMES,
+                                      IMAGE_SIZE, num_shards=2, missing_videos=1)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return bench_loader.make_tokenizer(str(tmp_path_factory.mktemp("loader_sp")), NUM_TEMPORAL)
+    return loader_data.make_tokenizer(str(tmp_path_factory.mktemp("loader_sp")), NUM_TEMPORAL)
 
 
 def config(data, **overrides):
     return {"examples": data["examples"], "frames": data["frames"], "read_threads": 2,
-            "system_prompt": bench_loader.SHORT_SYSTEM_PROMPT, **overrides}
+            "system_prompt": loader_data.SHORT_SYSTEM_PROMPT, **overrides}
 
 
 def train_loader(data, tokenizer, **kwargs):
@@ -168,7 +168,7 @@ def test_eval_pass_is_ordered_complete_and_skips_missing_videos(data, tokenizer)
         np.testing.assert_array_equal(item["frames"], record["frames"])
         assert item["durations"] == np.float32(record["duration"])
         encoded = encode.encode_example(item["example"], tokenizer, record["duration"], NUM_FRAMES, MAX_LENGTH,
-                                        system_prompt=bench_loader.SHORT_SYSTEM_PROMPT)
+                                        system_prompt=loader_data.SHORT_SYSTEM_PROMPT)
         for key, value in encoded.items():
             np.testing.assert_array_equal(item[key], value, err_msg=key)
 
