@@ -4,6 +4,7 @@ Every parameter carries logical axis names (`nn.with_logical_partitioning`); the
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -82,9 +83,15 @@ class Dense(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
                             tuple(self.in_features) + tuple(self.out_features), self.param_dtype)
         x = x.astype(self.dtype)
-        contract_x = tuple(range(x.ndim - n_in, x.ndim))
-        y = jax.lax.dot_general(x, kernel.astype(self.dtype), ((contract_x, tuple(range(n_in))), ((), ())),
+        # The leading axes (batch, length, ...) as one row axis: the weight gradient then contracts a single axis.
+        # With two, XLA's CPU compiler first copies the output gradient into a transposed layout, a strided copy
+        # that costs as much as the matmul itself for the LM head.
+        leading = x.shape[:x.ndim - n_in]
+        rows = x.reshape((math.prod(leading),) + x.shape[x.ndim - n_in:])
+        y = jax.lax.dot_general(rows, kernel.astype(self.dtype), ((tuple(range(1, n_in + 1)), tuple(range(n_in))),
+                                                                   ((), ())),
                                 preferred_element_type=self.output_dtype)
+        y = y.reshape(leading + y.shape[1:])
         if self.use_bias:
             bias_axes = tuple(self.kernel_axes[n_in:])
             bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
