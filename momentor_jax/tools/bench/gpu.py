@@ -1,0 +1,186 @@
+"""`gpu`: the `train` figures and KV-cache decoding on an NVIDIA GPU with a ~1B bf16 model; skipped elsewhere.
+
+    python -m momentor_jax.tools.bench gpu [--batch_size 8] [--steps 10] [--set KEY=VALUE ...]
+
+Needs JAX with CUDA (`pip install -U "jax[cuda12]"`). On a host with an NVIDIA GPU this suite asks JAX for CUDA
+even though the dispatcher defaults JAX_PLATFORMS to cpu. Without a GPU it prints why, and gpu.json holds
+`skipped: true` and the `reason`.
+
+Model (`--model 1b`): configs/bench.py scaled by ONE_B: LLaMA d_model 2048, 16 layers, 16 heads, MLP 5632 (about
+1.0 B parameters with the 32005-row embedding and LM head), 1024 tokens, 32 frames at 224 px through the small ViT,
+bf16 compute with fp32 weights and AdamW state, everything trainable, global batch 8. `--model as_config` takes
+`--config` as it is.
+
+train: the train suite's measurement (tools/bench/train.py: the trainer's step on a fixed batch, state donated),
+with MFU against the bf16 matmul peak (`peak` at --peak_size, before and after the steps and between them).
+decode: inference/generate.py `generate_tokens`, greedy, as predict/evaluate call it (parameters as trained:
+fp32 weights, bf16 compute), on a prompt of a short system text, the video span and a question with one
+<TEMP-INPUT>, with an eos id no token has so every row writes `--new_tokens` tokens. Each batch size is timed for
+the whole answer and for the prompt alone (max_new_tokens=1); their difference gives the per-token decode time,
+and the LLM parameter bytes read per decode step over the measured copy bandwidth gives the bandwidth use.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import shutil
+import time
+
+
+def _nvidia_gpu_visible() -> bool:
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or shutil.which("nvidia-smi") is not None
+
+
+def _cuda_plugin_installed() -> bool:
+    return any(importlib.util.find_spec(name) is not None for name in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+
+
+# The dispatcher defaults JAX_PLATFORMS to cpu before importing a suite; this one wants the GPU where there is one.
+if os.environ.get("JAX_PLATFORMS") == "cpu" and _nvidia_gpu_visible() and _cuda_plugin_installed():
+    os.environ["JAX_PLATFORMS"] = "cuda,cpu"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from momentor_jax import constants  # noqa: E402
+from momentor_jax.tools.bench import common  # noqa: E402
+from momentor_jax.tools.bench import train as train_suite  # noqa: E402
+
+ONE_B = ("model.llm.hidden_size=2048", "model.llm.intermediate_size=5632", "model.llm.num_layers=16",
+         "model.llm.num_heads=16", "model.llm.num_kv_heads=16", "model.llm.dtype=bfloat16",
+         "model.vision.dtype=bfloat16", "max_length=1024", "batch_size=8", "trainable=all", "remat_policy=none")
+NO_EOS = -1  # an id no generated token has: generation runs all max_new_tokens steps
+
+
+def unavailable_reason(allow_cpu: bool = False):
+    """None when the suite can run here, else why not."""
+    devices = jax.devices()
+    if any(d.platform == "gpu" and "nvidia" in d.device_kind.lower() for d in devices):
+        return None
+    if allow_cpu:
+        return None
+    seen = f"JAX devices: {devices[0].platform} x{len(devices)}"
+    if not _nvidia_gpu_visible():
+        return f"no NVIDIA GPU on this host ({seen})"
+    if not _cuda_plugin_installed():
+        return f'an NVIDIA GPU is present but JAX has no CUDA plugin: pip install -U "jax[cuda12]" ({seen})'
+    return f"an NVIDIA GPU is present but JAX did not use it; run with JAX_PLATFORMS=cuda ({seen})"
+
+
+def gpu_config(spec: str, model: str, overrides):
+    return train_suite.load_config(spec, (ONE_B if model == "1b" else ()) + tuple(overrides))
+
+
+# ------------------------------------------------------------------------------------------------- decode
+def decode_prompt(model_config, batch_size: int, question_tokens: int = 24, seed: int = 0) -> dict:
+    """<s>, a system text, the video span, a question with one <TEMP-INPUT> (at time 0.25) and "ASSISTANT:";
+    the same prompt in every row, each row with its own frames."""
+    special = constants.special_token_ids(model_config.llm.vocab_size)
+    rng = np.random.default_rng(seed)
+    text_limit = model_config.llm.vocab_size - constants.NUM_ADDED_TOKENS
+    video = [special["vid_start"]] + [special["vid_patch"]] * model_config.num_frames + [special["vid_end"]]
+    question = rng.integers(3, text_limit, question_tokens).tolist()
+    question[question_tokens // 2] = special["temp_input"]
+    ids = np.asarray([1] + rng.integers(3, text_limit, 40).tolist() + video + question
+                     + rng.integers(3, text_limit, 2).tolist(), np.int32)
+    times = np.where(ids == special["temp_input"], 0.25, 0.0).astype(np.float32)
+    size = model_config.vision.image_size
+    return {"input_ids": np.repeat(ids[None], batch_size, 0), "token_times": np.repeat(times[None], batch_size, 0),
+            "frames": rng.integers(0, 256, (batch_size, model_config.num_frames, size, size, 3), dtype=np.uint8)}
+
+
+def random_params(model_config, seed: int = 0):
+    """Freshly initialised parameters (fp32), created on the default device."""
+    import flax.linen as nn  # noqa: PLC0415
+
+    from momentor_jax.models.momentor import example_batch  # noqa: PLC0415
+    from momentor_jax.training import trainer  # noqa: PLC0415
+
+    init = trainer.momentor_fns(model_config).init
+    batch = example_batch(model_config, 1, 8)
+    return jax.jit(lambda key: nn.unbox(init(key, batch)))(jax.random.PRNGKey(seed))
+
+
+def measure_decode(model_config, batch_sizes, new_tokens: int, repeats: int = 3,
+                   bytes_per_s: float = 0.0) -> list:
+    """Per batch size: whole-answer and prompt-only times of generate_tokens, tokens/s and per-token decode time."""
+    from momentor_jax.inference import generate  # noqa: PLC0415
+
+    params = random_params(model_config)
+    llm_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["llm"]))
+    rows = []
+    for batch_size in batch_sizes:
+        prompt = jax.device_put(decode_prompt(model_config, batch_size))  # on the device once, not per call
+        length = prompt["input_ids"].shape[1]
+        if length + new_tokens > model_config.llm.max_position_embeddings:
+            raise ValueError(f"prompt {length} + {new_tokens} new tokens exceed max_position_embeddings "
+                             f"{model_config.llm.max_position_embeddings}")
+        lengths = jax.device_put(np.full((batch_size,), length, np.int32))
+
+        def answer(tokens: int):
+            sampling = generate.SamplingConfig(max_new_tokens=tokens)
+            out = generate.generate_tokens(params, prompt["input_ids"], prompt["token_times"], lengths,
+                                           prompt["frames"], jax.random.PRNGKey(0), config=model_config,
+                                           sampling=sampling, eos_id=NO_EOS)
+            return jax.block_until_ready(out)
+
+        whole = common.time_repeats(lambda: answer(new_tokens), repeats, warmup=1,
+                                    label=f"decode batch {batch_size}")
+        prefill = common.time_repeats(lambda: answer(1), repeats, warmup=1)
+        produced = int(np.asarray(answer(new_tokens)["num_tokens"]).min())
+        decode_s = max(whole["median_s"] - prefill["median_s"], 1e-9)
+        per_token_s = decode_s / max(new_tokens - 1, 1)
+        row = {"batch_size": batch_size, "prompt_tokens": length, "new_tokens": new_tokens,
+               "tokens_generated": produced, "whole_s": whole, "prompt_only_s": prefill,
+               "tokens_per_s": batch_size * new_tokens / whole["median_s"],
+               "decode_tokens_per_s": batch_size / per_token_s, "ms_per_decode_step": per_token_s * 1e3,
+               "llm_param_bytes": llm_bytes}
+        if bytes_per_s:
+            row["bandwidth_fraction"] = llm_bytes / per_token_s / bytes_per_s
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- the suite
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=train_suite.DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
+    parser.add_argument("--model", choices=("1b", "as_config"), default="1b",
+                        help="1b: the config scaled by ONE_B; as_config: the config unchanged")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override after the scaling (repeatable)")
+    parser.add_argument("--batch_size", type=int, default=None, help="global train batch (default: the config's)")
+    parser.add_argument("--steps", type=int, default=10, help="timed train steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed train steps after compilation")
+    parser.add_argument("--peak_size", type=int, default=8192, help="side of the peak matmul")
+    parser.add_argument("--decode_batch_sizes", default="1,8", help="comma-separated")
+    parser.add_argument("--new_tokens", type=int, default=128, help="tokens generated per row")
+    parser.add_argument("--decode_repeats", type=int, default=3)
+    parser.add_argument("--allow_cpu", action="store_true", help=argparse.SUPPRESS)  # runs the GPU path anywhere
+
+
+def run(args: argparse.Namespace) -> dict:
+    reason = unavailable_reason(args.allow_cpu)
+    if reason:
+        print(f"gpu: skipped: {reason}")
+        return {"skipped": True, "reason": reason}
+    config = gpu_config(args.config, args.model, args.overrides)
+    train = train_suite.measure_with_peak(config, args.steps, args.warmup, args.batch_size, args.peak_size)
+    train_suite.print_train_table(f"train step on {jax.devices()[0].device_kind}", train)
+
+    from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
+    batch_sizes = [int(b) for b in args.decode_batch_sizes.split(",") if b]
+    start = time.perf_counter()
+    decode = measure_decode(MomentorConfig.from_dict(config.model), batch_sizes, args.new_tokens,
+                            args.decode_repeats, train["peak"]["before"]["memory"]["bytes_per_s"])
+    common.print_table(f"decode (generate_tokens, greedy, {time.perf_counter() - start:.0f} s)", [
+        {"batch": r["batch_size"], "prompt": r["prompt_tokens"], "new": r["new_tokens"],
+         "answer ms": r["whole_s"]["median_s"] * 1e3, "prompt-only ms": r["prompt_only_s"]["median_s"] * 1e3,
+         "ms/step": r["ms_per_decode_step"], "tokens/s": r["tokens_per_s"],
+         "decode tokens/s": r["decode_tokens_per_s"],
+         "bandwidth": f"{100 * r['bandwidth_fraction']:.0f}%" if "bandwidth_fraction" in r else "-"}
+        for r in decode], ["batch", "prompt", "new", "answer ms", "prompt-only ms", "ms/step", "tokens/s",
+                           "decode tokens/s", "bandwidth"])
+    return {"skipped": False, "config": args.config, "model": args.model, "overrides": list(args.overrides),
+            "mfu": train.get("mfu"), "tokens_per_s": train["tokens_per_s"], "train": train, "decode": decode}

@@ -1,0 +1,408 @@
+"""`train`: the trainer's own train step on a fixed in-memory batch: step time, tokens/s, model FLOPs, MFU.
+
+    python -m momentor_jax.tools.bench train [--config=configs/bench.py] [--batch_size N] [--steps 5]
+        [--warmup 2] [--set KEY=VALUE ...]
+
+The state comes from trainer.StateFactory on the trainer's mesh and axis rules, the step from
+trainer.make_train_step, jitted with the trainer's shardings and the state donated. The batch is built once in
+memory with the loader's layout (uint8 frames, <vid_start> M x <vid_patch> <vid_end>, dialogue turns with temporal
+placeholders, loss only on the replies) and stays on the device, so only the step is timed.
+
+Model FLOPs follow MaxText (metrics_writer.training_flops_per_example). MFU = model FLOPs / median step time / peak,
+where the peak is the best matmul rate this process measured: the `peak` suite before the steps, a short probe
+before each step and the matmul again after them (on a shared host some of them run while other processes hold
+cores; the best keeps MFU conservative). `cpu_cores_busy` says how many cores the steps actually had. Beside ours,
+XLA's count: the cost analysis of the same step lowered with its layer stacks unrolled (a compiled scan is counted
+as one layer). Overrides are `--set KEY=VALUE` (`--config.KEY=VALUE` would need the dispatcher's parser to accept
+unknown options).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from momentor_jax import constants
+from momentor_jax.tools.bench import common, peak
+
+DEFAULT_CONFIG = "configs/bench.py"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+# ------------------------------------------------------------------------------------------------ the config
+def load_config(spec: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()):
+    """`configs/FILE.py[:variant]` (relative to the working directory or the repository) -> ConfigDict, with
+    `KEY=VALUE` overrides (dotted keys, Python literals; anything else is a string)."""
+    path, _, variant = spec.partition(":")
+    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
+        path = os.path.join(REPO_ROOT, path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path} not found")
+    configs_parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if configs_parent not in sys.path:  # the config files import `configs` (base_config) as a package
+        sys.path.insert(0, configs_parent)
+    module_spec = importlib.util.spec_from_file_location(f"bench_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(variant or None)
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+    for override in overrides:
+        key, sep, text = override.removeprefix("--config.").partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {override!r}: expected KEY=VALUE, e.g. batch_size=4")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"override {override!r}: the config has no key {key!r}")
+        node[leaf] = value
+    return config
+
+
+# ------------------------------------------------------------------------------------------------- the batch
+def synthetic_batch(model_config, batch_size: int, max_length: int, seed: int = 0) -> dict:
+    """A fixed numpy batch laid out the way data/encode.py writes one (constants.BATCH_KEYS).
+
+    Each row: <s>, a system prompt, the video span, then dialogue turns (question, sometimes with two
+    <TEMP-INPUT>; "ASSISTANT:"; a reply holding two <TEMP-OUTPUT>; </s>) until 75-100% of max_length is filled,
+    the rest padding. Text ids are random ordinary vocabulary ids; loss_mask covers the replies and their </s>.
+    """
+    vocab_size, num_frames = model_config.llm.vocab_size, model_config.num_frames
+    special = constants.special_token_ids(vocab_size)
+    bos, eos, first_text_id = 1, 2, 3
+    text_limit = vocab_size - constants.NUM_ADDED_TOKENS
+    rng = np.random.default_rng(seed)
+
+    def text(n):
+        return rng.integers(first_text_id, text_limit, n).tolist()
+
+    def with_placeholders(ids, placeholder, count):
+        for position in sorted(rng.choice(len(ids), size=min(count, len(ids)), replace=False), reverse=True):
+            ids.insert(int(position), placeholder)
+        return ids
+
+    system = min(40, max(4, max_length // 16))
+    video = [special["vid_start"]] + [special["vid_patch"]] * num_frames + [special["vid_end"]]
+    head_ids = [bos] + text(system) + text(2) + video
+    if len(head_ids) + 8 > max_length:
+        raise ValueError(f"max_length {max_length} cannot hold the prompt and {num_frames} frame slots")
+
+    columns = {key: np.zeros((batch_size, max_length), dtype) for key, dtype in (
+        ("input_ids", np.int32), ("targets", np.int32), ("loss_mask", np.float32), ("segment_ids", np.int32),
+        ("positions", np.int32), ("token_times", np.float32), ("target_times", np.float32))}
+    for row in range(batch_size):
+        ids, supervised = list(head_ids), [False] * len(head_ids)
+        fill = int(max_length * rng.uniform(0.75, 1.0))
+        while True:
+            question = with_placeholders(text(int(rng.integers(8, 24))), special["temp_input"],
+                                         2 * int(rng.random() < 0.3)) + text(2)  # ... "ASSISTANT:"
+            reply = with_placeholders(text(int(rng.integers(12, 48))), special["temp_output"], 2) + [eos]
+            if len(ids) + len(question) + len(reply) > fill and len(ids) > len(head_ids):
+                break
+            ids += question + reply
+            supervised += [False] * len(question) + [True] * len(reply)
+        ids, supervised = np.asarray(ids[:max_length], np.int32), np.asarray(supervised[:max_length], bool)
+        n = len(ids)
+        is_placeholder = (ids == special["temp_input"]) | (ids == special["temp_output"])
+        times = np.where(is_placeholder, rng.uniform(0.0, 1.0, n), 0.0).astype(np.float32)
+        c = {key: value[row] for key, value in columns.items()}
+        c["input_ids"][:n] = ids
+        c["loss_mask"][:n - 1] = supervised[1:]
+        c["targets"][:n - 1] = np.where(supervised[1:], ids[1:], 0)
+        c["target_times"][:n - 1] = np.where(c["targets"][:n - 1] == special["temp_output"], times[1:], 0.0)
+        c["token_times"][:n] = times
+        c["segment_ids"][:n] = 1
+        c["positions"][:n] = np.arange(n)
+    batch = dict(columns, durations=rng.uniform(30.0, 300.0, batch_size).astype(np.float32))
+    if model_config.use_cached_features:
+        batch["features"] = rng.standard_normal((batch_size, num_frames, model_config.vision_feature_dim),
+                                                dtype=np.float32)
+    else:
+        size = model_config.vision.image_size
+        batch["frames"] = rng.integers(0, 256, (batch_size, num_frames, size, size, 3), dtype=np.uint8)
+    from momentor_jax.models.momentor import check_batch  # noqa: PLC0415
+    check_batch(batch, model_config, "synthetic batch")
+    return batch
+
+
+# ------------------------------------------------------------------------------------------- the train step
+@dataclasses.dataclass
+class TrainStep:
+    """A compiled train step with its state and batch on the devices; `step()` runs one and waits for it."""
+    compiled: Any
+    state: Any
+    batch: dict
+    model_config: Any
+    factory: Any
+    batch_size: int
+    max_length: int
+    compile_s: float
+    init_s: float
+    metrics: Optional[dict] = None
+
+    def step(self) -> None:
+        self.state, self.metrics = self.compiled(self.state, self.batch)
+        jax.block_until_ready((self.state, self.metrics))
+
+
+@dataclasses.dataclass
+class _StepParts:
+    config: Any
+    model_config: Any
+    mesh: Any
+    factory: Any
+    jitted: Any
+
+
+def _step_parts(config, batch_size: Optional[int] = None) -> _StepParts:
+    """The trainer's state factory and step for `config`, jitted as training/trainer.compile_train_step does
+    (state shardings in and out, state donated, batch over (data, fsdp))."""
+    from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
+    from momentor_jax.training import sharding, trainer  # noqa: PLC0415
+
+    config = config.copy_and_resolve_references()
+    if batch_size:
+        config.batch_size = int(batch_size)
+    model_config = MomentorConfig.from_dict(config.model)
+    mesh = sharding.make_mesh(config.mesh)
+    trainer.check_config(config, model_config, mesh)
+    total_steps = config.total_steps if config.total_steps > 0 else 1000  # only shapes the learning-rate schedule
+    fns = trainer.momentor_fns(model_config)
+    factory, tx, schedule = trainer.build_state_factory(config, model_config, mesh, total_steps, fns)
+    step_fn = trainer.make_train_step(fns, tx, schedule, config.grad_accum_steps)
+    jitted = jax.jit(step_fn, in_shardings=(factory.shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=(factory.shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    return _StepParts(config, model_config, mesh, factory, jitted)
+
+
+def build_train_step(config, batch_size: Optional[int] = None) -> TrainStep:
+    """The trainer's state (random init) and step for `config` on the fixed batch, compiled ahead of time."""
+    from momentor_jax.training import sharding  # noqa: PLC0415
+
+    parts = _step_parts(config, batch_size)
+    config = parts.config
+    start = time.perf_counter()
+    state = parts.factory.random_init(config.seed)
+    local_batch = synthetic_batch(parts.model_config, config.batch_size, config.max_length, config.seed)
+    batch = sharding.global_batch(local_batch, parts.mesh)
+    jax.block_until_ready((state, batch))
+    init_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with parts.factory._context():
+        compiled = parts.jitted.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    return TrainStep(compiled=compiled, state=state, batch=batch, model_config=parts.model_config,
+                     factory=parts.factory, batch_size=config.batch_size, max_length=config.max_length,
+                     compile_s=compile_s, init_s=init_s)
+
+
+def _flops_of(analysis) -> Optional[float]:
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops is not None and flops >= 0 else None
+
+
+def compiled_program_flops(compiled) -> Optional[float]:
+    """XLA's cost_analysis of the compiled step. It counts a while loop's body once, so a scanned layer stack
+    (scan_layers) appears as one layer."""
+    try:
+        return _flops_of(compiled.cost_analysis())
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+
+
+def unrolled_compiler_flops(config, batch_size: Optional[int] = None) -> Optional[float]:
+    """XLA's HLO cost analysis of the same step with every layer stack unrolled (scan_layers off), lowered from
+    shapes alone (nothing compiled or allocated): the compiler's count to set beside ours. It includes the
+    elementwise work and any remat recomputation, which the MaxText accounting leaves out."""
+    from momentor_jax.tools.aot import abstract_batch  # noqa: PLC0415
+    from momentor_jax.training import sharding  # noqa: PLC0415
+
+    config = config.copy_and_resolve_references()
+    config.model.llm.scan_layers = False
+    config.model.vision.scan_layers = False
+    parts = _step_parts(config, batch_size)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), parts.factory.abstract,
+                         parts.factory.shardings)
+    batch = abstract_batch(parts.model_config, parts.config.batch_size, parts.config.max_length,
+                           sharding.batch_sharding(parts.mesh))
+    try:
+        with parts.factory._context():
+            return _flops_of(parts.jitted.lower(state, batch).cost_analysis())
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def matmul_probe(dtype: str, size: int = 2048, repeats: int = 3) -> Callable[[], float]:
+    """The `peak` matmul as a short probe (FLOP/s of the median of `repeats`) to run between train steps, so that
+    on a shared host the peak is also sampled under the load the steps see."""
+    key = jax.random.PRNGKey(0)
+    a = jax.random.normal(key, (size, size), jnp.float32).astype(dtype)
+    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=x.dtype))
+    dot(a, a).block_until_ready()
+
+    def probe() -> float:
+        return 2.0 * size ** 3 / common.time_repeats(lambda: dot(a, a).block_until_ready(), repeats, 0)["median_s"]
+    return probe
+
+
+def time_steps(step: Callable[[], None], steps: int, warmup: int, probe: Optional[Callable[[], float]] = None,
+               label: Optional[str] = None) -> dict:
+    """common.time_repeats' figures for `step`, the step times, this process's CPU seconds per step (a busy
+    2-core host gives us fewer than 2 x wall seconds) and, with `probe`, its FLOP/s measured before each step."""
+    for _ in range(warmup):
+        step()
+    times, cpu, probes = [], [], []
+    for i in range(steps):
+        if probe:
+            probes.append(probe())
+        cpu_start, start = _cpu_seconds(), time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+        cpu.append(_cpu_seconds() - cpu_start)
+        if label:
+            print(f"  {label}: {i + 1}/{steps} {times[-1] * 1e3:.1f} ms, {cpu[-1] / times[-1]:.2f} cores busy"
+                  + (f", probe {probes[-1] / 1e9:.1f} GFLOP/s" if probes else ""), file=sys.stderr, flush=True)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": steps,
+            "warmup": warmup, "times_s": times, "cpu_cores_busy": statistics.median(
+                [c / t for c, t in zip(cpu, times)]), "probe_flops_per_s": probes}
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def with_mfu(result: dict, peaks: Sequence[float]) -> dict:
+    """Adds `peak_flops_per_s` (the best of the peak measurements of this run) and `mfu` (model FLOP/s at the
+    median step time over that peak, a fraction); `mfu_best_step` uses the fastest step instead. Taking the best
+    peak keeps MFU conservative when other processes slow some of the measurements down."""
+    peaks = [p for p in peaks if p]
+    if not peaks:
+        return result
+    best = max(peaks)
+    step = result["step_time_s"]
+    return {**result, "peak_flops_per_s": best,
+            "mfu": result["model_flops_per_step"] / step["median_s"] / best,
+            "mfu_best_step": result["model_flops_per_step"] / step["min_s"] / best}
+
+
+def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[int] = None,
+                  peak_flops_per_s: Optional[float] = None, probe_size: Optional[int] = None,
+                  label: Optional[str] = "train step") -> dict:
+    """Times `steps` train steps after `warmup` (compilation is not counted).
+
+    Returns step time (median, min, max), examples_per_s, tokens_per_s (all positions, padding included: the work
+    done), model and compiler FLOPs per step, achieved FLOP/s and, given `peak_flops_per_s` and/or `probe_size`
+    (a square matmul of that side timed before each step), `peak_flops_per_s` and `mfu` (see `with_mfu`).
+    """
+    from momentor_jax.training import metrics_writer, trainer  # noqa: PLC0415
+
+    bench = build_train_step(config, batch_size)
+    probe = matmul_probe(bench.model_config.llm.dtype, probe_size) if probe_size else None
+    timing = time_steps(bench.step, steps, warmup, probe, label)
+    metrics = {k: float(v) for k, v in jax.device_get(bench.metrics).items()}
+    if not metrics.pop("finite"):
+        raise trainer.NonFiniteError(f"the benchmark step produced a non-finite loss or gradient: {metrics}")
+    model_flops = bench.batch_size * metrics_writer.training_flops_per_example(bench.model_config, bench.max_length,
+                                                                               config.trainable)
+    step_s = timing["median_s"]
+    result = {
+        "batch_size": bench.batch_size,
+        "max_length": bench.max_length,
+        "tokens_per_step": bench.batch_size * bench.max_length,
+        "mesh": dict(bench.factory.mesh.shape),
+        "num_params": trainer.count_params(bench.state.trainable) + trainer.count_params(bench.state.frozen),
+        "num_trainable": trainer.count_params(bench.state.trainable),
+        "trainable": config.trainable,
+        "remat_policy": config.remat_policy,
+        "scan_layers": bench.model_config.llm.scan_layers,
+        "dtype": bench.model_config.llm.dtype,
+        "step_time_s": timing,
+        "examples_per_s": bench.batch_size / step_s,
+        "tokens_per_s": bench.batch_size * bench.max_length / step_s,
+        "model_flops_per_step": model_flops,
+        "compiler_flops_per_step": unrolled_compiler_flops(config, batch_size),
+        "compiled_program_flops": compiled_program_flops(bench.compiled),
+        "achieved_flops_per_s": model_flops / step_s,
+        "compile_s": bench.compile_s,
+        "init_s": bench.init_s,
+        "loss": metrics["loss"],
+    }
+    return with_mfu(result, [peak_flops_per_s, *timing["probe_flops_per_s"]])
+
+
+# ---------------------------------------------------------------------------------------------- the suite
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set model.llm.num_layers=4 (repeatable)")
+    parser.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--peak_size", type=int, default=2048, help="side of the peak matmul")
+
+
+def run(args: argparse.Namespace) -> dict:
+    config = load_config(args.config, args.overrides)
+    result = measure_with_peak(config, args.steps, args.warmup, args.batch_size, args.peak_size)
+    result = {"config": args.config, "overrides": list(args.overrides), **result}
+    print_train_table("train step", result)
+    return result
+
+
+def measure_with_peak(config, steps: int, warmup: int, batch_size: Optional[int], peak_size: int) -> dict:
+    """measure_train with the `peak` suite run in the same process before and after the steps, and the probe
+    between them; MFU against the best of all those peaks."""
+    dtype = str(config.model.llm.dtype)
+    print(f"peak: {dtype} matmul {peak_size}^3 ...", flush=True)
+    before = peak.measure(dtype, peak_size)
+    result = measure_train(config, steps, warmup, batch_size, before["peak_flops_per_s"], peak_size)
+    after = peak.matmul_flops(peak_size, dtype, repeats=7)
+    peaks = [before["peak_flops_per_s"], *result["step_time_s"]["probe_flops_per_s"], after["flops_per_s"]]
+    return with_mfu({**result, "peak": {"before": before, "after": after}}, peaks)
+
+
+def print_train_table(title: str, r: dict) -> None:
+    t = r["step_time_s"]
+    compiler = r["compiler_flops_per_step"]
+    rows = [
+        {"what": "batch", "figure": f"{r['batch_size']} x {r['max_length']} tokens, mesh {r['mesh']}, "
+                                    f"{r['num_params']:,} params ({r['num_trainable']:,} trainable), {r['dtype']}"},
+        {"what": "step time", "figure": f"median {t['median_s'] * 1e3:.1f} ms, min {t['min_s'] * 1e3:.1f}, "
+                                        f"max {t['max_s'] * 1e3:.1f} ({t['repeats']} after {t['warmup']} warm-up)"},
+        {"what": "cores busy", "figure": f"{t['cpu_cores_busy']:.2f} (CPU seconds per step second; other "
+                                         "processes take the rest)"},
+        {"what": "throughput", "figure": f"{r['tokens_per_s']:,.0f} tokens/s, {r['examples_per_s']:.3g} examples/s"},
+        {"what": "model FLOPs/step", "figure": f"{r['model_flops_per_step']:.4g} (MaxText accounting)"},
+        {"what": "compiler FLOPs/step", "figure": "n/a" if compiler is None else
+         f"{compiler:.4g} (XLA cost analysis, layers unrolled: {compiler / r['model_flops_per_step']:.2f} x ours)"},
+        {"what": "achieved", "figure": f"{r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s"},
+    ]
+    if "mfu" in r:
+        probes = ", ".join(f"{p / 1e9:.0f}" for p in t["probe_flops_per_s"])
+        rows += [{"what": "peak", "figure": f"{r['peak_flops_per_s'] / 1e9:.1f} GFLOP/s matmul, the best of this "
+                                            f"run's peak measurements (probes between steps: {probes or '-'})"},
+                 {"what": "MFU", "figure": f"{100 * r['mfu']:.1f}% (fastest step {100 * r['mfu_best_step']:.1f}%)"}]
+    rows.append({"what": "compile", "figure": f"{r['compile_s']:.1f} s (state init {r['init_s']:.1f} s)"})
+    common.print_table(title, rows, ["what", "figure"])

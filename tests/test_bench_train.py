@@ -1,0 +1,63 @@
+"""The `train` benchmark suite end to end on the tiny config, its in-memory batch, and the `gpu` suite's skip path."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from momentor_jax import constants
+from momentor_jax.models import config as model_configs
+from momentor_jax.tools.bench import __main__ as bench
+from momentor_jax.tools.bench import gpu, train
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_synthetic_batch_has_the_loader_layout():
+    model = model_configs.tiny()
+    batch = train.synthetic_batch(model, batch_size=3, max_length=128, seed=1)
+    special = constants.special_token_ids(model.llm.vocab_size)
+    assert batch["frames"].shape == (3, model.num_frames, 32, 32, 3) and batch["frames"].dtype == np.uint8
+    for row in range(3):
+        ids, mask = batch["input_ids"][row], batch["loss_mask"][row]
+        real = int(batch["segment_ids"][row].sum())
+        assert 48 <= real <= 128 and not batch["segment_ids"][row, real:].any()
+        assert np.sum(ids == special["vid_patch"]) == model.num_frames
+        supervised = np.flatnonzero(mask)
+        assert 0 < len(supervised) < real
+        np.testing.assert_array_equal(batch["targets"][row, supervised], ids[supervised + 1])
+        assert not batch["targets"][row][mask == 0].any()
+        temporal = batch["targets"][row] == special["temp_output"]
+        assert temporal.any() and np.all(batch["target_times"][row][~temporal] == 0)
+        placeholders = (ids == special["temp_output"]) | (ids == special["temp_input"])
+        assert np.all(batch["token_times"][row][~placeholders] == 0)
+        np.testing.assert_array_equal(batch["positions"][row, :real], np.arange(real))
+
+
+def test_train_suite_writes_its_figures(tmp_path):
+    overrides = ["--set", "trainable=all", "--set", "mesh=(1, 1, 1)"]
+    assert bench.main(["train", "--config", "configs/tiny.py", *overrides, "--steps", "2", "--warmup", "1",
+                       "--peak_size", "256", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "train.json").read_text())
+    assert result["suite"] == "train" and result["hardware"]["backend"] == "cpu"
+    assert result["overrides"] == ["trainable=all", "mesh=(1, 1, 1)"]
+    assert result["num_trainable"] == result["num_params"] and result["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
+    step = result["step_time_s"]
+    assert step["repeats"] == 2 and 0 < step["min_s"] <= step["median_s"] <= step["max_s"]
+    for key in ("examples_per_s", "tokens_per_s", "model_flops_per_step", "compiler_flops_per_step",
+                "achieved_flops_per_s", "peak_flops_per_s", "mfu", "loss"):
+        assert _positive(result[key]), key
+    assert result["tokens_per_s"] == pytest.approx(result["examples_per_s"] * result["max_length"])
+    # XLA counts the elementwise work too, so its count is of the same order as ours, not equal.
+    assert 0.5 < result["compiler_flops_per_step"] / result["model_flops_per_step"] < 3
+    assert result["peak_flops_per_s"] >= max(result["step_time_s"]["probe_flops_per_s"])
+
+
+@pytest.mark.skipif(gpu._nvidia_gpu_visible(), reason="an NVIDIA GPU is here: the suite would run, not skip")
+def test_gpu_suite_skips_without_a_gpu(tmp_path, capsys):
+    assert bench.main(["gpu", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["skipped"] is True and "NVIDIA GPU" in result["reason"]
+    assert "skipped" in capsys.readouterr().out
