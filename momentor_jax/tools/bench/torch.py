@@ -1,0 +1,177 @@
+"""`torch`: one Momentor forward+backward in JAX against the same work in PyTorch as the public code runs it.
+
+    python -m momentor_jax.tools.bench torch [--config=configs/bench.py] [--batch_size B] [--length L]
+                                             [--steps 3] [--warmup 1] [--attention sdpa]
+
+Both sides get the same random weights through `convert export_hf` (tools/bench/shared_weights.py) and the same
+in-memory batch (frames, temporal placeholders, soft temporal targets). JAX: the trainer's `momentor_fns` (model
+apply + loss) under `jax.jit(jax.value_and_grad)` over every parameter, fp32. PyTorch: tools/bench/torch_momentor.py
+(transformers CLIPVisionModel + LlamaForCausalLM + projector/TPM, eager, fp32) with `loss.backward()` into every
+parameter. Before timing, the two losses and all gradients are compared (the run stops when the losses differ by
+more than 1e-3 relative). The sides are timed in alternation in one process; torch uses as many threads as there
+are usable cores (XLA's CPU pool uses the same cores). Figures: tokens/s (B x L per forward+backward) and `ratio`
+= JAX tokens/s / PyTorch tokens/s.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from momentor_jax.tools.bench import common, shared_weights, synthetic_inputs
+
+LOSS_TOLERANCE = 1e-3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=shared_weights.DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the config's batch_size")
+    parser.add_argument("--length", type=int, default=None, help="tokens per row; default: the config's max_length")
+    parser.add_argument("--steps", type=int, default=3, help="timed forward+backward passes per side")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes per side (JAX's first compiles)")
+    parser.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"),
+                        help="transformers attention implementation of the PyTorch side")
+    parser.add_argument("--unroll_layers", action="store_true",
+                        help="JAX side with every layer stack unrolled (scan_layers off; same weights)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def jax_loss_and_grad(model_config):
+    """jit(value_and_grad) of the trainer's model apply + loss, over every parameter."""
+    from momentor_jax.training import trainer  # noqa: PLC0415
+
+    fns = trainer.momentor_fns(model_config)
+    rng = jax.random.PRNGKey(0)
+
+    def loss(params, batch):
+        return fns.loss(fns.apply(params, batch, rng), batch)[0]
+
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def compare_gradients(grads: dict, reference, model_config) -> dict:
+    """Per parameter group: max |ours - theirs| over its tensors / max |theirs| over its tensors (a group scale,
+    since some gradients are exactly zero in exact arithmetic, e.g. the CLIP key biases). Tensors are matched by
+    their exported names."""
+    from momentor_jax.convert import hf  # noqa: PLC0415
+
+    grads = jax.tree.map(np.asarray, grads)
+    theirs = {name: p.grad.numpy() for name, p in reference.named_parameters() if p.grad is not None}
+    pairs = {"llm": [(f"llm.{k}", v) for k, v in hf.llama_to_hf(grads["llm"], model_config.llm).items()],
+             "vision": [(f"vision.{k[len(hf.VISION_PREFIX):]}", v)
+                        for k, v in hf.vision_to_hf(grads["vision"], model_config.vision).items()],
+             "projector": [("mm_projector.weight", grads["projector"]["kernel"].T),
+                           ("mm_projector.bias", grads["projector"]["bias"])],
+             "tpm": [("temporal_input_embeddings", grads["tpm"]["input_embedding"]),
+                     ("temporal_output_embeddings", grads["tpm"]["output_embedding"])]}
+    result = {}
+    for group, tensors in pairs.items():
+        diff = scale = 0.0
+        for name, ours in tensors:
+            if name not in theirs:
+                raise KeyError(f"no PyTorch gradient for {name}")
+            reference_grad = theirs[name][:ours.shape[0]]  # the export's LLaMA tables also hold the N temporal rows
+            diff = max(diff, float(np.max(np.abs(ours - reference_grad))))
+            scale = max(scale, float(np.max(np.abs(reference_grad))))
+        result[group] = diff / (scale or 1.0)
+    return result
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch_settings = shared_weights.configure_torch()
+    import transformers  # noqa: PLC0415
+
+    from momentor_jax.tools.bench import torch_momentor  # noqa: PLC0415
+
+    transformers.utils.logging.disable_progress_bar()
+
+    config = shared_weights.load_config(args.config)
+    model_config = shared_weights.fp32_model_config(config)
+    batch_size = args.batch_size or config.batch_size
+    length = args.length or config.max_length
+    print(f"model: d_model {model_config.llm.hidden_size}, {model_config.llm.num_layers} layers, "
+          f"V + N = {model_config.llm.vocab_size} + {model_config.num_temporal_tokens}, "
+          f"{model_config.num_frames} frames at {model_config.vision.image_size} px, fp32; batch {batch_size} x "
+          f"{length} tokens; every parameter differentiated on both sides")
+    print(shared_weights.torch_settings_line(torch_settings, args.attention), flush=True)
+
+    params = shared_weights.random_params(model_config, args.seed)
+    with tempfile.TemporaryDirectory() as directory:
+        export = shared_weights.export_weights(params, model_config, directory)
+        reference = torch_momentor.TorchMomentor(export, model_config, attn_implementation=args.attention).eval()
+    jax_config = model_config
+    if args.unroll_layers:
+        params, jax_config = shared_weights.unroll_layers(params, model_config)
+    print(f"JAX layers: {shared_weights.layers_description(jax_config)}")
+    batch = synthetic_inputs.training_batch(model_config, batch_size, length, seed=args.seed)
+    torch_batch = torch_momentor.torch_batch(batch)
+    device_params, device_batch = jax.device_put(params), jax.device_put(batch)
+    grad_fn = jax_loss_and_grad(jax_config)
+
+    start = time.perf_counter()
+    jax_loss, grads = jax.block_until_ready(grad_fn(device_params, device_batch))
+    compile_s = time.perf_counter() - start
+    reference.zero_grad(set_to_none=True)
+    torch_loss = reference.loss(torch_batch)
+    torch_loss.backward()
+    jax_loss, torch_loss = float(jax_loss), torch_loss.item()
+    loss_diff = abs(jax_loss - torch_loss) / abs(torch_loss)
+    grad_diffs = compare_gradients(grads, reference, jax_config)
+    del grads
+    print(f"loss: JAX {jax_loss:.6f}  PyTorch {torch_loss:.6f}  relative difference {loss_diff:.2e}")
+    print("gradients, max |JAX - PyTorch| / max |PyTorch| per group: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in grad_diffs.items()), flush=True)
+    if not loss_diff <= LOSS_TOLERANCE:
+        raise RuntimeError(f"the two sides compute different losses (relative difference {loss_diff:.3g} > "
+                           f"{LOSS_TOLERANCE}); timing them would not compare the same work")
+
+    def jax_step():
+        jax.block_until_ready(grad_fn(device_params, device_batch))
+
+    def torch_step():
+        reference.zero_grad(set_to_none=True)
+        reference.loss(torch_batch).backward()
+
+    for _ in range(args.warmup):
+        jax_step()
+        torch_step()
+    times = {"jax": [], "torch": []}
+    for step in range(args.steps):  # alternating, so both sides see the same load from the shared machine
+        times["jax"].append(_seconds(jax_step))
+        times["torch"].append(_seconds(torch_step))
+        print(f"  step {step + 1}/{args.steps}: JAX {times['jax'][-1]:.2f} s, PyTorch {times['torch'][-1]:.2f} s",
+              flush=True)
+
+    tokens = batch_size * length
+    sides = {}
+    for side, values in times.items():
+        median = statistics.median(values)
+        sides[side] = {"median_s": median, "min_s": min(values), "max_s": max(values), "times_s": values,
+                       "tokens_per_s": tokens / median}
+    ratio = sides["jax"]["tokens_per_s"] / sides["torch"]["tokens_per_s"]
+    best_ratio = sides["torch"]["min_s"] / sides["jax"]["min_s"]
+    common.print_table(f"forward+backward, {batch_size} x {length} tokens (median of {args.steps})", [
+        {"side": "JAX (jit, value_and_grad)", "tokens/s": sides["jax"]["tokens_per_s"],
+         "median s": sides["jax"]["median_s"], "min s": sides["jax"]["min_s"]},
+        {"side": f"PyTorch (eager, {args.attention})", "tokens/s": sides["torch"]["tokens_per_s"],
+         "median s": sides["torch"]["median_s"], "min s": sides["torch"]["min_s"]},
+    ], ["side", "tokens/s", "median s", "min s"])
+    print(f"\nratio JAX / PyTorch tokens/s: {ratio:.2f}x of the medians, {best_ratio:.2f}x of the fastest steps "
+          "(target >= 1.5x on CPU)")
+    return {"config": args.config, "batch_size": batch_size, "length": length, "tokens_per_step": tokens,
+            "torch_threads": torch_settings["threads"], "omp_wait_policy": torch_settings["omp_wait_policy"],
+            "torch_attention": args.attention, "jax_layers": shared_weights.layers_description(jax_config),
+            "jax_compile_s": compile_s,
+            "loss": {"jax": jax_loss, "torch": torch_loss, "relative_difference": loss_diff},
+            "grad_relative_max_diff": grad_diffs, "jax": sides["jax"], "torch": sides["torch"], "ratio": ratio,
+            "ratio_of_fastest": best_ratio}

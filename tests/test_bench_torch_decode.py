@@ -1,0 +1,52 @@
+"""tools.bench `torch` and `decode` suites end to end on the tiny config: the JSON they write, the agreement checks
+they make before timing (losses, gradients, greedy tokens). No timing thresholds."""
+import json
+import math
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from momentor_jax.tools.bench.__main__ import main  # noqa: E402
+
+
+def _run(tmp_path, suite, *options) -> dict:
+    assert main([suite, "--config", "configs/tiny.py", "--out", str(tmp_path), *options]) == 0
+    with open(tmp_path / f"{suite}.json") as f:
+        return json.load(f)
+
+
+def _assert_timed(side: dict):
+    assert side["median_s"] > 0 and math.isfinite(side["tokens_per_s"]) and side["tokens_per_s"] > 0
+
+
+def test_torch_suite_same_loss_and_gradients_then_ratio(tmp_path):
+    # Unrolled layers on the JAX side also checks that unroll_layers keeps every weight in place.
+    result = _run(tmp_path, "torch", "--batch_size", "2", "--length", "64", "--steps", "1", "--warmup", "0",
+                  "--unroll_layers")
+    assert result["suite"] == "torch" and result["tokens_per_step"] == 2 * 64
+    assert result["jax_layers"].startswith("unrolled")
+    loss = result["loss"]
+    assert math.isfinite(loss["jax"]) and loss["relative_difference"] <= 1e-5
+    assert set(result["grad_relative_max_diff"]) == {"llm", "vision", "projector", "tpm"}
+    assert all(diff <= 1e-4 for diff in result["grad_relative_max_diff"].values())
+    _assert_timed(result["jax"])
+    _assert_timed(result["torch"])
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+    assert result["torch_threads"] >= 1
+
+
+def test_decode_suite_same_greedy_tokens_then_ratio(tmp_path):
+    result = _run(tmp_path, "decode", "--batch_sizes", "1,2", "--new_tokens", "6", "--repeats", "1",
+                  "--warmup", "0")
+    assert result["suite"] == "decode" and result["batch_sizes"] == [1, 2] and result["ratio_batch"] == 1
+    assert result["jax_layers"].startswith("stacked")
+    for batch_size in ("1", "2"):
+        entry = result["batches"][batch_size]
+        assert entry["agreement"]["text_part_agrees"]
+        assert all(length >= 1 for length in entry["agreement"]["text_part_lengths"])
+        _assert_timed(entry["jax"])
+        _assert_timed(entry["torch"])
+        assert math.isfinite(entry["ratio"]) and entry["ratio"] > 0
+    assert result["tokens_agree"] and result["ratio"] == result["batches"]["1"]["ratio"]
