@@ -383,6 +383,15 @@ def measure_with_peak(config, steps: int, warmup: int, batch_size: Optional[int]
     return with_mfu({**result, "peak": {"before": before, "after": after}}, peaks)
 
 
+def _cores_row(busy: float) -> list:
+    """On a CPU backend: how many of the usable cores the steps had (CPU seconds per second)."""
+    if jax.default_backend() != "cpu":
+        return []
+    usable = len(os.sched_getaffinity(0))
+    note = " (fewer: other processes held cores, or the step left some idle)" if busy < 0.9 * usable else ""
+    return [{"what": "cores busy", "figure": f"{busy:.2f} of {usable} usable during the steps{note}"}]
+
+
 def print_train_table(title: str, r: dict) -> None:
     t = r["step_time_s"]
     compiler = r["compiler_flops_per_step"]
@@ -391,8 +400,7 @@ def print_train_table(title: str, r: dict) -> None:
                                     f"{r['num_params']:,} params ({r['num_trainable']:,} trainable), {r['dtype']}"},
         {"what": "step time", "figure": f"median {t['median_s'] * 1e3:.1f} ms, min {t['min_s'] * 1e3:.1f}, "
                                         f"max {t['max_s'] * 1e3:.1f} ({t['repeats']} after {t['warmup']} warm-up)"},
-        {"what": "cores busy", "figure": f"{t['cpu_cores_busy']:.2f} (CPU seconds per step second; other "
-                                         "processes take the rest)"},
+        *_cores_row(t["cpu_cores_busy"]),
         {"what": "throughput", "figure": f"{r['tokens_per_s']:,.0f} tokens/s, {r['examples_per_s']:.3g} examples/s"},
         {"what": "model FLOPs/step", "figure": f"{r['model_flops_per_step']:.4g} (MaxText accounting)"},
         {"what": "compiler FLOPs/step", "figure": "n/a" if compiler is None else
