@@ -47,7 +47,7 @@ def test_train_suite_writes_its_figures(tmp_path):
     step = result["step_time_s"]
     assert step["repeats"] == 2 and 0 < step["min_s"] <= step["median_s"] <= step["max_s"]
     for key in ("examples_per_s", "tokens_per_s", "model_flops_per_step", "compiler_flops_per_step",
-                "achieved_flops_per_s", "peak_flops_per_s", "mfu", "loss"):
+                "achieved_flops_per_s", "peak_flops_per_s", "mfu", "mfu_best_step", "mfu_cpu_time", "loss"):
         assert _positive(result[key]), key
     assert result["tokens_per_s"] == pytest.approx(result["examples_per_s"] * result["max_length"])
     # XLA counts the elementwise work too, so its count is of the same order as ours, not equal.

@@ -11,10 +11,11 @@ placeholders, loss only on the replies) and stays on the device, so only the ste
 Model FLOPs follow MaxText (metrics_writer.training_flops_per_example). MFU = model FLOPs / median step time / peak,
 where the peak is the best matmul rate this process measured: the `peak` suite before the steps, a short probe
 before each step and the matmul again after them (on a shared host some of them run while other processes hold
-cores; the best keeps MFU conservative). `cpu_cores_busy` says how many cores the steps actually had. Beside ours,
-XLA's count: the cost analysis of the same step lowered with its layer stacks unrolled (a compiled scan is counted
-as one layer). Overrides are `--set KEY=VALUE` (`--config.KEY=VALUE` would need the dispatcher's parser to accept
-unknown options).
+cores; the best keeps MFU conservative). `cpu_cores_busy` says how many cores the steps actually had, and
+`mfu_cpu_time` (CPU backend) is the same ratio with the steps' CPU seconds spread over all usable cores, which
+other processes do not inflate (see `with_mfu`). Beside ours, XLA's count: the cost analysis of the same step
+lowered with its layer stacks unrolled (a compiled scan is counted as one layer). Overrides are `--set KEY=VALUE`
+(`--config.KEY=VALUE` would need the dispatcher's parser to accept unknown options).
 """
 from __future__ import annotations
 
@@ -284,7 +285,7 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int, probe: Optiona
             print(f"  {label}: {i + 1}/{steps} {times[-1] * 1e3:.1f} ms, {cpu[-1] / times[-1]:.2f} cores busy"
                   + (f", probe {probes[-1] / 1e9:.1f} GFLOP/s" if probes else ""), file=sys.stderr, flush=True)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": steps,
-            "warmup": warmup, "times_s": times, "cpu_cores_busy": statistics.median(
+            "warmup": warmup, "times_s": times, "cpu_s": cpu, "cpu_cores_busy": statistics.median(
                 [c / t for c, t in zip(cpu, times)]), "probe_flops_per_s": probes}
 
 
@@ -294,17 +295,26 @@ def _cpu_seconds() -> float:
 
 
 def with_mfu(result: dict, peaks: Sequence[float]) -> dict:
-    """Adds `peak_flops_per_s` (the best of the peak measurements of this run) and `mfu` (model FLOP/s at the
-    median step time over that peak, a fraction); `mfu_best_step` uses the fastest step instead. Taking the best
-    peak keeps MFU conservative when other processes slow some of the measurements down."""
+    """Adds `peak_flops_per_s` (the best of the peak measurements of this run), `mfu` (model FLOP/s at the median
+    step time over that peak, a fraction) and `mfu_best_step` (the fastest step). Taking the best peak keeps MFU
+    conservative when other processes slow some measurements down.
+
+    On a CPU backend also `mfu_cpu_time`: the steps' median CPU seconds spread over all usable cores stand in for
+    the step time. It does not drop when other processes take cores (the step's CPU seconds stay put), equals
+    `mfu` on an idle host if the step keeps every core busy, and reads high when the best peak was itself measured
+    on a busy host (above 1: it certainly was).
+    """
     peaks = [p for p in peaks if p]
     if not peaks:
         return result
     best = max(peaks)
-    step = result["step_time_s"]
-    return {**result, "peak_flops_per_s": best,
-            "mfu": result["model_flops_per_step"] / step["median_s"] / best,
-            "mfu_best_step": result["model_flops_per_step"] / step["min_s"] / best}
+    step, flops = result["step_time_s"], result["model_flops_per_step"]
+    result = {**result, "peak_flops_per_s": best, "mfu": flops / step["median_s"] / best,
+              "mfu_best_step": flops / step["min_s"] / best}
+    if jax.default_backend() == "cpu" and step.get("cpu_s"):
+        all_cores_s = statistics.median(step["cpu_s"]) / len(os.sched_getaffinity(0))
+        result["mfu_cpu_time"] = flops / all_cores_s / best
+    return result
 
 
 def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[int] = None,
@@ -412,5 +422,8 @@ def print_train_table(title: str, r: dict) -> None:
         rows += [{"what": "peak", "figure": f"{r['peak_flops_per_s'] / 1e9:.1f} GFLOP/s matmul, the best of this "
                                             f"run's peak measurements (probes between steps: {probes or '-'})"},
                  {"what": "MFU", "figure": f"{100 * r['mfu']:.1f}% (fastest step {100 * r['mfu_best_step']:.1f}%)"}]
+    if "mfu_cpu_time" in r:
+        rows.append({"what": "MFU in CPU time", "figure": f"{100 * r['mfu_cpu_time']:.1f}% (the steps' CPU seconds "
+                                                          "over all usable cores; not slowed by other processes)"})
     rows.append({"what": "compile", "figure": f"{r['compile_s']:.1f} s (state init {r['init_s']:.1f} s)"})
     common.print_table(title, rows, ["what", "figure"])
