@@ -1,20 +1,23 @@
 """`torch`: one Momentor forward+backward in JAX against the same work in PyTorch as the public code runs it.
 
     python -m momentor_jax.tools.bench torch [--config=configs/bench.py] [--batch_size B] [--length L]
-                                             [--steps 3] [--warmup 1] [--attention sdpa]
+                                             [--steps 3] [--warmup 1] [--attention sdpa] [--unroll_layers]
 
 Both sides get the same random weights through `convert export_hf` (tools/bench/shared_weights.py) and the same
 in-memory batch (frames, temporal placeholders, soft temporal targets). JAX: the trainer's `momentor_fns` (model
-apply + loss) under `jax.jit(jax.value_and_grad)` over every parameter, fp32. PyTorch: tools/bench/torch_momentor.py
-(transformers CLIPVisionModel + LlamaForCausalLM + projector/TPM, eager, fp32) with `loss.backward()` into every
-parameter. Before timing, the two losses and all gradients are compared (the run stops when the losses differ by
-more than 1e-3 relative). The sides are timed in alternation in one process; torch uses as many threads as there
-are usable cores (XLA's CPU pool uses the same cores). Figures: tokens/s (B x L per forward+backward) and `ratio`
-= JAX tokens/s / PyTorch tokens/s.
+apply + loss) under `jax.jit(jax.value_and_grad)` over every parameter, fp32 (`--unroll_layers`: the same weights
+with the layer stacks unrolled instead of nn.scan). PyTorch: tools/bench/torch_momentor.py (transformers
+CLIPVisionModel + LlamaForCausalLM + projector/TPM, eager, fp32) with `loss.backward()` into every parameter.
+Before timing, the two losses and all gradients are compared (the run stops when the losses differ by more than
+1e-3 relative). The sides are timed in alternation in one process; torch runs one thread per usable core (the
+cores XLA's CPU pool uses) with OMP_WAIT_POLICY=PASSIVE unless set (see shared_weights.configure_torch). Figures:
+tokens/s (B x L per forward+backward) and `ratio` = JAX tokens/s / PyTorch tokens/s of the median step times
+(`ratio_of_fastest`: of the fastest steps); the load average after each step says how busy the machine was.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -145,12 +148,13 @@ def run(args: argparse.Namespace) -> dict:
     for _ in range(args.warmup):
         jax_step()
         torch_step()
-    times = {"jax": [], "torch": []}
+    times, load = {"jax": [], "torch": []}, []
     for step in range(args.steps):  # alternating, so both sides see the same load from the shared machine
         times["jax"].append(_seconds(jax_step))
         times["torch"].append(_seconds(torch_step))
-        print(f"  step {step + 1}/{args.steps}: JAX {times['jax'][-1]:.2f} s, PyTorch {times['torch'][-1]:.2f} s",
-              flush=True)
+        load.append(os.getloadavg()[0])
+        print(f"  step {step + 1}/{args.steps}: JAX {times['jax'][-1]:.2f} s, PyTorch {times['torch'][-1]:.2f} s "
+              f"(load average {load[-1]:.1f} on {torch_settings['threads']} cores)", flush=True)
 
     tokens = batch_size * length
     sides = {}
@@ -174,4 +178,4 @@ def run(args: argparse.Namespace) -> dict:
             "jax_compile_s": compile_s,
             "loss": {"jax": jax_loss, "torch": torch_loss, "relative_difference": loss_diff},
             "grad_relative_max_diff": grad_diffs, "jax": sides["jax"], "torch": sides["torch"], "ratio": ratio,
-            "ratio_of_fastest": best_ratio}
+            "ratio_of_fastest": best_ratio, "load_average": load}
