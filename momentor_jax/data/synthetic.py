@@ -1,6 +1,6 @@
 """Synthetic videos with known events, and annotations for them in the raw Moment-10M / GESM / grounding formats.
 
-Each video is a plain dark background on which 1-4 events happen: a coloured shape (8 kinds, distinct within a
+Each video is a plain dark background on which 1-3 events happen: a coloured shape (8 kinds, distinct within a
 video) is visible, gently bobbing, during a known interval [start, end] (a frame at time t = k / fps shows it iff
 start <= t <= end). Events of a video sit in distinct quadrants, so overlapping events never hide each other.
 Everything is a function of (seed, video number), so a seed always gives the same data set.
@@ -62,6 +62,10 @@ SLOTS = ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
 RADIUS = 0.19
 BOB_AMPLITUDE = 0.03
 BOB_PERIOD_SECONDS = 3.0
+# Events per video and event length as a fraction of the video: short enough that no single fixed window
+# grounds them well (the demo's fixed-window baseline), long enough to span several of 32 sampled frames.
+MAX_EVENTS = 3
+EVENT_FRACTION = (0.12, 0.35)
 
 # Raw Moment-10M score thresholds (public scripts/convert_data.py): every synthetic score lies above its threshold.
 THRESHOLDS = {
@@ -119,17 +123,20 @@ def _video_id(rng: np.random.Generator) -> str:
 
 
 def sample_video(seed: int, number: int, size: int = 64, fps: int = 8, min_duration: int = 12,
-                 max_duration: int = 30) -> VideoSpec:
-    """The `number`-th video of data set `seed`: whole-second duration, 1-4 events, times on a 0.1 s grid."""
+                 max_duration: int = 30, max_events: int = MAX_EVENTS) -> VideoSpec:
+    """The `number`-th video of data set `seed`: whole-second duration, 1..max_events events, times on a 0.1 s
+    grid, each event EVENT_FRACTION of the video long (at least 2 s) and placed uniformly."""
+    if not 1 <= max_events <= len(SLOTS):
+        raise ValueError(f"max_events must lie in [1, {len(SLOTS)}] (one quadrant per event), got {max_events}")
     rng = np.random.default_rng([seed, number])
     video_id = _video_id(rng)
     duration = float(rng.integers(min_duration, max_duration + 1))
-    count = int(rng.integers(1, 5))
+    count = int(rng.integers(1, max_events + 1))
     kinds = rng.choice(len(SHAPES), size=count, replace=False)
     slots = rng.permutation(len(SLOTS))[:count]
     events = []
     for kind, slot in zip(kinds, slots):
-        length = float(rng.uniform(2.0, max(3.0, 0.45 * duration)))
+        length = max(2.0, float(rng.uniform(*EVENT_FRACTION)) * duration)
         start = float(rng.uniform(0.5, duration - length - 0.5))
         start, end = round(start, 1), round(start + length, 1)
         events.append(Event(SHAPES[int(kind)], start, end, int(slot)))
