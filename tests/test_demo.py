@@ -12,8 +12,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_fixed_window_baseline_finds_the_common_window():
     queries = [{"qid": i, "vid": "v", "query": "q", "duration": 20.0, "relevant_windows": [[5.0, 15.0]]}
                for i in range(3)]
-    _, (start, end) = demo.fixed_window_baseline(queries, grid=20)
-    assert (start, end) == (0.25, 0.75)
+    metrics, windows = demo.fixed_window_baseline(queries, grid=20)
+    assert windows["mIoU"] == (0.25, 0.75)
+    assert metrics["mIoU"] == metrics["R1@0.7"] == 100.0
 
 
 def test_random_baseline_is_seeded_and_inside_the_video():
