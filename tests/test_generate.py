@@ -102,6 +102,22 @@ def test_cached_generation_matches_full_forwards(tiny_model, temporal_boost):
         assert saw_temporal, "the boosted model should write temporal tokens"
 
 
+def test_decoding_layout_unrolls_the_llm_only_and_decodes_the_same_tokens(tiny_model):
+    config, params = tiny_model
+    host = jax.tree.map(np.asarray, params)
+    unrolled, decode_config = generate.decoding_layout(host, config)
+    assert not decode_config.llm.scan_layers and decode_config.vision == config.vision
+    assert "layers" not in unrolled["llm"] and "layers_1" in unrolled["llm"]
+    kernel = unrolled["llm"]["layers_1"]["mlp"]["up_proj"]["kernel"]
+    assert np.shares_memory(kernel, host["llm"]["layers"]["mlp"]["up_proj"]["kernel"])  # a view, no copy
+    assert generate.decoding_layout(unrolled, decode_config) == (unrolled, decode_config)
+    input_ids, token_times, lengths, features = _prompts(config)
+    outs = [generate.generate_tokens(p, input_ids, token_times, lengths, features, jax.random.PRNGKey(0), config=c,
+                                     sampling=generate.SamplingConfig(max_new_tokens=MAX_NEW), eos_id=2)
+            for p, c in ((params, config), (unrolled, decode_config))]
+    jax.tree.map(np.testing.assert_array_equal, *outs)
+
+
 def test_sampling_stays_in_vocabulary_and_avoids_placeholders(tiny_model):
     config, params = tiny_model
     input_ids, token_times, lengths, features = _prompts(config)

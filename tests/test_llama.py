@@ -10,6 +10,7 @@ pytest.importorskip("transformers")
 
 import hf_tiny_models as tiny  # noqa: E402
 from momentor_jax.convert import hf  # noqa: E402
+from momentor_jax.models import llama  # noqa: E402
 from momentor_jax.models.llama import LlamaForCausalLM, init_cache  # noqa: E402
 
 TOL = 1e-4
@@ -62,6 +63,31 @@ def test_scan_and_loop_layers_agree():
     assert "layers_1" in loop_params["llm"]
     np.testing.assert_allclose(_flax_logits(scan_cfg, scan_params, ids), _flax_logits(loop_cfg, loop_params, ids),
                                atol=1e-5, rtol=0)
+
+
+def test_unrolled_params_are_the_loop_layout():
+    model = tiny.tiny_llama()
+    scan_cfg, scan_params = _convert(model, scan_layers=True)
+    loop_cfg, loop_params = _convert(model, scan_layers=False)
+    params, cfg = llama.unrolled(scan_params["llm"], scan_cfg)
+    assert cfg == loop_cfg
+    assert jax.tree.structure(params) == jax.tree.structure(loop_params["llm"])
+    jax.tree.map(np.testing.assert_array_equal, params, loop_params["llm"])
+    assert llama.unrolled(params, cfg) == (params, cfg)
+
+
+def test_unrolled_layers_keep_one_cache_buffer_per_layer():
+    model = tiny.tiny_llama()
+    cfg, params = _convert(model, scan_layers=False)
+    cache = init_cache(cfg, 2, 16)
+    assert isinstance(cache["k"], tuple) and len(cache["v"]) == cfg.num_layers
+    assert cache["k"][0].shape == (2, 16, cfg.num_kv_heads, cfg.resolved_head_dim)
+    ids = jnp.ones((2, 3), jnp.int32)
+    _, new_cache = LlamaForCausalLM(cfg).apply({"params": params}, ids, cache=cache)
+    assert jax.tree.structure(new_cache) == jax.tree.structure(cache)
+    stacked = init_cache(dataclasses.replace(cfg, scan_layers=True), 2, 16)
+    with pytest.raises(ValueError, match="per-layer cache"):
+        LlamaForCausalLM(cfg).apply({"params": params}, ids, cache=stacked)
 
 
 def test_remat_gradients_match_no_remat():

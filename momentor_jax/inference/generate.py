@@ -4,6 +4,14 @@
 once, the right-padded prompts fill a fresh cache in one prefill call, then a `lax.while_loop` decodes up to
 `max_new_tokens` tokens (stopping early once every row has written </s>), with no host round trip per token.
 
+The LLM decodes with its layers unrolled (`decoding_layout`) on every backend. Under nn.scan the loop body slices
+each layer's weights out of the stacked arrays at every token: on the CPU a copy of all LLM weights per token (the
+bench model's 64-token answer took 5.5 s stacked against 2.3 s unrolled, same tokens), and on accelerators a layer
+loop across which the compiler does not prefetch the next layer's weights (MaxText decodes unscanned checkpoints
+for this reason). The cost is compile time, which grows with the number of layers. `Generator` converts its params
+once; `generate_tokens` given stacked params unstacks them inside the program (one copy per call, before the
+loop), and with unrolled layers the KV cache is one buffer per layer (llama.init_cache).
+
 A generated temporal token V + k is turned into a sub-token time p with `tpm.decode_time` on the N temporal
 logits (restricted to k and its neighbours, which for greedy decoding is exactly decode_time of all N), and fed
 back as the interpolated E_in' at p. `Generator` wraps this for host callers: prompts -> padded batch -> answer
@@ -26,7 +34,7 @@ from momentor_jax.data.tokenizer import MomentorTokenizer
 from momentor_jax.models import tpm as tpm_lib
 from momentor_jax.models.config import MomentorConfig
 from momentor_jax.models.layers import to_dtype
-from momentor_jax.models.llama import init_cache
+from momentor_jax.models import llama
 from momentor_jax.models.momentor import Momentor
 
 PROMPT_BUCKET = 64  # prompts are right-padded to a multiple of this, so similar prompts share one compilation
@@ -71,15 +79,27 @@ def _refined_times(logits, tokens, vocab_size: int):
     return tpm_lib.decode_time(jnp.where(near, temporal, -jnp.inf))
 
 
+def decoding_layout(params: Any, config: MomentorConfig) -> tuple[Any, MomentorConfig]:
+    """(params, config) with the LLM's layers unrolled, the layout `generate_tokens` decodes in; the vision tower,
+    run once per answer, keeps its layout. Host (numpy) params become views, so convert before placing them on
+    devices: converting device arrays holds a second copy of the LLM weights while the stacked ones live."""
+    llm_params, llm_config = llama.unrolled(params["llm"], config.llm)
+    if llm_config is config.llm:
+        return params, config
+    return {**params, "llm": llm_params}, dataclasses.replace(config, llm=llm_config)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_id"))
 def generate_tokens(params, input_ids, token_times, prompt_lengths, video, rng, *, config: MomentorConfig,
                     sampling: SamplingConfig, eos_id: int) -> dict:
     """Decode after right-padded prompts.
 
     input_ids/token_times [B, L] (real tokens first, `prompt_lengths` [B] of them), video frames [B, M, H, W, 3] or
-    features [B, M, F]. Returns {'tokens' [B, T] int32 (after </s>: 0), 'times' [B, T] float32 normalized time of
+    features [B, M, F]; params in the config's layout (decode faster: pass `decoding_layout`'s params and config,
+    converted once). Returns {'tokens' [B, T] int32 (after </s>: 0), 'times' [B, T] float32 normalized time of
     each temporal token (0 elsewhere), 'num_tokens' [B] int32 generated tokens up to and including </s>}.
     """
+    params, config = decoding_layout(params, config)
     model = Momentor(config)
     variables = {"params": params}
     batch_size, prompt_len = input_ids.shape
@@ -89,7 +109,7 @@ def generate_tokens(params, input_ids, token_times, prompt_lengths, video, rng, 
 
     video_embeds = model.apply(variables, video, method=Momentor.encode_video)
     embeds = model.apply(variables, input_ids, token_times, video_embeds, method=Momentor.embed_inputs)
-    cache = init_cache(config.llm, batch_size, prompt_len + steps, to_dtype(config.llm.dtype))
+    cache = llama.init_cache(config.llm, batch_size, prompt_len + steps, to_dtype(config.llm.dtype))
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), (batch_size, prompt_len))
     segment_ids = (positions < prompt_lengths[:, None]).astype(jnp.int32)
     logits, cache = model.apply(variables, embeds, positions, segment_ids, cache, method=Momentor.forward_embeds)
@@ -184,7 +204,8 @@ class Generator:
         if tokenizer.vocab_size != config.llm.vocab_size or tokenizer.num_temporal_tokens != config.num_temporal_tokens:
             raise ValueError(f"tokenizer (V={tokenizer.vocab_size}, N={tokenizer.num_temporal_tokens}) does not match "
                              f"the model (V={config.llm.vocab_size}, N={config.num_temporal_tokens})")
-        self.params, self.config, self.tokenizer = params, config, tokenizer
+        self.params, self.config = decoding_layout(params, config)
+        self.tokenizer = tokenizer
         self.system_prompt, self.sampling = system_prompt, sampling
         self._rng = jax.random.PRNGKey(seed)
 

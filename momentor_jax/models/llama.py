@@ -17,6 +17,8 @@ without the leading axis):
 
 KV cache contract (`init_cache`, `LlamaModel.__call__(..., cache=...)`):
     cache = {'k', 'v': [layers, B, S, kv_heads, head_dim], 'segment_ids': [B, S] int32, 'lengths': [B] int32}
+    With scan_layers=False 'k' and 'v' are tuples of one [B, S, kv_heads, head_dim] array per layer, so each layer
+    updates its own buffer in place (slicing a stacked cache and stacking it again copies all of it every call).
     A call with a chunk of L tokens writes the chunk's keys/values into slots [lengths[b], lengths[b] + L) of each
     row b, lets query i of the chunk attend to every cached slot <= lengths[b] + i with the same segment id, and
     returns the cache with lengths[b] advanced by the number of real tokens (segment_ids != 0) in the chunk.
@@ -28,6 +30,8 @@ KV cache contract (`init_cache`, `LlamaModel.__call__(..., cache=...)`):
     clamped by XLA, not detected).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -43,14 +47,37 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
 
 
 def init_cache(config: LlamaConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> dict:
-    """An empty KV cache for `batch_size` rows of up to `max_length` tokens (see the module docstring)."""
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.resolved_head_dim)
+    """An empty KV cache for `batch_size` rows of up to `max_length` tokens, stacked or per layer as the config's
+    layers run (see the module docstring)."""
+    shape = (batch_size, max_length, config.num_kv_heads, config.resolved_head_dim)
+    if config.scan_layers:
+        k = v = jnp.zeros((config.num_layers,) + shape, dtype)
+    else:
+        k = v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
+        "k": k,
+        "v": v,
         "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
         "lengths": jnp.zeros((batch_size,), jnp.int32),
     }
+
+
+def unstack_layers(tree: dict, num_layers: int) -> dict:
+    """A params tree whose `layers` subtree is stacked on a leading axis (nn.scan) -> the same weights as
+    layers_0, layers_1, ... (the names the unrolled loop's modules get). Numpy leaves become views; jax arrays
+    slices (inside jit, copies made once, outside any loop that uses them)."""
+    tree = dict(tree)
+    stacked = tree.pop("layers")
+    for i in range(num_layers):
+        tree[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return tree
+
+
+def unrolled(params: dict, config: LlamaConfig) -> tuple[dict, LlamaConfig]:
+    """(LlamaModel params, config) with the layers unrolled (scan_layers=False); unchanged when they already are."""
+    if not config.scan_layers:
+        return params, config
+    return unstack_layers(params, config.num_layers), dataclasses.replace(config, scan_layers=False)
 
 
 def _write_rows(buffer, chunk, start):
@@ -194,12 +221,15 @@ class LlamaModel(nn.Module):
         if cfg.scan_layers:
             x, new_kv = self.layers(x, positions, segment_ids, mask, write_index, kv)
         else:
+            if kv is not None and not isinstance(kv["k"], (tuple, list)):
+                raise ValueError("unrolled layers (scan_layers=False) take a per-layer cache: init_cache with the "
+                                 "same LlamaConfig")
             per_layer = []
             for i, layer in enumerate(self.layers):
                 x, layer_kv = layer(x, positions, segment_ids, mask, write_index,
-                                    None if kv is None else jax.tree.map(lambda a: a[i], kv))
+                                    None if kv is None else {"k": kv["k"][i], "v": kv["v"][i]})
                 per_layer.append(layer_kv)
-            new_kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+            new_kv = None if kv is None else {name: tuple(c[name] for c in per_layer) for name in ("k", "v")}
         hidden = self.norm(x)
         if cache is None:
             return hidden, None
