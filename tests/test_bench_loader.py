@@ -4,6 +4,7 @@ import argparse
 import json
 
 from momentor_jax.tools.bench import __main__ as bench_main
+from momentor_jax.tools.bench import common
 from momentor_jax.tools.bench import loader as loader_suite
 
 NUM_VIDEOS = 3
@@ -52,7 +53,7 @@ def test_without_the_train_suite_the_real_train_step_is_timed(monkeypatch):
     from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
 
     monkeypatch.setattr(loader_suite, "_train_suite_measure", lambda: None)
-    config = loader_suite.load_config("configs/tiny.py")
+    config = common.load_config("configs/tiny.py")
     batch = momentor.example_batch(MomentorConfig.from_dict(config.model), config.batch_size, config.max_length)
     args = argparse.Namespace(train_json=None, train_steps=1, train_warmup=1)
     train = loader_suite.train_consumption(args, config, batch)

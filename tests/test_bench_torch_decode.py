@@ -41,7 +41,7 @@ def test_decode_suite_same_greedy_tokens_then_ratio(tmp_path):
     result = _run(tmp_path, "decode", "--batch_sizes", "1,2", "--new_tokens", "6", "--repeats", "1",
                   "--warmup", "0")
     assert result["suite"] == "decode" and result["batch_sizes"] == [1, 2] and result["ratio_batch"] == 1
-    assert result["jax_layers"].startswith("stacked")
+    assert result["jax_layers"].startswith("unrolled")  # generate.decoding_layout, as Generator converts
     for batch_size in ("1", "2"):
         entry = result["batches"][batch_size]
         assert entry["agreement"]["text_part_agrees"]
@@ -49,4 +49,12 @@ def test_decode_suite_same_greedy_tokens_then_ratio(tmp_path):
         _assert_timed(entry["jax"])
         _assert_timed(entry["torch"])
         assert math.isfinite(entry["ratio"]) and entry["ratio"] > 0
+        assert all(math.isfinite(entry[side]["decode_ms_per_step"]) for side in ("jax", "torch"))
     assert result["tokens_agree"] and result["ratio"] == result["batches"]["1"]["ratio"]
+    # The floor reads every LLM kernel, the LM head and E_out once: the tiny config's 2 layers of
+    # 4 x 64 x 64 (q, k, v, o; 4 heads, 2 kv heads of 16: k, v are 64 x 32) + 3 x 64 x 128, then 64 x 305 and 16 x 64.
+    layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128
+    assert result["weight_floor"]["bytes"] == 4 * (2 * layer + 64 * 305 + 16 * 64)
+    assert result["weight_floor"]["ms"] > 0
+    # Tiny steps are below what two noisy answers' difference resolves: a ratio or nothing, never a negative one.
+    assert all(r is None or r > 0 for r in (result["decode_ratio"], result["decode_ratio_ceiling"]))

@@ -37,7 +37,7 @@ def test_synthetic_batch_has_the_loader_layout():
 
 
 def test_train_suite_writes_its_figures(tmp_path):
-    overrides = ["--set", "trainable=all", "--set", "mesh=(1, 1, 1)"]
+    overrides = ["--config.trainable=all", "--config.mesh", "(1, 1, 1)"]
     assert bench.main(["train", "--config", "configs/tiny.py", *overrides, "--steps", "2", "--warmup", "1",
                        "--peak_size", "256", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "train.json").read_text())

@@ -1,7 +1,9 @@
-"""Shared pieces of the benchmark suites: the hardware line, a timer that reports median/min/max after warm-up,
-the printed table and the JSON file each suite writes."""
+"""Shared pieces of the benchmark suites: the config with its overrides, the hardware line, a timer that reports
+median/min/max after warm-up, the printed table and the JSON file each suite writes."""
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
 import platform
@@ -9,6 +11,47 @@ import statistics
 import sys
 import time
 from typing import Callable, Mapping, Optional, Sequence
+
+DEFAULT_CONFIG = os.path.join("configs", "bench.py")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def load_config(spec: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()):
+    """`configs/FILE.py[:variant]` (relative to the working directory or the repository) -> the file's
+    `get_config(variant)` ConfigDict with `KEY=VALUE` overrides applied (see `apply_overrides`)."""
+    path, _, variant = spec.partition(":")
+    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
+        path = os.path.join(REPO_ROOT, path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--config {spec}: no file {path}")
+    configs_parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if configs_parent not in sys.path:  # config files import `configs` (base_config) as a package
+        sys.path.insert(0, configs_parent)
+    module_spec = importlib.util.spec_from_file_location(f"bench_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return apply_overrides(module.get_config(variant or None), overrides)
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+    """`KEY=VALUE` (dotted keys, optionally written `--config.KEY=VALUE`; Python literals, anything else a string)
+    into `config`, which must already have each key."""
+    for override in overrides:
+        key, sep, text = override.removeprefix("--config.").partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {override!r}: expected KEY=VALUE, e.g. batch_size=4")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"override {override!r}: the config has no key {key!r}")
+        node[leaf] = value
+    return config
 
 
 def hardware() -> dict:

@@ -1,6 +1,6 @@
 """`gpu`: the `train` figures and KV-cache decoding on an NVIDIA GPU with a ~1B bf16 model; skipped elsewhere.
 
-    python -m momentor_jax.tools.bench gpu [--batch_size 8] [--steps 10] [--set KEY=VALUE ...]
+    python -m momentor_jax.tools.bench gpu [--batch_size 8] [--steps 10] [--config.KEY=VALUE ...]
 
 Needs JAX with CUDA (`pip install -U "jax[cuda12]"`). On a host with an NVIDIA GPU this suite asks JAX for CUDA
 even though the dispatcher defaults JAX_PLATFORMS to cpu. Without a GPU it prints why, and gpu.json holds
@@ -14,10 +14,11 @@ bf16 compute with fp32 weights and AdamW state, everything trainable, global bat
 train: the train suite's measurement (tools/bench/train.py: the trainer's step on a fixed batch, state donated),
 with MFU against the bf16 matmul peak (`peak` at --peak_size, before and after the steps and between them).
 decode: inference/generate.py `generate_tokens`, greedy, as predict/evaluate call it (parameters as trained:
-fp32 weights, bf16 compute), on a prompt of a short system text, the video span and a question with one
-<TEMP-INPUT>, with an eos id no token has so every row writes `--new_tokens` tokens. Each batch size is timed for
-the whole answer and for the prompt alone (max_new_tokens=1); their difference gives the per-token decode time,
-and the LLM parameter bytes read per decode step over the measured copy bandwidth gives the bandwidth use.
+fp32 weights, bf16 compute; LLM layers unrolled once with `generate.decoding_layout`, as Generator does), on a
+prompt of a short system text, the video span and a question with one <TEMP-INPUT>, with an eos id no token has
+so every row writes `--new_tokens` tokens. Each batch size is timed for the whole answer and for the prompt alone
+(max_new_tokens=1); their difference gives the per-token decode time, and the LLM parameter bytes read per decode
+step over the measured copy bandwidth gives the bandwidth use.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def unavailable_reason(allow_cpu: bool = False):
 
 
 def gpu_config(spec: str, model: str, overrides):
-    return train_suite.load_config(spec, (ONE_B if model == "1b" else ()) + tuple(overrides))
+    return common.load_config(spec, (ONE_B if model == "1b" else ()) + tuple(overrides))
 
 
 # ------------------------------------------------------------------------------------------------- decode
@@ -108,7 +109,7 @@ def measure_decode(model_config, batch_sizes, new_tokens: int, repeats: int = 3,
     """Per batch size: whole-answer and prompt-only times of generate_tokens, tokens/s and per-token decode time."""
     from momentor_jax.inference import generate  # noqa: PLC0415
 
-    params = random_params(model_config)
+    params, model_config = generate.decoding_layout(random_params(model_config), model_config)  # as Generator
     llm_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["llm"]))
     rows = []
     for batch_size in batch_sizes:
@@ -145,11 +146,10 @@ def measure_decode(model_config, batch_sizes, new_tokens: int, repeats: int = 3,
 
 # ---------------------------------------------------------------------------------------------- the suite
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=train_suite.DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
+    parser.add_argument("--config", default=common.DEFAULT_CONFIG,
+                        help="configs/FILE.py[:variant]; --config.KEY=VALUE overrides a key after the scaling")
     parser.add_argument("--model", choices=("1b", "as_config"), default="1b",
                         help="1b: the config scaled by ONE_B; as_config: the config unchanged")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override after the scaling (repeatable)")
     parser.add_argument("--batch_size", type=int, default=None, help="global train batch (default: the config's)")
     parser.add_argument("--steps", type=int, default=10, help="timed train steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed train steps after compilation")

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -38,27 +36,6 @@ from momentor_jax.data import extract, synthetic
 from momentor_jax.tools.bench import common, loader_data
 
 TARGET_RATIO = 4.0
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-# ------------------------------------------------------------------------------------------------ config
-
-
-def load_config(spec: str):
-    """'configs/FILE.py[:variant]' (relative to the working directory or the repository) -> the file's
-    get_config(variant), as `--config` flags read it."""
-    path, _, variant = spec.partition(":")
-    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
-        path = os.path.join(REPO_ROOT, path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--config {spec}: no file {path}")
-    module_spec = importlib.util.spec_from_file_location(f"bench_config_{os.path.basename(path)[:-3]}", path)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))  # configs import `configs` (the package)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant or None)
 
 
 # ------------------------------------------------------------------------------------------------ extraction
@@ -277,7 +254,7 @@ def train_consumption(args: argparse.Namespace, config, batch: dict) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/bench.py",
+    parser.add_argument("--config", default=common.DEFAULT_CONFIG,
                         help="configs/FILE.py[:variant]: frames, frame size, max_length, batch size, read threads")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="grain worker counts to time")
     parser.add_argument("--num_videos", type=int, default=12, help="synthetic videos to render and extract")
@@ -307,7 +284,7 @@ def _work_dir(path):
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = load_config(args.config)
+    config = common.load_config(args.config, args.overrides)
     num_frames, max_length, batch_size = int(config.num_frames), int(config.max_length), int(config.batch_size)
     image_size = int(config.model.vision.image_size)
     system_prompt = config.data.system_prompt

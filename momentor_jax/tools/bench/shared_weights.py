@@ -8,7 +8,6 @@ momentor_extras.safetensors); the JAX side keeps the very arrays that were expor
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import sys
 
@@ -17,23 +16,6 @@ import numpy as np
 
 from momentor_jax.models.config import MomentorConfig
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-DEFAULT_CONFIG = os.path.join("configs", "bench.py")
-
-
-def load_config(spec: str):
-    """`configs/FILE.py[:variant]` -> the file's ml_collections config (`get_config(variant)`)."""
-    path, _, variant = spec.partition(":")
-    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
-        path = os.path.join(REPO_ROOT, path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--config {spec}: no file {path}")
-    if REPO_ROOT not in sys.path:  # config files import the `configs` package
-        sys.path.insert(0, REPO_ROOT)
-    module_spec = importlib.util.spec_from_file_location(f"bench_config_{os.path.basename(path)[:-3]}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant or None)
 
 
 def fp32_model_config(config) -> MomentorConfig:
@@ -66,19 +48,13 @@ def random_params(config: MomentorConfig, seed: int = 0) -> dict:
 def unroll_layers(params: dict, config: MomentorConfig) -> tuple[dict, MomentorConfig]:
     """The same weights with every layer stack unrolled (`scan_layers=False`: layers_0, layers_1, ... instead of
     one stacked `layers` tree that nn.scan slices)."""
-    def split(tree: dict, num_layers: int) -> dict:
-        tree = dict(tree)
-        stacked = tree.pop("layers")
-        for i in range(num_layers):
-            tree[f"layers_{i}"] = jax.tree.map(lambda a: np.asarray(a[i]), stacked)
-        return tree
+    from momentor_jax.models import llama  # noqa: PLC0415
 
-    params, llm, vision = dict(params), config.llm, config.vision
-    if llm.scan_layers:
-        params["llm"], llm = split(params["llm"], llm.num_layers), dataclasses.replace(llm, scan_layers=False)
+    params, vision = dict(params), config.vision
+    params["llm"], llm = llama.unrolled(params["llm"], config.llm)
     if vision.scan_layers:
         if "vision" in params:
-            params["vision"] = split(params["vision"], vision.num_layers)
+            params["vision"] = llama.unstack_layers(params["vision"], vision.num_layers)
         vision = dataclasses.replace(vision, scan_layers=False)
     return params, dataclasses.replace(config, llm=llm, vision=vision)
 

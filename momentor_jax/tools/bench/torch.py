@@ -2,6 +2,7 @@
 
     python -m momentor_jax.tools.bench torch [--config=configs/bench.py] [--batch_size B] [--length L]
                                              [--steps 3] [--warmup 1] [--attention sdpa] [--unroll_layers]
+                                             [--config.KEY=VALUE ...]
 
 Both sides get the same random weights through `convert export_hf` (tools/bench/shared_weights.py) and the same
 in-memory batch (frames, temporal placeholders, soft temporal targets). JAX: the trainer's `momentor_fns` (model
@@ -31,7 +32,7 @@ LOSS_TOLERANCE = 1e-3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=shared_weights.DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
+    parser.add_argument("--config", default=common.DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
     parser.add_argument("--batch_size", type=int, default=None, help="default: the config's batch_size")
     parser.add_argument("--length", type=int, default=None, help="tokens per row; default: the config's max_length")
     parser.add_argument("--steps", type=int, default=3, help="timed forward+backward passes per side")
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
 
     transformers.utils.logging.disable_progress_bar()
 
-    config = shared_weights.load_config(args.config)
+    config = common.load_config(args.config, args.overrides)
     model_config = shared_weights.fp32_model_config(config)
     batch_size = args.batch_size or config.batch_size
     length = args.length or config.max_length
@@ -172,7 +173,8 @@ def run(args: argparse.Namespace) -> dict:
     ], ["side", "tokens/s", "median s", "min s"])
     print(f"\nratio JAX / PyTorch tokens/s: {ratio:.2f}x of the medians, {best_ratio:.2f}x of the fastest steps "
           "(target >= 1.5x on CPU)")
-    return {"config": args.config, "batch_size": batch_size, "length": length, "tokens_per_step": tokens,
+    return {"config": args.config, "overrides": list(args.overrides), "batch_size": batch_size, "length": length,
+            "tokens_per_step": tokens,
             "torch_threads": torch_settings["threads"], "omp_wait_policy": torch_settings["omp_wait_policy"],
             "torch_attention": args.attention, "jax_layers": shared_weights.layers_description(jax_config),
             "jax_compile_s": compile_s,

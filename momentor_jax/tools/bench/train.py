@@ -1,7 +1,7 @@
 """`train`: the trainer's own train step on a fixed in-memory batch: step time, tokens/s, model FLOPs, MFU.
 
     python -m momentor_jax.tools.bench train [--config=configs/bench.py] [--batch_size N] [--steps 5]
-        [--warmup 2] [--set KEY=VALUE ...]
+        [--warmup 2] [--config.KEY=VALUE ...]
 
 The state comes from trainer.StateFactory on the trainer's mesh and axis rules, the step from
 trainer.make_train_step, jitted with the trainer's shardings and the state donated. The batch is built once in
@@ -14,15 +14,12 @@ before each step and the matmul again after them (on a shared host some of them 
 cores; the best keeps MFU conservative). `cpu_cores_busy` says how many cores the steps actually had, and
 `mfu_cpu_time` (CPU backend) is the same ratio with the steps' CPU seconds spread over all usable cores, which
 other processes do not inflate (see `with_mfu`). Beside ours, XLA's count: the cost analysis of the same step
-lowered with its layer stacks unrolled (a compiled scan is counted as one layer). Overrides are `--set KEY=VALUE`
-(`--config.KEY=VALUE` would need the dispatcher's parser to accept unknown options).
+lowered with its layer stacks unrolled (a compiled scan is counted as one layer).
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import importlib.util
 import os
 import statistics
 import sys
@@ -36,49 +33,7 @@ import numpy as np
 from momentor_jax import constants
 from momentor_jax.tools.bench import common, peak
 
-DEFAULT_CONFIG = "configs/bench.py"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-
-# ------------------------------------------------------------------------------------------------ the config
-def load_config(spec: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()):
-    """`configs/FILE.py[:variant]` (relative to the working directory or the repository) -> ConfigDict, with
-    `KEY=VALUE` overrides (dotted keys, Python literals; anything else is a string)."""
-    path, _, variant = spec.partition(":")
-    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
-        path = os.path.join(REPO_ROOT, path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path} not found")
-    configs_parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if configs_parent not in sys.path:  # the config files import `configs` (base_config) as a package
-        sys.path.insert(0, configs_parent)
-    module_spec = importlib.util.spec_from_file_location(f"bench_config_{os.path.basename(path)[:-3]}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(variant or None)
-    return apply_overrides(config, overrides)
-
-
-def apply_overrides(config, overrides: Sequence[str]):
-    for override in overrides:
-        key, sep, text = override.removeprefix("--config.").partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {override!r}: expected KEY=VALUE, e.g. batch_size=4")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"override {override!r}: the config has no key {key!r}")
-        node[leaf] = value
-    return config
-
-
-# ------------------------------------------------------------------------------------------------- the batch
 def synthetic_batch(model_config, batch_size: int, max_length: int, seed: int = 0) -> dict:
     """A fixed numpy batch laid out the way data/encode.py writes one (constants.BATCH_KEYS).
 
@@ -364,9 +319,8 @@ def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[
 
 # ---------------------------------------------------------------------------------------------- the suite
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set model.llm.num_layers=4 (repeatable)")
+    parser.add_argument("--config", default=common.DEFAULT_CONFIG,
+                        help="configs/FILE.py[:variant]; --config.KEY=VALUE overrides a key (repeatable)")
     parser.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
@@ -374,7 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = load_config(args.config, args.overrides)
+    config = common.load_config(args.config, args.overrides)
     result = measure_with_peak(config, args.steps, args.warmup, args.batch_size, args.peak_size)
     result = {"config": args.config, "overrides": list(args.overrides), **result}
     print_train_table("train step", result)
