@@ -28,7 +28,7 @@ def get_config(arg=None):
     variant = parse_variant(arg, "gesm", VARIANTS)
     c = base_config(demo_model(), num_frames=32, max_length=144, remat_policy="none")
     c.variant = variant
-    c.batch_size = 8
+    c.batch_size = 16
     c.total_steps = 300
     c.mesh = (-1, 1, 1)
     c.learning_rate = 5e-4
