@@ -55,7 +55,7 @@ def apply_overrides(config, overrides: Sequence[str]):
 
 
 def hardware() -> dict:
-    """What the figures were measured on: CPU model and count, JAX backend and devices, versions."""
+    """What the figures were measured on: CPU model and count, JAX backend and devices, versions, XLA_FLAGS."""
     import jax  # noqa: PLC0415
 
     cpu = platform.processor() or platform.machine()
@@ -70,13 +70,15 @@ def hardware() -> dict:
     devices = jax.devices()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
             "backend": jax.default_backend(), "devices": [d.device_kind for d in devices],
-            "jax": jax.__version__, "python": platform.python_version(), "platform": platform.platform()}
+            "jax": jax.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def hardware_line(info: Optional[dict] = None) -> str:
     info = info or hardware()
+    flags = f", XLA_FLAGS={info['xla_flags']}" if info.get("xla_flags") else ""
     return (f"{info['cpu']} ({info['affinity']} of {info['cpu_count']} cores usable), jax {info['jax']} "
-            f"{info['backend']} x{len(info['devices'])} ({info['devices'][0]})")
+            f"{info['backend']} x{len(info['devices'])} ({info['devices'][0]}){flags}")
 
 
 def time_repeats(fn: Callable[[], object], repeats: int, warmup: int = 1,

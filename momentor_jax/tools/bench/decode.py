@@ -21,6 +21,12 @@ them, `weight_floor`: one batch-1 matvec through every weight a decode step must
 jitted, nothing else: the time a step cannot beat on this machine in this dtype, and `decode_ratio_ceiling` = the
 transformers decode step over that floor, the best ratio any batch-1 decoder could reach here.
 
+On XLA:CPU at batch 1 the decode `while_loop` holds no scatter (a one-row cache write simplifies to a
+dynamic-update-slice), so XLA's small-while-loop hoisting compiles the whole loop as one "small call" whose matmuls
+do not run through the threaded dot runtime: ~30 ms per step against ~21 ms with
+`XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0` (the weight floor was ~20 ms).
+A process-wide flag, so the suite leaves it to the caller; the JSON records XLA_FLAGS under `hardware`.
+
 The greedy tokens are compared: up to and including the first generated temporal token they must be the same
 ("text part"); after it our decoder feeds the token back at its refined sub-token time (Momentor's decoding), while
 transformers feeds the plain row E_in[k], so later tokens may differ.
