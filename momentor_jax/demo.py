@@ -75,26 +75,15 @@ def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
 
 def load_model_config(overrides: Sequence[str]):
     """The demo config's MomentorConfig with the `--config.KEY=VALUE` overrides applied (frames, vocabulary)."""
-    import ast  # noqa: PLC0415
     import importlib.util  # noqa: PLC0415
     sys.path.insert(0, REPO_ROOT)
+    from momentor_jax.config_overrides import apply_overrides  # noqa: PLC0415
     from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
 
     spec = importlib.util.spec_from_file_location("demo_config", CONFIG_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
-    for override in overrides:
-        key, _, text = override[len("--config."):].partition("=")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    config = apply_overrides(module.get_config(), overrides)
     return config, MomentorConfig.from_dict(config.model)
 
 

@@ -2,7 +2,6 @@
 median/min/max after warm-up, the printed table and the JSON file each suite writes."""
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import os
@@ -11,6 +10,8 @@ import statistics
 import sys
 import time
 from typing import Callable, Mapping, Optional, Sequence
+
+from momentor_jax.config_overrides import apply_overrides
 
 DEFAULT_CONFIG = os.path.join("configs", "bench.py")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -31,27 +32,6 @@ def load_config(spec: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return apply_overrides(module.get_config(variant or None), overrides)
-
-
-def apply_overrides(config, overrides: Sequence[str]):
-    """`KEY=VALUE` (dotted keys, optionally written `--config.KEY=VALUE`; Python literals, anything else a string)
-    into `config`, which must already have each key."""
-    for override in overrides:
-        key, sep, text = override.removeprefix("--config.").partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {override!r}: expected KEY=VALUE, e.g. batch_size=4")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"override {override!r}: the config has no key {key!r}")
-        node[leaf] = value
-    return config
 
 
 def hardware() -> dict:
