@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 import jax
@@ -182,7 +181,6 @@ def run(args: argparse.Namespace) -> dict:
     torch_settings = shared_weights.configure_torch()
     import transformers  # noqa: PLC0415
 
-    from momentor_jax.tools.bench import torch_momentor  # noqa: PLC0415
 
     transformers.utils.logging.disable_progress_bar()
 
@@ -195,10 +193,7 @@ def run(args: argparse.Namespace) -> dict:
           f"{model_config.vision.image_size} px, fp32; greedy, {args.new_tokens} new tokens per row, no EOS stop")
     print(shared_weights.torch_settings_line(torch_settings, args.attention), flush=True)
 
-    params = shared_weights.random_params(model_config, args.seed)
-    with tempfile.TemporaryDirectory() as directory:
-        export = shared_weights.export_weights(params, model_config, directory)
-        reference = torch_momentor.TorchMomentor(export, model_config, attn_implementation=args.attention).eval()
+    params, reference = shared_weights.params_and_torch_reference(model_config, args.seed, args.attention)
     jax_side = JaxSide(params, model_config)
     print(f"JAX LLM layers: {shared_weights.layers_description(jax_side.config)}")
     torch_side = TorchSide(reference, model_config)

@@ -77,6 +77,20 @@ def export_weights(params: dict, config: MomentorConfig, directory: str) -> str:
     return export
 
 
+def params_and_torch_reference(config: MomentorConfig, seed: int, attention: str):
+    """(random JAX params, the PyTorch Momentor built from their `export_hf` export): the two sides of a comparison
+    on the same weights."""
+    import tempfile  # noqa: PLC0415
+
+    from momentor_jax.tools.bench import torch_momentor  # noqa: PLC0415
+
+    params = random_params(config, seed)
+    with tempfile.TemporaryDirectory() as directory:
+        export = export_weights(params, config, directory)
+        reference = torch_momentor.TorchMomentor(export, config, attn_implementation=attention).eval()
+    return params, reference
+
+
 def usable_cores() -> int:
     """Cores this process may run on (what XLA's CPU thread pool uses too)."""
     return len(os.sched_getaffinity(0))

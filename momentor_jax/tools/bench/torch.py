@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 import jax
@@ -109,10 +108,7 @@ def run(args: argparse.Namespace) -> dict:
           f"{length} tokens; every parameter differentiated on both sides")
     print(shared_weights.torch_settings_line(torch_settings, args.attention), flush=True)
 
-    params = shared_weights.random_params(model_config, args.seed)
-    with tempfile.TemporaryDirectory() as directory:
-        export = shared_weights.export_weights(params, model_config, directory)
-        reference = torch_momentor.TorchMomentor(export, model_config, attn_implementation=args.attention).eval()
+    params, reference = shared_weights.params_and_torch_reference(model_config, args.seed, args.attention)
     jax_config = model_config
     if args.unroll_layers:
         params, jax_config = shared_weights.unroll_layers(params, model_config)
