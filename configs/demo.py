@@ -26,7 +26,7 @@ def demo_model() -> model_configs.MomentorConfig:
 
 def get_config(arg=None):
     variant = parse_variant(arg, "gesm", VARIANTS)
-    c = base_config(demo_model(), num_frames=32, max_length=144, remat_policy="none")
+    c = base_config(demo_model(), num_frames=32, max_length=128, remat_policy="none")
     c.variant = variant
     c.batch_size = 16
     c.total_steps = 300

@@ -50,7 +50,7 @@ def test_specs_are_well_formed():
                     overlapping += 1
                 else:
                     disjoint += 1
-    assert counts == {1, 2, 3} and overlapping > 0 and disjoint > 0
+    assert counts == set(range(1, synthetic.MAX_EVENTS + 1)) and overlapping > 0 and disjoint > 0
     assert {e.kind for s in specs for e in s.events} == set(synthetic.SHAPES)
 
 

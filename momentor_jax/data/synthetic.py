@@ -1,6 +1,6 @@
 """Synthetic videos with known events, and annotations for them in the raw Moment-10M / GESM / grounding formats.
 
-Each video is a plain dark background on which 1-3 events happen: a coloured shape (8 kinds, distinct within a
+Each video is a plain dark background on which 1-2 events happen: a coloured shape (8 kinds, distinct within a
 video) is visible, gently bobbing, during a known interval [start, end] (a frame at time t = k / fps shows it iff
 start <= t <= end). Events of a video sit in distinct quadrants, so overlapping events never hide each other.
 Everything is a function of (seed, video number), so a seed always gives the same data set.
@@ -64,8 +64,8 @@ BOB_AMPLITUDE = 0.03
 BOB_PERIOD_SECONDS = 3.0
 # Events per video and event length as a fraction of the video: short enough that no single fixed window
 # grounds them well (the demo's fixed-window baseline), long enough to span several of 32 sampled frames.
-MAX_EVENTS = 3
-EVENT_FRACTION = (0.12, 0.35)
+MAX_EVENTS = 2
+EVENT_FRACTION = (0.10, 0.30)
 
 # Raw Moment-10M score thresholds (public scripts/convert_data.py): every synthetic score lies above its threshold.
 THRESHOLDS = {
