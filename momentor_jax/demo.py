@@ -28,9 +28,11 @@ from typing import Optional, Sequence
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO_ROOT, "configs", "demo.py")
 DONE_MARKER = "DEMO_STEP_DONE"
+# The ablation switch is the config key model.tpm_enabled; `--config.model.tpm.enabled=` (the name the demo issue
+# gives it) is accepted as an alias.
+TPM_SWITCH = "--config.model.tpm_enabled="
+TPM_SWITCH_ALIAS = "--config.model.tpm.enabled="
 # Moment-10M data types whose answers are time spans, plus the demo's own grounding dialogues.
-# `--config.model.tpm.enabled=False` (the name the demo issue gives the ablation) is the config key model.tpm_enabled.
-TPM_SWITCH_ALIAS = ("--config.model.tpm_enabled=", "--config.model.tpm.enabled=")
 LOCALIZATION_TYPES = ("segment_locate_data", "appearance_data", "qa_data", "grounding_data")
 
 
@@ -287,8 +289,7 @@ def _parse(argv: Sequence[str]) -> tuple:
     parser.add_argument("--ablate_tpm", action="store_true", help="times as plain text, no temporal tokens")
     parser.add_argument("--seed", type=int, default=0)
     args, rest = parser.parse_known_args(argv)
-    rest = [TPM_SWITCH_ALIAS[0] + a[len(TPM_SWITCH_ALIAS[1]):] if a.startswith(TPM_SWITCH_ALIAS[1]) else a
-            for a in rest]
+    rest = [TPM_SWITCH + a.removeprefix(TPM_SWITCH_ALIAS) if a.startswith(TPM_SWITCH_ALIAS) else a for a in rest]
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
         parser.error(f"unknown arguments {bad} (training overrides are written --config.KEY=VALUE)")
@@ -301,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     if args.ablate_tpm:
-        overrides = ["--config.model.tpm_enabled=False", *overrides]
+        overrides = [TPM_SWITCH + "False", *overrides]
     if args.quick:
         overrides = ["--config.checkpoint_every_steps=1000", "--config.log_every_steps=1", *overrides]
     _, model_config = load_model_config(overrides)
