@@ -45,3 +45,9 @@ def test_quick_demo_end_to_end(tmp_path):
     config = transformers.AutoConfig.from_pretrained(str(workdir / "export" / "llm"))
     assert config.vocab_size > 0
     assert "held-out temporal grounding" in result.stdout
+
+
+def test_tpm_switch_alias_becomes_the_config_key():
+    args, overrides = demo._parse(["--config.model.tpm.enabled=False", "--config.batch_size=4", "--quick"])
+    assert args.quick
+    assert overrides == ["--config.model.tpm_enabled=False", "--config.batch_size=4"]
