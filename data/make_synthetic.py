@@ -3,7 +3,8 @@
     python data/make_synthetic.py --out DIR --num_videos N [--seed S] [--num_heldout K] [--size 64] [--fps 8]
 
 Writes DIR/videos/<id>.mp4, DIR/moment10m_{train,heldout}.json (raw Moment-10M format), DIR/gesm_{train,heldout}.json,
-DIR/grounding_heldout.jsonl (QVHighlights-style) and DIR/synthetic_videos.json (ground truth). Same seed, same data.
+DIR/grounding_{train,heldout}.jsonl (QVHighlights-style) and DIR/synthetic_videos.json (ground truth).
+Same seed, same data.
 """
 import argparse
 import os
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
                                     size=args.size, fps=args.fps, min_duration=args.min_duration,
                                     max_duration=args.max_duration)
     print(f"{len(result['train'])} train and {len(result['heldout'])} held-out videos ({result['codec']}) in "
-          f"{result['video_dir']}; {result['num_queries']} grounding queries; annotations in {args.out}")
+          f"{result['video_dir']}; {result['num_queries']} held-out grounding queries "
+          f"({result['num_train_queries']} on training videos); annotations in {args.out}")
     return 0
 
 

@@ -9,12 +9,24 @@ from momentor_jax import demo
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _query(qid, duration, start, end):
+    return {"qid": qid, "vid": "v", "query": "q", "duration": duration, "relevant_windows": [[start, end]]}
+
+
 def test_fixed_window_baseline_finds_the_common_window():
-    queries = [{"qid": i, "vid": "v", "query": "q", "duration": 20.0, "relevant_windows": [[5.0, 15.0]]}
-               for i in range(3)]
-    metrics, windows = demo.fixed_window_baseline(queries, grid=20)
+    queries = [_query(i, 20.0, 5.0, 15.0) for i in range(3)]
+    metrics, windows = demo.fixed_window_baseline(queries, queries, grid=20)
     assert windows["mIoU"] == (0.25, 0.75)
     assert metrics["mIoU"] == metrics["R1@0.7"] == 100.0
+
+
+def test_fixed_window_baseline_is_fit_on_one_set_and_scored_on_the_other():
+    fit = [_query(i, 10.0, 0.0, 5.0) for i in range(4)]          # the first half of every training video
+    heldout = [_query(i, 40.0, 20.0, 40.0) for i in range(2)]    # the second half of every held-out video
+    metrics, windows = demo.fixed_window_baseline(fit, heldout, grid=4)
+    assert windows["mIoU"] == (0.0, 0.5)
+    assert all(e <= 0.5 for _, e in windows.values())
+    assert metrics["R1@0.3"] == metrics["mIoU"] == 0.0
 
 
 def test_random_baseline_is_seeded_and_inside_the_video():

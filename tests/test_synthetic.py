@@ -85,7 +85,7 @@ def test_same_seed_same_data(dataset, tmp_path):
                                    max_duration=16, progress=False)
     assert again["train"] == result["train"] and again["heldout"] == result["heldout"]
     for name in ("moment10m_train.json", "moment10m_heldout.json", "gesm_train.json", "gesm_heldout.json",
-                 "grounding_heldout.jsonl", "synthetic_videos.json"):
+                 "grounding_train.jsonl", "grounding_heldout.jsonl", "synthetic_videos.json"):
         assert open(os.path.join(out, name)).read() == open(os.path.join(str(tmp_path), name)).read(), name
     video_id = result["train"][0]
     a = video.decode_frames(os.path.join(out, "videos", f"{video_id}.mp4"), 6, 32)
@@ -161,15 +161,16 @@ def test_gesm_and_grounding_files(dataset):
         assert entry["timestamps"] == sorted(entry["timestamps"])
         assert entry["captions"] == [e.caption() for e in events]
         assert all(c.startswith("An orange" if "orange" in c else "A ") for c in entry["captions"])
-    queries = [json.loads(line) for line in open(os.path.join(out, "grounding_heldout.jsonl"))]
-    assert len(queries) == sum(len(specs[v].events) for v in result["heldout"]) == result["num_queries"]
-    assert [q["qid"] for q in queries] == list(range(len(queries)))
-    for q in queries:
-        spec = specs[q["vid"]]
-        assert q["vid"] in result["heldout"] and q["duration"] == spec.duration
-        (window,) = q["relevant_windows"]
-        event = next(e for e in spec.events if e.kind.name in q["query"])
-        assert window == [event.start, event.end]
+    for split, count in (("heldout", result["num_queries"]), ("train", result["num_train_queries"])):
+        queries = [json.loads(line) for line in open(os.path.join(out, f"grounding_{split}.jsonl"))]
+        assert len(queries) == sum(len(specs[v].events) for v in result[split]) == count
+        assert [q["qid"] for q in queries] == list(range(len(queries)))
+        for q in queries:
+            spec = specs[q["vid"]]
+            assert q["vid"] in result[split] and q["duration"] == spec.duration
+            (window,) = q["relevant_windows"]
+            event = next(e for e in spec.events if e.kind.name in q["query"])
+            assert window == [event.start, event.end]
 
 
 def test_command_line(tmp_path, capsys):

@@ -11,6 +11,7 @@ Files written under the output directory:
     moment10m_heldout.json          the same for the held-out videos
     gesm_train.json, gesm_heldout.json   {video_id: {timestamps: [[s, e], ...], captions: [...]}}
     grounding_heldout.jsonl         {"qid", "vid", "query", "duration", "relevant_windows": [[s, e]]} per event
+    grounding_train.jsonl           the same for the training videos (what a query-blind baseline may be fit on)
     synthetic_videos.json           ground truth: {video_id: {duration, fps, size, num_frames, split, events}}
 """
 from __future__ import annotations
@@ -336,22 +337,23 @@ def make_dataset(out_dir: str, num_videos: int, seed: int = 0, num_heldout: int 
 
     split_at = num_videos - num_heldout
     splits = {"train": specs[:split_at], "heldout": specs[split_at:]}
-    truth = {}
+    truth, num_queries = {}, {}
     for split, group in splits.items():
         _write_json(os.path.join(out_dir, f"moment10m_{split}.json"),
                     {s.video_id: moment10m_items(s, seed) for s in group})
         _write_json(os.path.join(out_dir, f"gesm_{split}.json"), {s.video_id: gesm_entry(s) for s in group})
+        queries = []
         for s in group:
             truth[s.video_id] = {"duration": s.duration, "fps": s.fps, "size": s.size, "num_frames": s.num_frames,
                                  "split": split, "events": [e.to_json() for e in s.events]}
-    queries = []
-    for s in splits["heldout"]:
-        queries.extend(grounding_queries(s, len(queries)))
-    with open(os.path.join(out_dir, "grounding_heldout.jsonl"), "w") as f:
-        f.writelines(json.dumps(q) + "\n" for q in queries)
+            queries.extend(grounding_queries(s, len(queries)))
+        with open(os.path.join(out_dir, f"grounding_{split}.jsonl"), "w") as f:
+            f.writelines(json.dumps(q) + "\n" for q in queries)
+        num_queries[split] = len(queries)
     _write_json(os.path.join(out_dir, "synthetic_videos.json"), truth)
     return {"train": [s.video_id for s in splits["train"]], "heldout": [s.video_id for s in splits["heldout"]],
-            "codec": codec, "video_dir": video_dir, "num_queries": len(queries)}
+            "codec": codec, "video_dir": video_dir, "num_queries": num_queries["heldout"],
+            "num_train_queries": num_queries["train"]}
 
 
 def load_specs(out_dir: str) -> dict:
