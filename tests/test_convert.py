@@ -52,7 +52,11 @@ def test_import_builds_the_momentor_tree(imported, hf_dirs):
     assert config.llm.num_kv_heads == 2 and config.llm.scan_layers
     assert params["projector"]["kernel"].shape == (config.vision.hidden_size, config.llm.hidden_size)
     assert params["tpm"]["input_embedding"].shape == (N_TEMPORAL, config.llm.hidden_size)
-    assert abs(float(np.std(params["tpm"]["output_embedding"])) - 0.02) < 0.005
+    # New tables, initialised as the public code does: E_in N(0, 1), E_out U(+-1/sqrt(D)).
+    assert abs(float(np.std(params["tpm"]["input_embedding"])) - 1.0) < 0.25
+    bound = 1.0 / np.sqrt(config.llm.hidden_size)
+    assert np.abs(params["tpm"]["output_embedding"]).max() <= bound
+    assert abs(float(np.std(params["tpm"]["output_embedding"])) - bound / np.sqrt(3.0)) < 0.3 * bound
     embedding = params["llm"]["embed_tokens"]["embedding"]
     original = tiny.state_dict_numpy(hf_dirs["llama_model"])["model.embed_tokens.weight"]
     np.testing.assert_array_equal(embedding[:tiny.VOCAB], original)

@@ -17,13 +17,13 @@ import numpy as np
 from momentor_jax import constants
 from momentor_jax.checkpoint_io import TOKENIZER_FILE, load_params, save_params
 from momentor_jax.convert import hf
+from momentor_jax.models import tpm as tpm_lib
 from momentor_jax.models.config import MomentorConfig, VisionConfig
 
 EXTRAS_FILE = "momentor_extras.safetensors"
 PROJECTOR_WEIGHT, PROJECTOR_BIAS = "model.mm_projector.weight", "model.mm_projector.bias"
 TEMPORAL_INPUT, TEMPORAL_OUTPUT = "model.temporal_input_embeddings.weight", "model.temporal_output_embeddings.weight"
 EMBED_TOKENS = "model.embed_tokens.weight"
-INITIALIZER_RANGE = 0.02
 
 
 class _Tensors:
@@ -145,10 +145,13 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
     if num_temporal_tokens and num_temporal_tokens != num_tokens:
         raise ValueError(f"--num_temporal_tokens={num_temporal_tokens}, but the imported temporal tables have "
                          f"{num_tokens} rows")
-    for key in ("input_embedding", "output_embedding"):
-        if key not in tpm:
-            tpm[key] = rng.normal(0.0, INITIALIZER_RANGE, (num_tokens, d)).astype(np.float32)
-            log(f"tpm/{key}: random normal(0, {INITIALIZER_RANGE}) [{num_tokens}, {d}]")
+    if "input_embedding" not in tpm:
+        tpm["input_embedding"] = rng.normal(0.0, tpm_lib.INPUT_TABLE_STD, (num_tokens, d)).astype(np.float32)
+        log(f"tpm/input_embedding: random normal(0, {tpm_lib.INPUT_TABLE_STD}) [{num_tokens}, {d}]")
+    if "output_embedding" not in tpm:
+        bound = tpm_lib.output_table_bound(d)
+        tpm["output_embedding"] = rng.uniform(-bound, bound, (num_tokens, d)).astype(np.float32)
+        log(f"tpm/output_embedding: random uniform(+-{bound:.4g}) [{num_tokens}, {d}]")
 
     params = {}
     vision_cfg = VisionConfig(dtype=dtype, scan_layers=scan_layers)
