@@ -39,6 +39,7 @@ def get_config(arg=None):
     c.keep_checkpoints = 2
     c.log_every_steps = 10
     c.data.worker_count = 0
+    c.data.read_threads = 2            # decode threads; XLA wants both cores of the demo machine
     c.data.synthetic_videos = 64
     # The paper's system prompt is ~60 tokens; this small model trains (and evaluates) faster with a short one.
     c.data.system_prompt = "A chat between a user and a video assistant."

@@ -71,12 +71,12 @@ def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
     """Data and training sizes; --quick is the smoke test's path (no learning expected).
 
     400 training videos, not more: with 1200 the training temporal accuracy stayed at ~0.25 through 1000 stage-2
-    steps, with the same data cut to 400 videos it was climbing (0.33 at step 500). 100 held-out videos (~150
-    queries) keep the scores and the per-metric fixed-window oracle from depending on a few queries."""
+    steps, with the same data cut to 400 videos it was climbing (0.33 at step 500). 200 held-out videos (~300
+    queries) keep the scores from depending on a few queries; they cost ~20 s of rendering and evaluation."""
     if quick:
         return {"train_videos": 6, "heldout_videos": 2, "gesm_steps": 3, "instruct_steps": 3, "batch_size": 2,
                 "fmt": "text" if ablate_tpm else "temporal"}
-    return {"train_videos": 400, "heldout_videos": 100, "gesm_steps": 200, "instruct_steps": 1200, "batch_size": 16,
+    return {"train_videos": 400, "heldout_videos": 200, "gesm_steps": 200, "instruct_steps": 1000, "batch_size": 16,
             "fmt": "text" if ablate_tpm else "temporal"}
 
 
