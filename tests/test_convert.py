@@ -1,5 +1,7 @@
 """python -m momentor_jax.convert: import_hf / export_hf / check_logits on tiny random HF models."""
+import dataclasses
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -10,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 import hf_tiny_models as tiny  # noqa: E402
 from momentor_jax import constants  # noqa: E402
-from momentor_jax.checkpoint_io import load_params, save_params  # noqa: E402
+from momentor_jax.checkpoint_io import TOKENIZER_FILE, load_params, save_params  # noqa: E402
 from momentor_jax.convert import commands  # noqa: E402
 from momentor_jax.convert.__main__ import main  # noqa: E402
 from momentor_jax.data import tokenizer as tokenizer_lib  # noqa: E402
@@ -109,6 +111,20 @@ def test_export_loads_in_transformers_and_reproduces_logits(exported, imported, 
     tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(exported, "llm"))
     assert tokenizer.convert_tokens_to_ids(list(constants.ADDED_TOKENS)) == list(range(tiny.VOCAB, V))
     assert tokenizer.convert_tokens_to_ids("<TEMP-015>") == V + 15
+
+
+def test_export_without_the_tpm_has_no_temporal_tokens(imported, tmp_path):
+    params, config = load_params(imported)
+    del params["tpm"]
+    ablated = str(tmp_path / "ablated")
+    save_params(ablated, params, dataclasses.replace(config, tpm_enabled=False))
+    shutil.copy(os.path.join(imported, TOKENIZER_FILE), os.path.join(ablated, TOKENIZER_FILE))
+    out = str(tmp_path / "export")
+    assert main(["export_hf", "--checkpoint", ablated, "--out", out]) == 0
+    assert transformers.AutoConfig.from_pretrained(os.path.join(out, "llm")).vocab_size == V
+    tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(out, "llm"))
+    assert tokenizer.convert_tokens_to_ids(list(constants.ADDED_TOKENS)) == list(range(tiny.VOCAB, V))
+    assert len(tokenizer) == V
 
 
 def test_import_of_export_gives_back_the_same_params(exported, imported, tmp_path):

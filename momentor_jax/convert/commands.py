@@ -207,9 +207,11 @@ def _export_tokenizer(model_path: str, out_dir: str, vocab_size: int, num_tokens
     tokenizer.add_tokens([constants.TEMPORAL_TOKEN_FORMAT.format(k) for k in range(num_tokens)], special_tokens=True)
     tokenizer.save_pretrained(out_dir)
     shutil.copy(model_path, os.path.join(out_dir, TOKENIZER_FILE))
-    wanted = [constants.ADDED_TOKENS[0], constants.TEMPORAL_TOKEN_FORMAT.format(num_tokens - 1)]
+    wanted, expected = [constants.ADDED_TOKENS[0], constants.ADDED_TOKENS[-1]], [base, vocab_size - 1]
+    if num_tokens:  # none when the TPM is ablated
+        wanted.append(constants.TEMPORAL_TOKEN_FORMAT.format(num_tokens - 1))
+        expected.append(vocab_size + num_tokens - 1)
     got = tokenizer.convert_tokens_to_ids(wanted)
-    expected = [base, vocab_size + num_tokens - 1]
     if got != expected:
         raise ValueError(f"exported tokenizer gives ids {got} to {wanted}; expected {expected}")
 
