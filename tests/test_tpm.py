@@ -132,8 +132,9 @@ def test_module_parameters_and_outputs():
     assert table.shape == (16, 8)
     assert 0.8 < float(jnp.std(table)) < 1.2                                    # E_in ~ N(0, 1)
     output_table = nn.meta.unbox(params)["output_embedding"]
-    assert float(jnp.abs(output_table).max()) <= tpm.output_table_bound(8)    # E_out ~ U(+-1/sqrt(D))
-    assert float(jnp.std(output_table)) > 0.5 * tpm.output_table_bound(8) / 3 ** 0.5
+    bound = 1.0 / 8 ** 0.5                                                     # E_out ~ U(+-1/sqrt(D))
+    assert float(jnp.abs(output_table).max()) <= bound
+    assert float(jnp.std(output_table)) > 0.5 * bound / 3 ** 0.5
 
     hidden = jnp.ones((2, 3, 8))
     logits = module.apply(variables, hidden, method=module.logits)

@@ -26,6 +26,12 @@ TEMPORAL_INPUT, TEMPORAL_OUTPUT = "model.temporal_input_embeddings.weight", "mod
 EMBED_TOKENS = "model.embed_tokens.weight"
 
 
+def _torch_linear_uniform(rng: np.random.Generator, fan_in: int, shape: tuple) -> np.ndarray:
+    """torch.nn.Linear's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as float32."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+
 class _Tensors:
     """Looks tensors up by name suffix (any wrapper prefix) in a reference-weights file, then in the LLaMA dir."""
 
@@ -149,9 +155,8 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
         tpm["input_embedding"] = rng.normal(0.0, tpm_lib.INPUT_TABLE_STD, (num_tokens, d)).astype(np.float32)
         log(f"tpm/input_embedding: random normal(0, {tpm_lib.INPUT_TABLE_STD}) [{num_tokens}, {d}]")
     if "output_embedding" not in tpm:
-        bound = tpm_lib.output_table_bound(d)
-        tpm["output_embedding"] = rng.uniform(-bound, bound, (num_tokens, d)).astype(np.float32)
-        log(f"tpm/output_embedding: random uniform(+-{bound:.4g}) [{num_tokens}, {d}]")
+        tpm["output_embedding"] = _torch_linear_uniform(rng, d, (num_tokens, d))
+        log(f"tpm/output_embedding: random (torch Linear default) [{num_tokens}, {d}]")
 
     params = {}
     vision_cfg = VisionConfig(dtype=dtype, scan_layers=scan_layers)
@@ -170,9 +175,8 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
         projector = {"kernel": np.ascontiguousarray(weight.T), "bias": bias}
         log(f"projector from {source} and {bias_source}")
     else:
-        bound = 1.0 / np.sqrt(features)  # torch.nn.Linear's default initialisation
-        projector = {"kernel": rng.uniform(-bound, bound, (features, d)).astype(np.float32),
-                     "bias": rng.uniform(-bound, bound, (d,)).astype(np.float32)}
+        projector = {"kernel": _torch_linear_uniform(rng, features, (features, d)),
+                     "bias": _torch_linear_uniform(rng, features, (d,))}
         log(f"projector: random (torch Linear default) [{features}, {d}]")
     params.update(projector=projector, tpm=tpm, llm=llm)
 

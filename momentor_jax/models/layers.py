@@ -32,6 +32,11 @@ REMAT_POLICIES = {
 DEFAULT_INIT = nn.initializers.normal(stddev=0.02)  # HF `initializer_range`
 
 
+def torch_linear_init(in_axis: int = -2, out_axis: int = -1):
+    """torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in the size of `in_axis`."""
+    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=in_axis, out_axis=out_axis)
+
+
 def to_dtype(name) -> jnp.dtype:
     return jnp.dtype(name)
 

@@ -23,16 +23,11 @@ import numpy as np
 from momentor_jax import constants
 from momentor_jax.models import tpm as tpm_lib
 from momentor_jax.models.config import MomentorConfig
-from momentor_jax.models.layers import to_dtype
+from momentor_jax.models.layers import to_dtype, torch_linear_init
 from momentor_jax.models.llama import LlamaModel
 from momentor_jax.models.vit import VisionTower, clip_normalize
 
 TEXT_EMBEDDING_GRAD_MODES = ("all", "video_markers")
-
-
-def _torch_linear_kernel_init():
-    """torch.nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 class Momentor(nn.Module):
@@ -50,7 +45,7 @@ class Momentor(nn.Module):
         self.vision = VisionTower(cfg.vision, batch_axis="batch")
         self.projector = nn.Dense(
             cfg.llm.hidden_size, use_bias=True, dtype=llm_dtype, param_dtype=param_dtype,
-            kernel_init=nn.with_logical_partitioning(_torch_linear_kernel_init(), ("vision_embed", "embed")),
+            kernel_init=nn.with_logical_partitioning(torch_linear_init(), ("vision_embed", "embed")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
         if cfg.tpm_enabled:
             self.tpm = tpm_lib.TemporalPerception(

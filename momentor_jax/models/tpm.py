@@ -12,17 +12,14 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from momentor_jax.models.layers import torch_linear_init
+
 TABLE_AXES = ("temporal", "embed")
 
 # New tables start as in the public code: E_in is a torch nn.Embedding (N(0, 1)), E_out a bias-free nn.Linear
 # (U(+-1/sqrt(D))). The frames get (E_in + E_out) / 2 on top of projected CLIP features of std ~0.6, so at the LM's
 # std 0.02 the time signal in a frame embedding would start ~40x weaker than its content.
 INPUT_TABLE_STD = 1.0
-
-
-def output_table_bound(embed_dim: int) -> float:
-    return 1.0 / embed_dim ** 0.5
-
 
 # A position closer than this (in token units) to an integer is snapped to it, so p = k / (N - 1) computed in fp32
 # lands exactly on token k (fp32 rounding of k / (N - 1) * (N - 1) is ~1e-5 for N = 300).
@@ -117,16 +114,12 @@ class TemporalPerception(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        bound = output_table_bound(self.embed_dim)
-
-        def output_init(key, shape, dtype=jnp.float32):
-            return jax.random.uniform(key, shape, dtype, -bound, bound)
-
         self.input_embedding = self.param(
             "input_embedding", nn.with_logical_partitioning(nn.initializers.normal(INPUT_TABLE_STD), TABLE_AXES),
             (self.num_tokens, self.embed_dim), self.param_dtype)
         self.output_embedding = self.param(
-            "output_embedding", nn.with_logical_partitioning(output_init, TABLE_AXES),
+            # [N, D] holds torch's [out, in] Linear weight, so fan_in is the last axis.
+            "output_embedding", nn.with_logical_partitioning(torch_linear_init(in_axis=-1, out_axis=-2), TABLE_AXES),
             (self.num_tokens, self.embed_dim), self.param_dtype)
 
     def tables(self):
