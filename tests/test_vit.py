@@ -38,3 +38,24 @@ def test_wrong_image_size_is_rejected():
     cfg = dataclasses.replace(hf.vision_config_from_hf(tiny.tiny_clip_vision().config), dtype="float32")
     with pytest.raises(ValueError, match="pixel_values"):
         VisionTower(cfg).init(jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+
+
+def test_new_tower_starts_like_hf_clip():
+    """A fresh VisionTower draws every parameter at the scale a fresh HF CLIPVisionModel does (for from-scratch runs)."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    hf_config = transformers.CLIPVisionConfig(image_size=64, patch_size=16, hidden_size=128, intermediate_size=512,
+                                              num_hidden_layers=2, num_attention_heads=4)
+    weights = tiny.state_dict_numpy(transformers.CLIPVisionModel(hf_config))
+    cfg = dataclasses.replace(hf.vision_config_from_hf(hf_config), dtype="float32")
+    hf_params = hf.vision_from_hf(weights.__getitem__, cfg, prefix=hf.vision_prefix(weights.keys()))
+    ours = VisionTower(cfg).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    ours = jax.tree.map(lambda x: getattr(x, "value", x), ours, is_leaf=lambda x: hasattr(x, "value"))
+    hf_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(hf_params)}
+    for path, value in jax.tree_util.tree_leaves_with_path(ours):
+        name, value = jax.tree_util.keystr(path), np.asarray(value)
+        expected = np.asarray(hf_flat[name])
+        assert value.shape == expected.shape, name
+        np.testing.assert_allclose(value.mean(), expected.mean(), atol=0.02, err_msg=name)
+        np.testing.assert_allclose(value.std(), expected.std(), rtol=0.15, atol=1e-6, err_msg=name)

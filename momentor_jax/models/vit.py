@@ -14,6 +14,9 @@ Parameter tree (scan_layers=True; otherwise layers_0, layers_1, ... without the 
     layers/self_attn/out_proj/{kernel [layers, heads, head_dim, D], bias [layers, D]}
     layers/mlp/fc1/{kernel [layers, D, F], bias}; layers/mlp/fc2/{kernel [layers, F, D], bias}
     post_layernorm/{scale,bias}       [D]
+
+New parameters start as `CLIPPreTrainedModel._init_weights` starts them (`clip_init`), which matters when a tower
+trains from scratch: at a flat std of 0.02 a small tower's pooled output hardly varies with the image.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from momentor_jax.models.config import VisionConfig
-from momentor_jax.models.layers import DEFAULT_INIT, Dense, layer_norm, stack_layers, to_dtype
+from momentor_jax.models.layers import Dense, layer_norm, stack_layers, to_dtype
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,6 +36,16 @@ def clip_normalize(frames_uint8):
     """uint8 RGB [..., H, W, 3] -> float32 (x / 255 - mean) / std with CLIP's statistics."""
     x = jnp.asarray(frames_uint8).astype(jnp.float32) / 255.0
     return (x - jnp.asarray(CLIP_MEAN, jnp.float32)) / jnp.asarray(CLIP_STD, jnp.float32)
+
+
+def clip_init(role: str, config: VisionConfig) -> nn.initializers.Initializer:
+    """HF CLIP's normal init for a parameter role (initializer_factor 1, initializer_range 0.02; biases are zero)."""
+    d = config.hidden_size
+    depth = (2 * config.num_layers) ** -0.5
+    stddev = {"class_embedding": d ** -0.5, "patch_embedding": 0.02, "position_embedding": 0.02,
+              "attention_in": d ** -0.5 * depth, "attention_out": d ** -0.5,
+              "fc1": (2 * d) ** -0.5, "fc2": d ** -0.5 * depth}[role]
+    return nn.initializers.normal(stddev)
 
 
 def quick_gelu(x):
@@ -50,11 +63,11 @@ class SelfAttention(nn.Module):
         head_dim = d // heads
         q, k, v = (checkpoint_name(
             Dense((d,), (heads, head_dim), ("vision_embed", "vision_heads", None), use_bias=True, dtype=dtype,
-                  param_dtype=param_dtype, name=f"{n}_proj")(x), saved)
+                  param_dtype=param_dtype, kernel_init=clip_init("attention_in", cfg), name=f"{n}_proj")(x), saved)
             for n, saved in (("q", "query_proj"), ("k", "key_proj"), ("v", "value_proj")))
         out = jax.nn.dot_product_attention(q, k, v)  # bidirectional, scale head_dim ** -0.5 as in CLIP
         out = Dense((heads, head_dim), (d,), ("vision_heads", None, "vision_embed"), use_bias=True, dtype=dtype,
-                    param_dtype=param_dtype, name="out_proj")(out)
+                    param_dtype=param_dtype, kernel_init=clip_init("attention_out", cfg), name="out_proj")(out)
         return checkpoint_name(out, "out_proj")
 
 
@@ -68,11 +81,11 @@ class MLP(nn.Module):
         dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
         d, f = cfg.hidden_size, cfg.intermediate_size
         h = Dense((d,), (f,), ("vision_embed", "vision_mlp"), use_bias=True, dtype=dtype, param_dtype=param_dtype,
-                  name="fc1")(x)
+                  kernel_init=clip_init("fc1", cfg), name="fc1")(x)
         h = nn.with_logical_constraint(checkpoint_name(quick_gelu(h), "mlp_in"),
                                        (self.batch_axis, "patches", "vision_mlp"))
         h = Dense((f,), (d,), ("vision_mlp", "vision_embed"), use_bias=True, dtype=dtype, param_dtype=param_dtype,
-                  name="fc2")(h)
+                  kernel_init=clip_init("fc2", cfg), name="fc2")(h)
         return checkpoint_name(h, "mlp_out")
 
 
@@ -112,10 +125,12 @@ class VisionTower(nn.Module):
         patches = pixel_values.astype(dtype).reshape(n, grid, p, grid, p, 3).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(n, grid * grid, p, p, 3)
         x = Dense((p, p, 3), (d,), (None, None, None, "vision_embed"), dtype=dtype, param_dtype=param_dtype,
-                  name="patch_embedding")(patches)
-        cls = self.param("class_embedding", nn.with_logical_partitioning(DEFAULT_INIT, ("vision_embed",)),
+                  kernel_init=clip_init("patch_embedding", cfg), name="patch_embedding")(patches)
+        cls = self.param("class_embedding",
+                         nn.with_logical_partitioning(clip_init("class_embedding", cfg), ("vision_embed",)),
                          (d,), param_dtype)
-        pos = self.param("position_embedding", nn.with_logical_partitioning(DEFAULT_INIT, ("patches", "vision_embed")),
+        pos = self.param("position_embedding",
+                         nn.with_logical_partitioning(clip_init("position_embedding", cfg), ("patches", "vision_embed")),
                          (grid * grid + 1, d), param_dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, d)), x], axis=1) + pos.astype(dtype)
         x = nn.with_logical_constraint(x, act_axes)
