@@ -41,7 +41,7 @@ def test_wrong_image_size_is_rejected():
 
 
 def test_new_tower_starts_like_hf_clip():
-    """A fresh VisionTower draws every parameter at the scale a fresh HF CLIPVisionModel does (for from-scratch runs)."""
+    """A fresh VisionTower draws every parameter at the scale a fresh HF CLIPVisionModel does (from-scratch runs)."""
     import torch
     import transformers
     torch.manual_seed(0)

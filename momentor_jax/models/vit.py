@@ -129,8 +129,8 @@ class VisionTower(nn.Module):
         cls = self.param("class_embedding",
                          nn.with_logical_partitioning(clip_init("class_embedding", cfg), ("vision_embed",)),
                          (d,), param_dtype)
-        pos = self.param("position_embedding",
-                         nn.with_logical_partitioning(clip_init("position_embedding", cfg), ("patches", "vision_embed")),
+        pos_init = clip_init("position_embedding", cfg)
+        pos = self.param("position_embedding", nn.with_logical_partitioning(pos_init, ("patches", "vision_embed")),
                          (grid * grid + 1, d), param_dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (n, 1, d)), x], axis=1) + pos.astype(dtype)
         x = nn.with_logical_constraint(x, act_axes)
