@@ -1,14 +1,16 @@
 """Flax CLIP vision tower vs Hugging Face CLIPVisionModel (pooler_output) in fp32."""
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 
 import hf_tiny_models as tiny  # noqa: E402
+import torch  # noqa: E402
 from momentor_jax.convert import hf  # noqa: E402
 from momentor_jax.models.vit import CLIP_MEAN, CLIP_STD, VisionTower, clip_normalize  # noqa: E402
 
@@ -42,16 +44,13 @@ def test_wrong_image_size_is_rejected():
 
 def test_new_tower_starts_like_hf_clip():
     """A fresh VisionTower draws every parameter at the scale a fresh HF CLIPVisionModel does (from-scratch runs)."""
-    import torch
-    import transformers
     torch.manual_seed(0)
     hf_config = transformers.CLIPVisionConfig(image_size=64, patch_size=16, hidden_size=128, intermediate_size=512,
                                               num_hidden_layers=2, num_attention_heads=4)
     weights = tiny.state_dict_numpy(transformers.CLIPVisionModel(hf_config))
     cfg = dataclasses.replace(hf.vision_config_from_hf(hf_config), dtype="float32")
     hf_params = hf.vision_from_hf(weights.__getitem__, cfg, prefix=hf.vision_prefix(weights.keys()))
-    ours = VisionTower(cfg).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
-    ours = jax.tree.map(lambda x: getattr(x, "value", x), ours, is_leaf=lambda x: hasattr(x, "value"))
+    ours = nn.meta.unbox(VisionTower(cfg).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"])
     hf_flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(hf_params)}
     for path, value in jax.tree_util.tree_leaves_with_path(ours):
         name, value = jax.tree_util.keystr(path), np.asarray(value)
