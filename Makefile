@@ -19,6 +19,7 @@ $(STAMP): setup.py Makefile
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@command -v java >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null) || echo "warning: no Java runtime: METEOR is skipped")
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "warning: no chromium: the web demo's browser test is skipped")
 	@touch $(STAMP)
 
 test: install

