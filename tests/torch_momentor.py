@@ -19,7 +19,7 @@ momentor_jax differs are switches (PUBLIC_OPTIONS and `public_config`, see the R
 With M != N frames (the public code needs M == N), frame i gets the temporal embedding interpolated at i / (M - 1)
 (DESIGN.md), as in models/tpm.py.
 
-Only the torch / transformers imports of the project's references live here; import it only where torch is wanted.
+It imports torch and transformers at the top: import it only where torch is wanted.
 """
 from __future__ import annotations
 
