@@ -1,5 +1,6 @@
 """The paper's setup: CLIP ViT-L/14 + LLaMA-7B, 300 frames, 300 temporal tokens, max length 2048, global batch 32,
-AdamW lr 2e-5 (cosine, 1% warmup, no weight decay), 2 epochs, bf16 compute over fp32 weights, gradient checkpointing.
+AdamW lr 2e-5 (cosine, 1% warmup, no weight decay), 2 epochs, bf16 compute over fp32 weights, gradient checkpointing;
+the public code's text-embedding detach, tokenization and temporal-table init.
 
 Variants:
   :gesm      stage 1, Grounded Event-Sequence Modeling. `init_from` = the `convert import_hf` output of the
@@ -33,6 +34,12 @@ def get_config(arg=None):
     c.data.worker_count = 8
     c.model.llm.dtype = "bfloat16"
     c.model.vision.dtype = "bfloat16"
+    # Trained as the public code trains (README, "Faithful to the paper"): only <vid_start>/<vid_end> of the token
+    # table learn from rows with a video, and prompts are tokenized as transformers 4.33 does. New temporal tables
+    # come from `convert import_hf --temporal_init public` (its default), N(0, 0.02) as the public trainer's.
+    c.model.text_embedding_grad = "video_markers"
+    c.model.added_token_whitespace = "strip"
+    c.model.temporal_init = "public"
     return c
 
 

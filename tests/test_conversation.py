@@ -73,6 +73,27 @@ def test_whole_prompt_ids_equal_transformers_tokenization(examples, tokenizer, r
         assert out["input_ids"][:n].tolist() == expected, example
 
 
+def test_whole_prompt_ids_in_strip_mode_equal_the_public_pins_tokenization(examples, tokenizer):
+    """added_token_whitespace="strip" (transformers 4.33's stripping around added tokens): the pieces encoded one
+    by one still give the whole prompt's ids."""
+    from transformers import AddedToken
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+    stripping = tokenizer_lib.MomentorTokenizer(tokenizer.model_path, 16, added_token_whitespace="strip")
+    ref = SentencePieceBackend(vocab_file=str(tokenizer.model_path), bos_token="<s>", eos_token="</s>",
+                               unk_token="<unk>", legacy=True)
+    ref.add_tokens([AddedToken(t, lstrip=True, rstrip=True, special=True, normalized=False)
+                    for t in stripping.added_tokens], special_tokens=True)
+    differ = 0
+    for example in examples:
+        out = encode.encode_example(example, stripping, DURATION, NUM_FRAMES, MAX_LENGTH)
+        n = int(out["segment_ids"].sum())
+        expected = [stripping.bos_id] + ref.encode(full_prompt_text(example), add_special_tokens=False)
+        assert out["input_ids"][:n].tolist() == expected, example
+        kept = encode.encode_example(example, tokenizer, DURATION, NUM_FRAMES, MAX_LENGTH)
+        differ += kept["input_ids"].tolist() != out["input_ids"].tolist()
+    assert differ == len(examples)  # "USER: <vid_start>" is in every prompt
+
+
 def test_loss_mask_covers_exactly_the_replies(examples, tokenizer):
     for example in examples:
         out = encode.encode_example(example, tokenizer, DURATION, NUM_FRAMES, MAX_LENGTH)

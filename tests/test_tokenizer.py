@@ -43,14 +43,23 @@ def tokenizer(model_path):
     return tokenizer_lib.MomentorTokenizer(model_path, NUM_TEMPORAL)
 
 
+def slow_reference(model_path, added_tokens, strip=False):
+    """transformers 5.x slow (sentencepiece) tokenizer, legacy=True, the added tokens as special tokens; `strip`:
+    as AddedToken(lstrip=True, rstrip=True), which gives the ids of transformers 4.33.3's default stripping (checked
+    with 4.33.3 itself on these strings and the converted fixture prompts, README)."""
+    from transformers import AddedToken
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+    ref = SentencePieceBackend(vocab_file=str(model_path), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                               legacy=True)
+    if strip:
+        added_tokens = [AddedToken(t, lstrip=True, rstrip=True, special=True, normalized=False) for t in added_tokens]
+    ref.add_tokens(added_tokens, special_tokens=True)
+    return ref
+
+
 @pytest.fixture(scope="module")
 def reference(model_path, tokenizer):
-    """transformers 5.x slow (sentencepiece) tokenizer, legacy=True, the same tokens added as special tokens."""
-    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
-    ref = SentencePieceBackend(vocab_file=model_path, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                               legacy=True)
-    ref.add_tokens(tokenizer.added_tokens, special_tokens=True)
-    return ref
+    return slow_reference(model_path, tokenizer.added_tokens)
 
 
 def test_train_sentencepiece_is_llama_like(model_path):
@@ -135,6 +144,55 @@ def test_pickles_for_loader_workers(tokenizer):
     clone = pickle.loads(pickle.dumps(tokenizer))
     for text in VARIED_STRINGS:
         assert clone.encode(text) == tokenizer.encode(text)
+
+
+# The public tokenizer pin (transformers 4.33) differs from ours first at "USER: <vid_start>", then at the spaces
+# around <TEMP-*> and the newline after <vid_end>.
+STRIP_STRINGS = VARIED_STRINGS + [
+    "USER: <vid_start>",
+    "USER: <vid_start><vid_patch><vid_end>\nWhat happens? ASSISTANT:",
+    " <TEMP-OUTPUT> to <TEMP-OUTPUT>: a man runs</s>",
+    "a man  <TEMP-OUTPUT>  \n to\t<TEMP-OUTPUT>",
+    "<vid_end>\n\nthe dog",
+    "ASSISTANT: a man runs </s>USER: next",
+]
+
+
+@pytest.fixture(scope="module")
+def stripping(model_path):
+    return tokenizer_lib.MomentorTokenizer(model_path, NUM_TEMPORAL, added_token_whitespace="strip")
+
+
+@pytest.mark.parametrize("text", STRIP_STRINGS)
+def test_strip_mode_equals_the_public_pins_tokenization(stripping, model_path, text):
+    reference = slow_reference(model_path, stripping.added_tokens, strip=True)
+    assert stripping.encode(text) == [reference.bos_token_id] + reference.encode(text, add_special_tokens=False)
+
+
+def test_strip_mode_drops_the_whitespace_next_to_added_tokens_only(stripping, tokenizer):
+    special = stripping.special_ids
+    assert stripping.encode("USER: <vid_start>") == tokenizer.encode("USER:") + [special["vid_start"]]
+    assert tokenizer.encode("USER: <vid_start>") != stripping.encode("USER: <vid_start>")
+    assert (stripping.encode("<vid_end>\nWhat", add_bos=False)
+            == [special["vid_end"]] + tokenizer.encode("What", add_bos=False))
+    temp_output = stripping.temp_output_id
+    assert (stripping.encode(" <TEMP-OUTPUT> to <TEMP-OUTPUT>: x", add_bos=False)
+            == [temp_output] + tokenizer.encode("to", add_bos=False) + [temp_output]
+            + tokenizer.encode(": x", add_bos=False))
+    # </s> and <s> keep their neighbours' whitespace, as in 4.33 (AddedTokens with lstrip = rstrip = False).
+    assert stripping.encode("x </s> y") == tokenizer.encode("x </s> y")
+    assert stripping.decode(stripping.encode("a <TEMP-INPUT> b", add_bos=False)) == "a<TEMP-INPUT>b"
+
+
+def test_strip_mode_survives_pickling_and_load(stripping, tmp_path):
+    clone = pickle.loads(pickle.dumps(stripping))
+    stripping.save(tmp_path / "tok")
+    loaded = tokenizer_lib.MomentorTokenizer.load(tmp_path / "tok", added_token_whitespace="strip")
+    for other in (clone, loaded):
+        assert other.added_token_whitespace == "strip"
+        assert other.encode("USER: <vid_start>") == stripping.encode("USER: <vid_start>")
+    with pytest.raises(ValueError, match="added_token_whitespace"):
+        tokenizer_lib.MomentorTokenizer(stripping.model_path, NUM_TEMPORAL, added_token_whitespace="trim")
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

@@ -100,6 +100,30 @@ def test_soft_label_cross_entropy_matches_hand_computation():
     np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
 
 
+def test_public_on_token_targets_are_all_zero_rows():
+    # 0.5 and 1.0 sit on tokens 2 and 4 (as does 0.25 + 1e-6, snapped); 0.3 lies between tokens 1 and 2.
+    times = jnp.array([0.3, 0.5, 1.0, 0.25 + 1e-6])
+    ours = tpm.soft_temporal_targets(times, N)
+    public = tpm.soft_temporal_targets(times, N, on_token="zeros")
+    np.testing.assert_array_equal(public[0], ours[0])
+    np.testing.assert_array_equal(public[1:], np.zeros((3, N)))
+    np.testing.assert_array_equal(ours[1:], np.eye(N)[[2, 4, 1]])
+
+
+def test_table_initializers_public_and_torch_default():
+    key = jax.random.PRNGKey(0)
+    shape = (300, 256)
+    public_in, public_out = (init(key, shape, jnp.float32) for init in tpm.table_initializers("public"))
+    for table in (public_in, public_out):
+        assert abs(float(jnp.std(table)) - 0.02) < 0.001 and abs(float(jnp.mean(table))) < 0.001
+    wide_in, wide_out = (init(key, shape, jnp.float32) for init in tpm.table_initializers("torch_default"))
+    assert abs(float(jnp.std(wide_in)) - 1.0) < 0.02
+    assert float(jnp.max(jnp.abs(wide_out))) <= 1 / 16 and abs(float(jnp.std(wide_out)) - 1 / 16 / 3 ** 0.5) < 1e-3
+    module = tpm.TemporalPerception(num_tokens=300, embed_dim=256, temporal_init="public")
+    params = nn.meta.unbox(module.init(key, jnp.zeros(()))["params"])
+    assert abs(float(jnp.std(params["input_embedding"])) - 0.02) < 0.001
+
+
 def test_decode_time_round_trips_token_to_time():
     for k in range(N):
         logits = jnp.full((N,), -1e4).at[k].set(5.0)

@@ -177,8 +177,27 @@ def test_paper_config_values():
         (32, 2e-5, 0.01, 0.0, 2, 2048)
     assert c.model.llm.dtype == "bfloat16" and c.model.llm.param_dtype == "float32"
     assert c.trainable == "momentor" and momentor_7b.get_config("instruct").variant == "instruct"
+    model = model_configs.MomentorConfig.from_dict(c.model)  # the public code's behaviours, except on-token targets
+    assert (model.text_embedding_grad, model.added_token_whitespace, model.temporal_init, model.on_token_target) == \
+        ("video_markers", "strip", "public", "one")
     with pytest.raises(ValueError, match="unknown config variant"):
         momentor_7b.get_config("stage3")
+
+
+def test_model_config_names_are_checked():
+    for field in ("temporal_init", "on_token_target", "added_token_whitespace"):
+        with pytest.raises(ValueError, match=field):
+            MomentorConfig(**{field: "nope"})
+
+
+def test_tokenizer_follows_the_model_configs_whitespace_mode(tmp_path):
+    from momentor_jax.data import tokenizer as tokenizer_lib
+    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(tmp_path / "sp"), 300)
+    tokenizer_lib.MomentorTokenizer(model_path, 16).save(tmp_path / "tok")
+    config = model_configs.tiny(added_token_whitespace="strip")
+    for path in (model_path, str(tmp_path / "tok")):
+        assert trainer.load_tokenizer(path, config).added_token_whitespace == "strip"
+        assert trainer.load_tokenizer(path, model_configs.tiny()).added_token_whitespace == "keep"
 
 
 # ------------------------------------------------------------------------------------------------- the step

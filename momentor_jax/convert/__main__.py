@@ -2,6 +2,7 @@
 
   import_hf     --llama HF_DIR [--clip HF_DIR] [--reference_weights FILE] --out CKPT
                 [--num_temporal_tokens 300] [--num_frames 300] [--base_vocab_size B] [--no_scan_layers]
+                [--temporal_init public|torch_default]
   export_hf     --checkpoint CKPT --out DIR
   check_logits  --checkpoint CKPT --hf_llama HF_DIR [--hf_clip HF_DIR] [--tolerance 1e-4]
                 (exits 1 when a max |diff| exceeds the tolerance)
@@ -29,11 +30,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="N (default: the imported temporal tables' size, else 300)")
     imp.add_argument("--num_frames", type=int, default=None, help="M frames per video (default 300)")
     imp.add_argument("--base_vocab_size", type=int, default=None,
-                     help="sentencepiece vocabulary size B (default: from tokenizer.model, else the HF vocabulary)")
+                     help="sentencepiece vocabulary size B (default: from the --llama dir's tokenizer.model; "
+                          "required without one)")
     imp.add_argument("--no_scan_layers", dest="scan_layers", action="store_false",
                      help="store layers as layers_0, layers_1, ... instead of stacked for nn.scan")
     imp.add_argument("--dtype", default="bfloat16", help="compute dtype recorded in the config")
     imp.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised parts")
+    imp.add_argument("--temporal_init", default="public", choices=("public", "torch_default"),
+                     help="new temporal tables: N(0, 0.02) as the public trainer, or torch's defaults N(0, 1) / "
+                          "U(+-1/sqrt(D)) (MomentorConfig.temporal_init)")
 
     exp = commands.add_parser("export_hf", help="Momentor checkpoint -> HF dirs (llm, vision) + extras")
     exp.add_argument("--checkpoint", required=True)
@@ -58,7 +63,7 @@ def main(argv=None) -> int:
         commands.import_hf(args.llama, args.out, clip_dir=args.clip, reference_weights=args.reference_weights,
                            num_temporal_tokens=args.num_temporal_tokens, num_frames=args.num_frames,
                            base_vocab_size=args.base_vocab_size, scan_layers=args.scan_layers, dtype=args.dtype,
-                           seed=args.seed)
+                           seed=args.seed, temporal_init=args.temporal_init)
         return 0
     if args.command == "export_hf":
         commands.export_hf(args.checkpoint, args.out)

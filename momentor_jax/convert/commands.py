@@ -12,6 +12,8 @@ import os
 import shutil
 from typing import Callable, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from momentor_jax import constants
@@ -54,15 +56,18 @@ class _Tensors:
         return None, None
 
 
-def _base_vocab_size(llama_dir: str, hf_vocab: int, base_vocab_size: Optional[int]) -> int:
+def _base_vocab_size(llama_dir: str, base_vocab_size: Optional[int]) -> int:
+    """B: --base_vocab_size, else the pieces of the dir's tokenizer.model. Without either the rows cannot tell B
+    (a LLaMA with B rows and one that already holds the 5 added rows look alike)."""
     if base_vocab_size:
         return base_vocab_size
     tokenizer_path = os.path.join(llama_dir, TOKENIZER_FILE)
-    if os.path.exists(tokenizer_path):
-        import sentencepiece as spm  # noqa: PLC0415
+    if not os.path.exists(tokenizer_path):
+        raise ValueError(f"{llama_dir} has no {TOKENIZER_FILE}, so its base vocabulary size is unknown: pass "
+                         "--base_vocab_size B (the sentencepiece vocabulary; 32000 for LLaMA-7B)")
+    import sentencepiece as spm  # noqa: PLC0415
 
-        return spm.SentencePieceProcessor(model_file=tokenizer_path).get_piece_size()
-    return hf_vocab
+    return spm.SentencePieceProcessor(model_file=tokenizer_path).get_piece_size()
 
 
 def _extend_rows(table: np.ndarray, count: int) -> np.ndarray:
@@ -74,15 +79,19 @@ def _extend_rows(table: np.ndarray, count: int) -> np.ndarray:
 def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, reference_weights: Optional[str] = None,
               num_temporal_tokens: Optional[int] = None, num_frames: Optional[int] = None,
               base_vocab_size: Optional[int] = None, scan_layers: bool = True, dtype: str = "bfloat16",
-              seed: int = 0, log: Callable[[str], None] = print) -> MomentorConfig:
-    """Builds a Momentor parameter checkpoint at `out` from HF LLaMA (+ CLIP) dirs; returns its config."""
+              seed: int = 0, temporal_init: str = "public",
+              log: Callable[[str], None] = print) -> MomentorConfig:
+    """Builds a Momentor parameter checkpoint at `out` from HF LLaMA (+ CLIP) dirs; returns its config.
+
+    Temporal tables not found in the inputs start as `temporal_init` says (MomentorConfig.temporal_init)."""
     import transformers  # noqa: PLC0415
 
     hf_config = transformers.LlamaConfig.from_pretrained(llama_dir)
+    exported_vocab = getattr(hf_config, "momentor_vocab_size", None)
+    base = None if exported_vocab else _base_vocab_size(llama_dir, base_vocab_size)
     weights = hf.HFWeights(llama_dir)
     prefix = hf.llama_prefix(weights.keys())
     hf_vocab = weights(prefix + "embed_tokens.weight").shape[0]
-    exported_vocab = getattr(hf_config, "momentor_vocab_size", None)
     exported_tokens = getattr(hf_config, "momentor_num_temporal_tokens", 0) if exported_vocab else 0
 
     if exported_vocab:  # an export_hf dir: V + N rows
@@ -92,7 +101,6 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
             raise ValueError(f"{llama_dir}: {hf_vocab} embedding rows, but config.json says momentor_vocab_size="
                              f"{vocab_size} + momentor_num_temporal_tokens={exported_tokens}")
     else:
-        base = _base_vocab_size(llama_dir, hf_vocab, base_vocab_size)
         tie = bool(getattr(hf_config, "tie_word_embeddings", False))
         if hf_vocab == base + constants.NUM_ADDED_TOKENS:
             added_rows = 0
@@ -136,6 +144,7 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
         llm["lm_head"] = {"kernel": np.ascontiguousarray(head.T)}
 
     rng = np.random.default_rng(seed)
+    table_keys = dict(zip(("input_embedding", "output_embedding"), jax.random.split(jax.random.PRNGKey(seed))))
     d = llm_cfg.hidden_size
     for key, name in (("input_embedding", TEMPORAL_INPUT), ("output_embedding", TEMPORAL_OUTPUT)):
         table, source = tensors.find(name)
@@ -151,12 +160,10 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
     if num_temporal_tokens and num_temporal_tokens != num_tokens:
         raise ValueError(f"--num_temporal_tokens={num_temporal_tokens}, but the imported temporal tables have "
                          f"{num_tokens} rows")
-    if "input_embedding" not in tpm:
-        tpm["input_embedding"] = rng.normal(0.0, tpm_lib.INPUT_TABLE_STD, (num_tokens, d)).astype(np.float32)
-        log(f"tpm/input_embedding: random normal(0, {tpm_lib.INPUT_TABLE_STD}) [{num_tokens}, {d}]")
-    if "output_embedding" not in tpm:
-        tpm["output_embedding"] = _torch_linear_uniform(rng, d, (num_tokens, d))
-        log(f"tpm/output_embedding: random (torch Linear default) [{num_tokens}, {d}]")
+    for key, init in zip(("input_embedding", "output_embedding"), tpm_lib.table_initializers(temporal_init)):
+        if key not in tpm:
+            tpm[key] = np.asarray(init(table_keys[key], (num_tokens, d), jnp.float32))
+            log(f"tpm/{key}: random, temporal_init={temporal_init} [{num_tokens}, {d}]")
 
     params = {}
     vision_cfg = VisionConfig(dtype=dtype, scan_layers=scan_layers)
@@ -181,7 +188,8 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
     params.update(projector=projector, tpm=tpm, llm=llm)
 
     frames = num_frames or getattr(hf_config, "momentor_num_frames", None) or 300
-    config = MomentorConfig(vision=vision_cfg, llm=llm_cfg, num_frames=frames, num_temporal_tokens=num_tokens)
+    config = MomentorConfig(vision=vision_cfg, llm=llm_cfg, num_frames=frames, num_temporal_tokens=num_tokens,
+                            temporal_init=temporal_init)
     save_params(out, params, config)
     tokenizer_path = os.path.join(llama_dir, TOKENIZER_FILE)
     if os.path.exists(tokenizer_path):

@@ -13,8 +13,16 @@ through `add_tokens(..., special_tokens=True)`:
     sentencepiece's dummy prefix "▁" (LLaMA's model has `add_dummy_prefix`).
 In 5.x `LlamaTokenizer` itself is a `tokenizers` (fast) class and `use_fast=False` is ignored; it gives no prefix
 after added tokens (legacy=False, its default) or no second "▁" for a stretch that starts with a space
-(legacy=True). Older slow tokenizers (transformers < 4.34, like the public code's pin 4.33.3) also stripped the
-whitespace on both sides of added tokens by default (read in their source, not run); not reproduced here.
+(legacy=True).
+
+added_token_whitespace="strip" (MomentorConfig.added_token_whitespace) gives what the public code's pin,
+transformers 4.33.3, does with the same calls: its slow tokenizer strips the whitespace on both sides of every token
+added through `add_tokens` (`str.rstrip` of the stretch before, `str.lstrip` of the stretch after; a stretch left
+empty is dropped), but not around `<s>`, `</s>`, `<unk>` (AddedTokens with lstrip/rstrip False). So
+"USER: <vid_start>" loses its space, "<vid_end>\nWhat" its newline and " <TEMP-OUTPUT> to <TEMP-OUTPUT>:" becomes
+"<TEMP-OUTPUT>to<TEMP-OUTPUT>:" before sentencepiece. `<video>` strips too: the public code replaces it by
+<vid_start> ... <vid_end> before tokenizing. transformers 5's slow tokenizer with the tokens added as
+`AddedToken(lstrip=True, rstrip=True)` gives the same ids (tests/test_tokenizer.py compares with it).
 """
 from __future__ import annotations
 
@@ -29,8 +37,10 @@ from etils import epath
 from sentencepiece import sentencepiece_model_pb2
 
 from momentor_jax import constants
+from momentor_jax.models.config import CHOICES
 
 MODEL_FILENAME = "tokenizer.model"
+WHITESPACE_MODES = CHOICES["added_token_whitespace"]
 ADDED_TOKENS_FILENAME = "momentor_added_tokens.json"
 _BYTE_PIECES = 256
 # A special token is "<...>" without "<" or ">" inside, so at most one candidate can start at each "<".
@@ -38,17 +48,24 @@ _ANGLE_SPAN = re.compile(r"<[^<>]*>")
 
 
 class MomentorTokenizer:
-    """encode / decode with the Momentor vocabulary. `vocab_size` is V (rows of the model's embedding table)."""
+    """encode / decode with the Momentor vocabulary. `vocab_size` is V (rows of the model's embedding table).
 
-    def __init__(self, model_path: str | epath.PathLike, num_temporal_tokens: int):
+    added_token_whitespace: "keep" (transformers >= 4.34) or "strip" (transformers 4.33; see the module docstring).
+    """
+
+    def __init__(self, model_path: str | epath.PathLike, num_temporal_tokens: int,
+                 added_token_whitespace: str = "keep"):
         if num_temporal_tokens < 1:
             raise ValueError(f"num_temporal_tokens must be >= 1, got {num_temporal_tokens}")
+        if added_token_whitespace not in WHITESPACE_MODES:
+            raise ValueError(f"added_token_whitespace={added_token_whitespace!r}; choose one of {WHITESPACE_MODES}")
         self.model_path = epath.Path(model_path)
         if not self.model_path.exists():
             raise FileNotFoundError(f"sentencepiece model not found: {self.model_path}")
-        self._setup(self.model_path.read_bytes(), num_temporal_tokens)
+        self._setup(self.model_path.read_bytes(), num_temporal_tokens, added_token_whitespace)
 
-    def _setup(self, model_bytes: bytes, num_temporal_tokens: int) -> None:
+    def _setup(self, model_bytes: bytes, num_temporal_tokens: int, added_token_whitespace: str) -> None:
+        self.added_token_whitespace = added_token_whitespace
         self._model_bytes = model_bytes
         self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         self._sp_no_prefix = spm.SentencePieceProcessor(model_proto=_without_dummy_prefix(model_bytes))
@@ -62,6 +79,8 @@ class MomentorTokenizer:
                              + [constants.TEMPORAL_TOKEN_FORMAT.format(k) for k in range(num_temporal_tokens)]
                              + [constants.VIDEO_TOKEN])
         self._special_to_id = {token: self.base_vocab_size + i for i, token in enumerate(self.added_tokens)}
+        self._strip_ids = (frozenset(self._special_to_id.values()) if added_token_whitespace == "strip"
+                           else frozenset())
         for piece_id in (self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id()):
             if piece_id >= 0:
                 self._special_to_id[self._sp.id_to_piece(piece_id)] = piece_id
@@ -70,11 +89,12 @@ class MomentorTokenizer:
     # Data-loader workers receive the tokenizer by pickling: ship the model bytes, rebuild the processors.
     def __getstate__(self) -> dict:
         return {"model_path": str(self.model_path), "model_bytes": self._model_bytes,
-                "num_temporal_tokens": self.num_temporal_tokens}
+                "num_temporal_tokens": self.num_temporal_tokens,
+                "added_token_whitespace": self.added_token_whitespace}
 
     def __setstate__(self, state: dict) -> None:
         self.model_path = epath.Path(state["model_path"])
-        self._setup(state["model_bytes"], state["num_temporal_tokens"])
+        self._setup(state["model_bytes"], state["num_temporal_tokens"], state["added_token_whitespace"])
 
     # ---- sizes and ids ----
     @property
@@ -149,7 +169,7 @@ class MomentorTokenizer:
         """
         ids = [self.bos_id] if add_bos else []
         first = True
-        for piece, special_id in self._split(text):
+        for piece, special_id in self._strip_around_added(list(self._split(text))):
             if special_id is not None:
                 ids.append(special_id)
             elif first and continues_text:
@@ -192,6 +212,19 @@ class MomentorTokenizer:
         if start < len(text):
             yield text[start:], None
 
+    def _strip_around_added(self, parts: list) -> list:
+        """added_token_whitespace="strip": the stretches next to an added token lose the whitespace on that side."""
+        if not self._strip_ids:
+            return parts
+        for i, (_, special_id) in enumerate(parts):
+            if special_id not in self._strip_ids:
+                continue
+            if i > 0 and parts[i - 1][1] is None:
+                parts[i - 1] = (parts[i - 1][0].rstrip(), None)
+            if i + 1 < len(parts) and parts[i + 1][1] is None:
+                parts[i + 1] = (parts[i + 1][0].lstrip(), None)
+        return [(piece, special_id) for piece, special_id in parts if special_id is not None or piece]
+
     def _encode_stretch_uncached(self, text: str) -> tuple[int, ...]:
         return tuple(self._sp.encode(text))
 
@@ -206,7 +239,7 @@ class MomentorTokenizer:
         (directory / ADDED_TOKENS_FILENAME).write_text(json.dumps(info, indent=1))
 
     @classmethod
-    def load(cls, directory: str | epath.PathLike) -> "MomentorTokenizer":
+    def load(cls, directory: str | epath.PathLike, added_token_whitespace: str = "keep") -> "MomentorTokenizer":
         directory = epath.Path(directory)
         info_path = directory / ADDED_TOKENS_FILENAME
         try:
@@ -214,7 +247,7 @@ class MomentorTokenizer:
             num_temporal_tokens = int(info["num_temporal_tokens"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{info_path}: not a Momentor added-token file ({e})") from e
-        tokenizer = cls(directory / MODEL_FILENAME, num_temporal_tokens)
+        tokenizer = cls(directory / MODEL_FILENAME, num_temporal_tokens, added_token_whitespace)
         if info.get("added_tokens") != tokenizer.added_tokens:
             raise ValueError(f"{info_path}: added tokens differ from this code's layout (constants.ADDED_TOKENS)")
         return tokenizer

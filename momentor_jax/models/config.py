@@ -49,6 +49,14 @@ class LlamaConfig:
         return self.head_dim or self.hidden_size // self.num_heads
 
 
+# Fields of MomentorConfig that take one of a few names (the first is the default).
+CHOICES = {
+    "temporal_init": ("torch_default", "public"),
+    "on_token_target": ("one", "zeros"),
+    "added_token_whitespace": ("keep", "strip"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class MomentorConfig:
     vision: VisionConfig = VisionConfig()
@@ -61,6 +69,20 @@ class MomentorConfig:
     # Which text-embedding positions pass gradient to the LLaMA token table: "all", or "video_markers" as in the
     # public code (rows holding a video pass gradient only through <vid_start>/<vid_end>).
     text_embedding_grad: str = "all"
+    # New temporal tables (models/tpm.py): "torch_default" E_in ~ N(0, 1), E_out ~ U(+-1/sqrt(D)) (torch's
+    # nn.Embedding / nn.Linear defaults), or "public" N(0, 0.02) for both (the public trainer's _init_weights).
+    temporal_init: str = "torch_default"
+    # Target row where a <TEMP-OUTPUT> time falls exactly on a token (floor == ceil): "one" (1 on that token), or
+    # "zeros" (the public code's all-zero row: the position counts in the token mean but teaches nothing).
+    on_token_target: str = "one"
+    # Whitespace next to added tokens when tokenizing (data/tokenizer.py): "keep" (transformers >= 4.34), or
+    # "strip" (the public pin, transformers 4.33, strips it on both sides of every added token).
+    added_token_whitespace: str = "keep"
+
+    def __post_init__(self):
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"MomentorConfig.{name}={getattr(self, name)!r}; choose one of {choices}")
 
     @property
     def vision_feature_dim(self) -> int:

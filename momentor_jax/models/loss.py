@@ -1,11 +1,10 @@
 """Momentor training loss: next-token cross-entropy over V + N columns with soft labels at temporal targets.
 
 Where `targets[i]` is the <TEMP-OUTPUT> placeholder, the target distribution puts (1 - r) on temporal column V + f
-and r on V + c for the time `target_times[i]` (DESIGN.md section 1); every other supervised position is an ordinary
-one-hot target. The loss is the sum of per-token cross-entropies over the batch divided by the number of supervised
-tokens (a token mean). The public PyTorch code instead averages per sample and sums over samples, and its soft-label
-assignment indexes a copy of the label tensor (`labels[[i]][j] = ...`), so its soft labels never take effect; here
-they do.
+and r on V + c for the time `target_times[i]` (DESIGN.md section 1), as the public code's in-place writes do; where
+f == c it puts 1 on the token (MomentorConfig.on_token_target="zeros": the public code's all-zero row). Every other
+supervised position is an ordinary one-hot target. The loss is the sum of per-token cross-entropies over the batch
+divided by the number of supervised tokens (a token mean); the public code averages per sample and sums the samples.
 """
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ def compute_loss(logits: jax.Array, batch: dict, config: MomentorConfig):
             raise ValueError(f"logits have {logits.shape[-1]} columns; expected V + N = "
                              f"{vocab_size} + {config.num_temporal_tokens}")
         is_temporal = targets == constants.special_token_ids(vocab_size)["temp_output"]
-        soft = tpm.soft_temporal_targets(batch["target_times"], config.num_temporal_tokens)
+        soft = tpm.soft_temporal_targets(batch["target_times"], config.num_temporal_tokens, config.on_token_target)
         temporal_log_probs = log_probs[..., vocab_size:]
         soft_nll = -jnp.sum(soft * temporal_log_probs, axis=-1)
         nll = jnp.where(is_temporal, soft_nll, hard_nll)

@@ -50,7 +50,8 @@ class Momentor(nn.Module):
         if cfg.tpm_enabled:
             self.tpm = tpm_lib.TemporalPerception(
                 num_tokens=cfg.num_temporal_tokens, embed_dim=cfg.llm.hidden_size,
-                neighbor_propagation=cfg.neighbor_propagation, param_dtype=param_dtype)
+                neighbor_propagation=cfg.neighbor_propagation, param_dtype=param_dtype,
+                temporal_init=cfg.temporal_init)
         self.llm = LlamaModel(cfg.llm)
 
     # ----------------------------------------------------------------------------------------------- video

@@ -16,10 +16,22 @@ from momentor_jax.models.layers import torch_linear_init
 
 TABLE_AXES = ("temporal", "embed")
 
-# New tables start as in the public code: E_in is a torch nn.Embedding (N(0, 1)), E_out a bias-free nn.Linear
-# (U(+-1/sqrt(D))). The frames get (E_in + E_out) / 2 on top of projected CLIP features of std ~0.6, so at the LM's
-# std 0.02 the time signal in a frame embedding would start ~40x weaker than its content.
-INPUT_TABLE_STD = 1.0
+# MomentorConfig.temporal_init. "public": the public trainer creates the tables as a torch nn.Embedding and a bias-free
+# nn.Linear, then runs LLaMA's _init_weights on them: N(0, initializer_range = 0.02). "torch_default": those torch
+# modules' own defaults, N(0, 1) and U(+-1/sqrt(D)); the demo's model learns time from the frames with these (the
+# frames get (E_in + E_out) / 2 on top of projected features of std ~0.6, ~40x more than at std 0.02).
+PUBLIC_TABLE_STD = 0.02
+
+
+def table_initializers(temporal_init: str):
+    """(E_in initializer, E_out initializer) for MomentorConfig.temporal_init; both tables are [N, D]."""
+    if temporal_init == "public":
+        return nn.initializers.normal(PUBLIC_TABLE_STD), nn.initializers.normal(PUBLIC_TABLE_STD)
+    if temporal_init == "torch_default":
+        # [N, D] holds torch's [out, in] Linear weight, so fan_in is the last axis.
+        return nn.initializers.normal(1.0), torch_linear_init(in_axis=-1, out_axis=-2)
+    raise ValueError(f"temporal_init={temporal_init!r}; choose 'torch_default' or 'public'")
+
 
 # A position closer than this (in token units) to an integer is snapped to it, so p = k / (N - 1) computed in fp32
 # lands exactly on token k (fp32 rounding of k / (N - 1) * (N - 1) is ~1e-5 for N = 300).
@@ -76,12 +88,20 @@ def frame_temporal_embeddings(input_table: jax.Array, output_table: jax.Array, n
     return (interpolate(input_table, frame_times) + interpolate(output_table, frame_times)) / 2.0
 
 
-def soft_temporal_targets(p: jax.Array, num_tokens: int) -> jax.Array:
-    """Target distribution over the N temporal columns: (1 - r) on floor, r on ceil (1 on the token when f == c)."""
+def soft_temporal_targets(p: jax.Array, num_tokens: int, on_token: str = "one") -> jax.Array:
+    """Target distribution over the N temporal columns: (1 - r) on floor, r on ceil.
+
+    When f == c (p on a token): on_token="one" puts 1 on the token; "zeros" gives the all-zero row of the public
+    code, which writes 1 - r and then r = 0 into that one column.
+    """
     floor_index, ceil_index, ratio = time_to_position(p, num_tokens)
-    ratio = ratio[..., None]
-    return ((1.0 - ratio) * jax.nn.one_hot(floor_index, num_tokens, dtype=jnp.float32)
-            + ratio * jax.nn.one_hot(ceil_index, num_tokens, dtype=jnp.float32))
+    targets = ((1.0 - ratio[..., None]) * jax.nn.one_hot(floor_index, num_tokens, dtype=jnp.float32)
+               + ratio[..., None] * jax.nn.one_hot(ceil_index, num_tokens, dtype=jnp.float32))
+    if on_token == "zeros":
+        return jnp.where((floor_index == ceil_index)[..., None], 0.0, targets)
+    if on_token != "one":
+        raise ValueError(f"on_token={on_token!r}; choose 'one' or 'zeros'")
+    return targets
 
 
 def token_to_time(k, num_tokens: int):
@@ -112,14 +132,15 @@ class TemporalPerception(nn.Module):
     embed_dim: int
     neighbor_propagation: bool = True
     param_dtype: jnp.dtype = jnp.float32
+    temporal_init: str = "torch_default"  # see table_initializers
 
     def setup(self):
+        input_init, output_init = table_initializers(self.temporal_init)
         self.input_embedding = self.param(
-            "input_embedding", nn.with_logical_partitioning(nn.initializers.normal(INPUT_TABLE_STD), TABLE_AXES),
+            "input_embedding", nn.with_logical_partitioning(input_init, TABLE_AXES),
             (self.num_tokens, self.embed_dim), self.param_dtype)
         self.output_embedding = self.param(
-            # [N, D] holds torch's [out, in] Linear weight, so fan_in is the last axis.
-            "output_embedding", nn.with_logical_partitioning(torch_linear_init(in_axis=-1, out_axis=-2), TABLE_AXES),
+            "output_embedding", nn.with_logical_partitioning(output_init, TABLE_AXES),
             (self.num_tokens, self.embed_dim), self.param_dtype)
 
     def tables(self):

@@ -483,10 +483,11 @@ def load_tokenizer(path: str, model_config: MomentorConfig):
     """A MomentorTokenizer directory (tokenizer.save) or a bare sentencepiece .model; checked against the model."""
     from momentor_jax.data.tokenizer import ADDED_TOKENS_FILENAME, MomentorTokenizer  # noqa: PLC0415
     location = epath.Path(path)  # local or gs://
+    whitespace = model_config.added_token_whitespace  # the model is trained and prompted with one tokenization
     if location.is_dir() and (location / ADDED_TOKENS_FILENAME).exists():
-        tokenizer = MomentorTokenizer.load(path)
+        tokenizer = MomentorTokenizer.load(path, whitespace)
     elif location.is_file():
-        tokenizer = MomentorTokenizer(path, model_config.num_temporal_tokens)
+        tokenizer = MomentorTokenizer(path, model_config.num_temporal_tokens, whitespace)
     else:
         raise FileNotFoundError(f"tokenizer {path}: neither a MomentorTokenizer directory nor a sentencepiece model")
     if tokenizer.vocab_size != model_config.llm.vocab_size:

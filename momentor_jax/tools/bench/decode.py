@@ -9,7 +9,7 @@ side (ours: `generate_tokens` with an eos id no token has; transformers: eos_tok
 only ids banned (ours: `_banned_ids`; transformers: `suppress_tokens`). JAX: inference/generate.py
 `generate_tokens` (one jitted program: video encoding, prefill, `lax.while_loop` decode), on params converted
 once with `generate.decoding_layout` (LLM layers unrolled) as `Generator` does for predict/evaluate. PyTorch:
-tools/bench/torch_momentor.py builds the prompt's inputs_embeds (CLIPVisionModel -> projector + frame temporal
+tests/torch_momentor.py builds the prompt's inputs_embeds (CLIPVisionModel -> projector + frame temporal
 embeddings spliced after <vid_start>, the placeholder interpolated) and `LlamaForCausalLM.generate(inputs_embeds=...)`
 decodes, eager, fp32, as the public code generates. Each timed call covers the whole answer (video encoding,
 prefill and every new token); tokens/s = batch x new tokens / seconds. `ratio` is JAX / transformers at batch 1

@@ -8,6 +8,7 @@ momentor_extras.safetensors); the JAX side keeps the very arrays that were expor
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 
@@ -16,6 +17,9 @@ import numpy as np
 
 from momentor_jax.models.config import MomentorConfig
 
+# The PyTorch reference lives with the tests that prove parity with it; the suites load it from the source checkout.
+TORCH_REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))), "tests", "torch_momentor.py")
 
 
 def fp32_model_config(config) -> MomentorConfig:
@@ -77,17 +81,29 @@ def export_weights(params: dict, config: MomentorConfig, directory: str) -> str:
     return export
 
 
+def torch_reference():
+    """The module tests/torch_momentor.py (one module object, also when the tests imported it first)."""
+    if "torch_momentor" in sys.modules:
+        return sys.modules["torch_momentor"]
+    if not os.path.isfile(TORCH_REFERENCE):
+        raise FileNotFoundError(f"{TORCH_REFERENCE} not found: the torch and decode suites run from a source "
+                                "checkout, whose tests/ holds the PyTorch reference")
+    spec = importlib.util.spec_from_file_location("torch_momentor", TORCH_REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["torch_momentor"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def params_and_torch_reference(config: MomentorConfig, seed: int, attention: str):
     """(random JAX params, the PyTorch Momentor built from their `export_hf` export): the two sides of a comparison
     on the same weights."""
     import tempfile  # noqa: PLC0415
 
-    from momentor_jax.tools.bench import torch_momentor  # noqa: PLC0415
-
     params = random_params(config, seed)
     with tempfile.TemporaryDirectory() as directory:
         export = export_weights(params, config, directory)
-        reference = torch_momentor.TorchMomentor(export, config, attn_implementation=attention).eval()
+        reference = torch_reference().TorchMomentor(export, config, attn_implementation=attention).eval()
     return params, reference
 
 

@@ -7,7 +7,7 @@
 Both sides get the same random weights through `convert export_hf` (tools/bench/shared_weights.py) and the same
 in-memory batch (frames, temporal placeholders, soft temporal targets). JAX: the trainer's `momentor_fns` (model
 apply + loss) under `jax.jit(jax.value_and_grad)` over every parameter, fp32 (`--unroll_layers`: the same weights
-with the layer stacks unrolled instead of nn.scan). PyTorch: tools/bench/torch_momentor.py (transformers
+with the layer stacks unrolled instead of nn.scan). PyTorch: tests/torch_momentor.py (transformers
 CLIPVisionModel + LlamaForCausalLM + projector/TPM, eager, fp32) with `loss.backward()` into every parameter.
 Before timing, the two losses and all gradients are compared (the run stops when the losses differ by more than
 1e-3 relative). The sides are timed in alternation in one process; torch runs one thread per usable core (the
@@ -94,8 +94,6 @@ def run(args: argparse.Namespace) -> dict:
     torch_settings = shared_weights.configure_torch()
     import transformers  # noqa: PLC0415
 
-    from momentor_jax.tools.bench import torch_momentor  # noqa: PLC0415
-
     transformers.utils.logging.disable_progress_bar()
 
     config = common.load_config(args.config, args.overrides)
@@ -114,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
         params, jax_config = shared_weights.unroll_layers(params, model_config)
     print(f"JAX layers: {shared_weights.layers_description(jax_config)}")
     batch = synthetic_inputs.training_batch(model_config, batch_size, length, seed=args.seed)
-    torch_batch = torch_momentor.torch_batch(batch)
+    torch_batch = shared_weights.torch_reference().torch_batch(batch)
     device_params, device_batch = jax.device_put(params), jax.device_put(batch)
     grad_fn = jax_loss_and_grad(jax_config)
 
