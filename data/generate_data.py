@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated detector vocabulary (default: the 80 COCO classes)")
     p.add_argument("--labels_file", help="detector vocabulary, one label a line")
     p.add_argument("--detection_threshold", type=float, default=0.3)
+    p.add_argument("--max_detections", type=int, default=20, help="per frame, after per-label NMS")
+    p.add_argument("--caption_tokens", type=int, default=30, help="most new tokens per caption")
+    p.add_argument("--llm_tokens", type=int, default=40, help="most new tokens per question or answer")
     p.add_argument("--shot_threshold", type=float, default=shots.ShotConfig.threshold,
                    help="PySceneDetect ContentDetector threshold")
     p.add_argument("--min_shot_seconds", type=float, default=shots.ShotConfig.min_shot_seconds)
@@ -80,7 +83,8 @@ def main(argv=None) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     models = engine.Models.load(args.clip, args.detector, args.captioner, args.llm, device=device,
-                                detection_threshold=args.detection_threshold)
+                                detection_threshold=args.detection_threshold, max_detections=args.max_detections,
+                                caption_tokens=args.caption_tokens, llm_tokens=args.llm_tokens)
     summary = engine.run(args.video_dir, args.out, models, config, progress=not args.no_progress)
     print(summary.line(args.out))
     return 0

@@ -5,11 +5,11 @@ A video is a run of events, an event a run of 1..MAX_SHOTS_PER_EVENT shots. Ever
 background of colour HSV(event hue, BACKGROUND_SATURATION, value), the value alternating between DARK and LIGHT
 from one shot to the next over the whole video, so every cut changes luma by ~127 levels and a cut between events
 also changes hue (neighbouring events' hues are >= MIN_HUE_STEP apart). Shots of one event therefore share their
-hue and differ in brightness: features that see hue but not brightness (`hue_histogram`) group them into events,
+hue and differ in brightness: features that see hue but not brightness (`hue_features`) group them into events,
 while PySceneDetect's content detector sees every cut.
 
 Movers: shapes from synthetic.SHAPES (saturated colours, far from the pale backgrounds) that move in a straight line
-at constant speed, visible on frames [first, last] (inclusive, crossing cuts freely); `box(k)` is the shape's box in
+at constant speed, each in its own horizontal band (they never overlap), visible on frames [first, last] (inclusive, crossing cuts freely); `box(k)` is the shape's box in
 frame k as fractions of the frame (x0, y0, x1, y1).
 
 Frame k is at time k / fps; a cut at frame k means frame k is the first frame of a new shot.
@@ -35,6 +35,7 @@ MIN_HUE_STEP = 80.0  # degrees between neighbouring events' hues
 MAX_SHOTS_PER_EVENT = 3
 SHOT_SECONDS = (1.0, 2.5)
 MOVER_RADIUS = 0.12
+MOVER_BANDS = ((0.18, 0.3), (0.7, 0.82))  # centre heights of the first and second mover
 TRUTH_FILE = "synthetic_cuts.json"
 
 
@@ -104,7 +105,7 @@ class CutVideoSpec:
 
 
 def sample_cut_video(seed: int, number: int, size: int = 64, fps: int = 10, num_events: tuple = (3, 5),
-                     num_movers: tuple = (1, 2)) -> CutVideoSpec:
+                     num_movers: tuple = (1, len(MOVER_BANDS))) -> CutVideoSpec:
     """The `number`-th cut video of data set `seed`."""
     rng = np.random.default_rng([seed, number, 7])
     video_id = synthetic._video_id(rng)
@@ -119,12 +120,15 @@ def sample_cut_video(seed: int, number: int, size: int = 64, fps: int = 10, num_
             shot_starts.append(frame)
             shot_values.append(DARK if len(shot_values) % 2 == 0 else LIGHT)
             frame += int(round(float(rng.uniform(*SHOT_SECONDS)) * fps))
+    frame = max(frame, 6 * fps)  # the last shot runs on, so a mover of >= 3 s fits with a second to spare each side
     movers = []
     kinds = rng.permutation(len(synthetic.SHAPES))
     for i in range(int(rng.integers(num_movers[0], num_movers[1] + 1))):
         length = int(rng.integers(3 * fps, min(8 * fps, frame - 2 * fps)))
         first = int(rng.integers(fps, frame - length - fps + 1))
-        start_xy, end_xy = (tuple(round(float(v), 3) for v in rng.uniform(0.2, 0.8, 2)) for _ in range(2))
+        band = MOVER_BANDS[i]  # one horizontal band each, so movers never hide one another
+        start_xy, end_xy = ((round(float(rng.uniform(0.2, 0.8)), 3), round(float(rng.uniform(*band)), 3))
+                            for _ in range(2))
         movers.append(Mover(synthetic.SHAPES[int(kinds[i])], first, first + length - 1, start_xy, end_xy))
     return CutVideoSpec(video_id, fps, size, tuple(shot_starts), tuple(shot_values), tuple(event_starts),
                         tuple(event_hues), frame, tuple(movers))
@@ -157,14 +161,15 @@ def write_cut_video(spec: CutVideoSpec, path: str, codec: Optional[str] = None) 
     synthetic.encode_video(frames, spec.fps, spec.size, path, codec)
 
 
-def hue_histogram(frames: np.ndarray, bins: int = 12) -> np.ndarray:
-    """float32 [N, bins]: per frame, the saturation-weighted histogram of hue, L2-normalised. Blind to brightness,
-    so it groups this module's shots into their events; a hand-made stand-in for a trained frame encoder."""
+def hue_features(frames: np.ndarray) -> np.ndarray:
+    """float32 [N, 2]: per frame, the saturation-weighted mean of (cos hue, sin hue). Blind to brightness, so it
+    groups this module's shots into their events (same hue: cosine 1; neighbouring events: <= cos(MIN_HUE_STEP));
+    a hand-made stand-in for a trained frame encoder."""
     hsv = np.stack([np.asarray(Image.fromarray(f).convert("HSV")) for f in frames]).astype(np.float32)
-    index = np.minimum((hsv[..., 0] / 256 * bins).astype(int), bins - 1).reshape(len(frames), -1)
-    weight = hsv[..., 1].reshape(len(frames), -1)
-    out = np.stack([np.bincount(i, w, minlength=bins) for i, w in zip(index, weight)]).astype(np.float32)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+    angle = hsv[..., 0] / 256 * 2 * np.pi
+    weight = hsv[..., 1] / 255
+    return np.stack([(weight * np.cos(angle)).mean(axis=(1, 2)), (weight * np.sin(angle)).mean(axis=(1, 2))],
+                    axis=1).astype(np.float32)
 
 
 def make_dataset(out_dir: str, num_videos: int, seed: int = 0, size: int = 64, fps: int = 10,

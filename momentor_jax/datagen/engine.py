@@ -17,8 +17,9 @@ setup() and call `generate_video` in process(); `run` is the single-machine driv
     OUT/gesm.json                   {video_id: {timestamps, captions}}, videos with at least one captioned segment
     OUT/generate_failures.jsonl     {"video_id", "path", "reason"} per video that failed in this run (retried by
                                     the next one)
-    OUT/generate_metadata.json      models used (directory, model_type, architectures, config.json sha256), the
-                                    engine config, library versions, counts; a rerun with other models or another
+    OUT/generate_metadata.json      models used (directory, model_type, architectures, config.json sha256) and
+                                    their settings (detection threshold, generation lengths), the engine
+                                    config, library versions, counts; a rerun with other models, settings or
                                     config into the same OUT is refused
 """
 from __future__ import annotations
@@ -86,24 +87,30 @@ class Models:
     captioner: object = None
     writer: object = None
     directories: dict = dataclasses.field(default_factory=dict)
+    settings: dict = dataclasses.field(default_factory=dict)   # what else shapes the output (detection, lengths)
 
     @classmethod
     def load(cls, clip_dir: str, detector_dir: Optional[str] = None, captioner_dir: Optional[str] = None,
-             llm_dir: Optional[str] = None, device: str = "cpu", detection_threshold: float = 0.3) -> "Models":
+             llm_dir: Optional[str] = None, device: str = "cpu", detection_threshold: float = 0.3,
+             max_detections: int = 20, caption_tokens: int = 30, llm_tokens: int = 40) -> "Models":
         from momentor_jax.datagen.captions import Captioner  # noqa: PLC0415
         from momentor_jax.datagen.clip import ClipModel  # noqa: PLC0415
         from momentor_jax.datagen.writer import LLMWriter  # noqa: PLC0415
 
         return cls(clip=ClipModel(clip_dir, device=device),
-                   detector=instances_lib.HFDetector(detector_dir, detection_threshold, device)
-                   if detector_dir else None,
-                   captioner=Captioner(captioner_dir, device) if captioner_dir else None,
-                   writer=LLMWriter(llm_dir, device) if llm_dir else None,
+                   detector=instances_lib.HFDetector(detector_dir, detection_threshold, device,
+                                                     max_detections=max_detections) if detector_dir else None,
+                   captioner=Captioner(captioner_dir, device, max_new_tokens=caption_tokens)
+                   if captioner_dir else None,
+                   writer=LLMWriter(llm_dir, device, max_new_tokens=llm_tokens) if llm_dir else None,
                    directories={"clip": clip_dir, "detector": detector_dir, "captioner": captioner_dir,
-                                "llm": llm_dir})
+                                "llm": llm_dir},
+                   settings={"detection_threshold": detection_threshold, "max_detections": max_detections,
+                             "caption_tokens": caption_tokens, "llm_tokens": llm_tokens})
 
     def describe(self) -> dict:
-        return {role: _describe_model(role, d) for role, d in self.directories.items()}
+        described = {role: _describe_model(role, d) for role, d in self.directories.items()}
+        return dict(described, settings=self.settings)
 
 
 # ---- one video ----
@@ -252,7 +259,7 @@ def _check_metadata(out_dir: str, fingerprint: dict) -> None:
     if not fileio.exists(path):
         return
     previous = json.loads(fileio.read_text(path))
-    for key in ("models", "config"):
+    for key in ("models", "config"):  # settings travel inside "models"
         if previous.get(key) != fingerprint[key]:
             raise ValueError(f"{path}: {out_dir} holds videos generated with other {key} ({previous.get(key)}); "
                              "use another --out, or remove it")
@@ -278,7 +285,7 @@ def run(video_dir: str, out_dir: str, models: Models, config: EngineConfig = Eng
     import importlib.metadata  # noqa: PLC0415
 
     videos = list_videos(video_dir)
-    fingerprint = {"models": models.describe(), "config": config.to_json()}
+    fingerprint = json.loads(json.dumps({"models": models.describe(), "config": config.to_json()}))  # as stored
     fileio.makedirs(out_dir)
     _check_metadata(out_dir, fingerprint)
     per_video = fileio.join(out_dir, PER_VIDEO_DIR)

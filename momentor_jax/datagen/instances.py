@@ -10,7 +10,7 @@ Detection.box is (x0, y0, x1, y1) as fractions of the frame's width and height.
 
 Tracking (`track`, pure numpy + scipy's assignment): frames in time order; a detection may extend a live track of
 its label when iou_weight * IoU(track's last box, box) + (1 - iou_weight) * cos(track's mean appearance,
-detection appearance) >= min_match, one-to-one by the Hungarian assignment of that score; a track not extended
+detection appearance) >= min_match (IoU alone when there are no appearance features), one-to-one by the Hungarian assignment of that score; a track not extended
 for more than `max_gap` frames ends; tracks with fewer than `min_detections` detections are dropped.
 Track.span(interval, duration): [first time - interval / 2, last time + interval / 2] clipped to the video (the
 true boundary lies anywhere between two samples). Track.click: (time, (x, y)) at its highest-scoring detection,
@@ -225,8 +225,9 @@ def track(detections: list, times: list, appearance: Optional[list] = None,
             mean = tr.mean_appearance()
             for j, d in enumerate(dets):
                 if d.label == tr.label:
-                    score[i, j] = (config.iou_weight * box_iou(tr.boxes[-1], d.box)
-                                   + (1 - config.iou_weight) * _cosine(mean, feats[j]))
+                    iou = box_iou(tr.boxes[-1], d.box)
+                    score[i, j] = iou if mean is None or feats[j] is None else (
+                        config.iou_weight * iou + (1 - config.iou_weight) * _cosine(mean, feats[j]))
         matched_tracks, matched_dets = set(), set()
         if live and dets:
             rows, cols = linear_sum_assignment(np.where(np.isfinite(score), -score, 1e9))

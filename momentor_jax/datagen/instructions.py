@@ -149,6 +149,9 @@ def _question(text: str) -> str:
 def build(video_id: str, segments: list, instances: list, seed: int = 0, writer=None) -> tuple:
     """-> ({data_type: [items]} with every type present (possibly empty), GESM entry, stats)."""
     b = _Builder(video_id, random.Random(f"{seed}:{video_id}"), writer)
+    segments = [dataclasses.replace(s, caption=clean_text(s.caption)) for s in segments]
+    instances = [dataclasses.replace(i, caption=clean_text(i.caption), segment_captions=[
+        (j, span, clean_text(c), score) for j, span, c, score in i.segment_captions]) for i in instances]
     captioned = [s for s in segments if s.caption]
     b.stats["skipped_empty_caption"] += len(segments) - len(captioned)
     for i, seg in enumerate(segments):
