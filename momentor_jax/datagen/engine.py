@@ -215,18 +215,29 @@ def _instances(models: Models, scanned, embeds: np.ndarray, segments: list, conf
 
 def generate_video(video_id: str, path: str, models: Models, config: EngineConfig = EngineConfig()) -> dict:
     """One video's raw Moment-10M items, GESM entry and stats (see the module docstring)."""
-    started = time.perf_counter()
+    clock = [time.perf_counter()]
+    seconds = {}
+
+    def lap(stage: str) -> None:
+        clock.append(time.perf_counter())
+        seconds[f"seconds_{stage}"] = round(clock[-1] - clock[-2], 3)
+
     scanned = shots_lib.scan_video(path, config.shots)
+    lap("shots")
     pooled = models.clip.pooled(scanned.samples)
     embeds = models.clip.image_embeds(pooled)
     shot_feats = events_lib.shot_features(scanned.shots, scanned.sample_times, pooled)
     events = events_lib.merge_shots(scanned.shots, shot_feats, config.events)
+    lap("events")
     segments = _segments(models, scanned, embeds, events)
+    lap("segments")
     instances, num_tracks = ([], 0) if models.detector is None else _instances(models, scanned, embeds, segments,
                                                                                  config)
+    lap("instances")
     items, gesm, stats = instructions.build(video_id, segments, instances, seed=config.seed, writer=models.writer)
+    lap("instructions")
     stats.update(shots=len(scanned.shots), segments=len(segments), tracks=num_tracks, samples=len(scanned.samples),
-                 seconds=round(time.perf_counter() - started, 3))
+                 seconds=round(clock[-1] - clock[0], 3), **seconds)
     return {"video_id": video_id, "duration": scanned.duration,
             "moment10m": {t: v for t, v in items.items() if v}, "gesm": gesm, "stats": stats}
 
