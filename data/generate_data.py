@@ -85,7 +85,11 @@ def main(argv=None) -> int:
     models = engine.Models.load(args.clip, args.detector, args.captioner, args.llm, device=device,
                                 detection_threshold=args.detection_threshold, max_detections=args.max_detections,
                                 caption_tokens=args.caption_tokens, llm_tokens=args.llm_tokens)
-    summary = engine.run(args.video_dir, args.out, models, config, progress=not args.no_progress)
+    try:
+        summary = engine.run(args.video_dir, args.out, models, config, progress=not args.no_progress)
+    except ValueError as e:  # a missing video folder, or an --out made with other models or config
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(summary.line(args.out))
     return 0
 

@@ -165,8 +165,12 @@ def test_rerun_resumes_and_refuses_other_settings(generated, capsys):
     assert before == {name: open(os.path.join(out, name), "rb").read() for name in before}
     changed = list(argv)
     changed[changed.index("--max_instances") + 1] = "2"
-    with pytest.raises(ValueError, match="other config"):
-        _script("generate_data").main(changed)
+    assert _script("generate_data").main(changed) == 2
+    assert "holds videos generated with other config" in capsys.readouterr().err
+    missing = list(argv)
+    missing[missing.index("--video_dir") + 1] = os.path.join(out, "nope")
+    assert _script("generate_data").main(missing) == 2
+    assert "nope: not a folder of videos" in capsys.readouterr().err
 
 
 def test_owlv2_engine_on_one_video(model_dirs, videos, tmp_path, one_thread):

@@ -160,8 +160,9 @@ def _segments(models: Models, scanned, embeds: np.ndarray, events: list) -> list
 def _instances(models: Models, scanned, embeds: np.ndarray, segments: list, config: EngineConfig) -> tuple:
     frames, times = scanned.samples, scanned.sample_times
     detections = models.detector.detect(frames, list(config.labels))
-    appearance = [models.clip.pooled([_crop(frames[f], d.box, config.crop_margin) for d in dets])
-                  for f, dets in enumerate(detections)]
+    pooled = models.clip.pooled([_crop(frames[f], d.box, config.crop_margin)
+                                 for f, dets in enumerate(detections) for d in dets])
+    appearance = np.split(pooled, np.cumsum([len(dets) for dets in detections])[:-1])
     tracks = instances_lib.track(detections, list(times), appearance, config.tracker)
     tracks = sorted(tracks, key=lambda t: (-len(t.frames), -float(np.mean(t.scores)), t.times[0]))
     tracks = sorted(tracks[:config.max_instances], key=lambda t: (t.times[0], t.label))
@@ -180,17 +181,16 @@ def _instances(models: Models, scanned, embeds: np.ndarray, segments: list, conf
     captions = _caption(models, crops)
     crop_embeds = models.clip.image_embeds(models.clip.pooled(crops)) if crops else np.zeros((0, 1))
     caption_scores = _cos_rows(models.clip.text_embeds([c or " " for c in captions]), crop_embeds) if crops else []
-    class_scores = (_cos_rows(models.clip.text_embeds([f"a photo of a {tracks[k].label}" for k, j, _ in jobs]),
-                              crop_embeds) if crops else [])
+    whole = [n for n, (_, j, _) in enumerate(jobs) if j is None]  # one per track, in track order
+    class_scores = (_cos_rows(models.clip.text_embeds([f"a photo of a {t.label}" for t in tracks]),
+                              crop_embeds[whole]) if tracks else [])
 
     out = []
     for k, tr in enumerate(tracks):
         span = tr.span(interval, scanned.duration)
         mine = [n for n, (kk, _, _) in enumerate(jobs) if kk == k]
-        whole = mine[0]
-        inst = instructions.Instance(label=tr.label, span=span, click=tr.click(), caption=captions[whole],
-                                     caption_score=float(caption_scores[whole]),
-                                     class_score=float(class_scores[whole]))
+        inst = instructions.Instance(label=tr.label, span=span, click=tr.click(), caption=captions[mine[0]],
+                                     caption_score=float(caption_scores[mine[0]]), class_score=float(class_scores[k]))
         for n in mine[1:]:
             j = jobs[n][1]
             seg = segments[j]
@@ -295,6 +295,8 @@ def run(video_dir: str, out_dir: str, models: Models, config: EngineConfig = Eng
     """Generates every video of `video_dir` not yet in `out_dir`, then rewrites the merged outputs."""
     import importlib.metadata  # noqa: PLC0415
 
+    if not fileio.isdir(video_dir):
+        raise ValueError(f"{video_dir}: not a folder of videos")
     videos = list_videos(video_dir)
     fingerprint = json.loads(json.dumps({"models": models.describe(), "config": config.to_json()}))  # as stored
     fileio.makedirs(out_dir)
