@@ -41,16 +41,24 @@ def word_tokenizer(extra_special=()) -> transformers.PreTrainedTokenizerFast:
     return out
 
 
-def save_clip(directory: str, seed: int = 0) -> str:
+def _clip_like(directory: str, seed: int, layers: int, text_positions: int, image_size: int, patch_size: int,
+               pad_token_id):
+    """(byte-level CLIP tokenizer, text_config, vision_config) with 32-wide towers (OWLv2 reuses CLIP's)."""
     tok = clip_tokenizer(os.path.join(directory, "_tok"))
     torch.manual_seed(seed)
     n = len(tok)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=64, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4), projection_dim=16)
-    model = transformers.CLIPModel(config).eval()
+    text = dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                max_position_embeddings=text_positions, bos_token_id=n - 2, eos_token_id=n - 1,
+                pad_token_id=n - 1 if pad_token_id is None else pad_token_id)
+    vision = dict(image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=layers, num_attention_heads=4)
+    return tok, text, vision
+
+
+def save_clip(directory: str, seed: int = 0) -> str:
+    tok, text, vision = _clip_like(directory, seed, 2, 64, 32, 8, None)
+    model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision,
+                                                           projection_dim=16)).eval()
     perturb_(model, seed)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
@@ -58,14 +66,9 @@ def save_clip(directory: str, seed: int = 0) -> str:
 
 
 def save_owlv2(directory: str, seed: int = 0) -> str:
-    tok = clip_tokenizer(os.path.join(directory, "_tok"))
-    torch.manual_seed(seed)
-    n = len(tok)
-    config = transformers.Owlv2Config(
-        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         max_position_embeddings=16, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=0),
-        vision_config=dict(image_size=64, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=4), projection_dim=32)
+    """The class head needs projection_dim == the text width."""
+    tok, text, vision = _clip_like(directory, seed, 1, 16, 64, 16, 0)
+    config = transformers.Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
     transformers.Owlv2ForObjectDetection(config).eval().save_pretrained(directory)
     processor = transformers.Owlv2Processor(transformers.Owlv2ImageProcessor(size={"height": 64, "width": 64}), tok)
     processor.save_pretrained(directory)

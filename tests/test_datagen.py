@@ -1,30 +1,22 @@
 """The data generation engine (momentor_jax/datagen) against rendered videos with known cuts, events and movers,
 and end to end with tiny random Hugging Face models into data/convert_data.py and data/convert_data_gesm.py."""
-import importlib.util
-import json
 import os
 import random
 
 import numpy as np
 import pytest
 
+import data_scripts
+
 from momentor_jax.data import moment10m, synthetic_cuts
 from momentor_jax.datagen import events, instances, instructions, shots
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = shots.ShotConfig(sample_fps=2, max_side=64)
 
 
 def _interval_iou(a, b) -> float:
     inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
     return inter / (max(a[1], b[1]) - min(a[0], b[0]))
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "data", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -209,8 +201,8 @@ def test_instructions_written_by_a_language_model():
 
 
 def test_make_synthetic_cuts_command(tmp_path, capsys):
-    assert _script("make_synthetic").main(["--cuts", "--out", str(tmp_path), "--num_videos", "2", "--seed", "4",
-                                           "--size", "32"]) == 0
+    argv = ["--cuts", "--out", str(tmp_path), "--num_videos", "2", "--seed", "4", "--size", "32"]
+    assert data_scripts.load("make_synthetic").main(argv) == 0
     specs = synthetic_cuts.load_specs(str(tmp_path))
     assert len(specs) == 2 and "2 cut videos" in capsys.readouterr().out
     spec = next(iter(specs.values()))

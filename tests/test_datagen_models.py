@@ -1,7 +1,6 @@
 """The data generation engine with tiny random Hugging Face models: CLIP scores equal transformers' CLIPModel, and the
 whole engine (Grounding DINO or OWLv2, BLIP-2, LLaMA) writes every data type and GESM, which data/convert_data.py
 and data/convert_data_gesm.py accept unchanged."""
-import importlib.util
 import json
 import os
 
@@ -11,6 +10,7 @@ import torch
 import transformers
 from PIL import Image
 
+import data_scripts
 import hf_tiny_datagen as tiny
 from momentor_jax.data import moment10m, synthetic_cuts
 from momentor_jax.data import video as video_lib
@@ -21,15 +21,7 @@ from momentor_jax.datagen.instances import HFDetector
 from momentor_jax.datagen.writer import LLMWriter
 from momentor_jax.models.vit import clip_normalize
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = "circle,square,star"
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "data", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +87,7 @@ def _raw_counts(raw: dict) -> dict:
 
 def _convert(capsys, script, *args) -> dict:
     """Runs a data/ converter in this process; its table as {type: (read, filtered, written, rejected)}."""
-    assert _script(script).main(list(args)) == 0
+    assert data_scripts.load(script).main(list(args)) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     return {row[0]: tuple(int(x) for x in row[1:]) for row in rows
             if len(row) == 5 and all(x.isdigit() for x in row[1:])}
@@ -110,7 +102,7 @@ def generated(model_dirs, videos, tmp_path_factory, one_thread):
             "--llm", model_dirs["llama"], "--device", "cpu", "--labels", LABELS, "--detection_threshold", "0",
             "--max_detections", "4", "--caption_tokens", "6", "--llm_tokens", "6", "--sample_fps", "1",
             "--max_side", "64", "--max_instances", "3", "--no_progress"]
-    assert _script("generate_data").main(argv) == 0
+    assert data_scripts.load("generate_data").main(argv) == 0
     return out, specs, argv
 
 
@@ -160,16 +152,16 @@ def test_converters_accept_the_output_and_filter_by_its_scores(generated, tmp_pa
 def test_rerun_resumes_and_refuses_other_settings(generated, capsys):
     out, _, argv = generated
     before = {name: open(os.path.join(out, name), "rb").read() for name in (engine.MOMENT10M_FILE, engine.GESM_FILE)}
-    assert _script("generate_data").main(argv) == 0
+    assert data_scripts.load("generate_data").main(argv) == 0
     assert "generated 0 videos, 2 already done, 1 failed" in capsys.readouterr().out
     assert before == {name: open(os.path.join(out, name), "rb").read() for name in before}
     changed = list(argv)
     changed[changed.index("--max_instances") + 1] = "2"
-    assert _script("generate_data").main(changed) == 2
+    assert data_scripts.load("generate_data").main(changed) == 2
     assert "holds videos generated with other config" in capsys.readouterr().err
     missing = list(argv)
     missing[missing.index("--video_dir") + 1] = os.path.join(out, "nope")
-    assert _script("generate_data").main(missing) == 2
+    assert data_scripts.load("generate_data").main(missing) == 2
     assert "nope: not a folder of videos" in capsys.readouterr().err
 
 

@@ -9,8 +9,8 @@ hue and differ in brightness: features that see hue but not brightness (`hue_fea
 while PySceneDetect's content detector sees every cut.
 
 Movers: shapes from synthetic.SHAPES (saturated colours, far from the pale backgrounds) that move in a straight line
-at constant speed, each in its own horizontal band (they never overlap), visible on frames [first, last] (inclusive, crossing cuts freely); `box(k)` is the shape's box in
-frame k as fractions of the frame (x0, y0, x1, y1).
+at constant speed, each in its own horizontal band (they never overlap), visible on frames [first, last] (inclusive,
+crossing cuts freely); `box(k)` is the shape's box in frame k as fractions of the frame (x0, y0, x1, y1).
 
 Frame k is at time k / fps; a cut at frame k means frame k is the first frame of a new shot.
 Files (`make_dataset`): videos/<id>.mp4 and synthetic_cuts.json = {video_id: spec.to_json()}.

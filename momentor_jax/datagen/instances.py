@@ -9,12 +9,12 @@ the `max_detections` best. Labels are queried in chunks of `labels_per_query` (G
 Detection.box is (x0, y0, x1, y1) as fractions of the frame's width and height.
 
 Tracking (`track`, pure numpy + scipy's assignment): frames in time order; a detection may extend a live track of
-its label when iou_weight * IoU(track's last box, box) + (1 - iou_weight) * cos(track's mean appearance,
-detection appearance) >= min_match (IoU alone when there are no appearance features), one-to-one by the Hungarian assignment of that score; a track not extended
-for more than `max_gap` frames ends; tracks with fewer than `min_detections` detections are dropped.
-Track.span(interval, duration): [first time - interval / 2, last time + interval / 2] clipped to the video (the
-true boundary lies anywhere between two samples). Track.click: (time, (x, y)) at its highest-scoring detection,
-(x, y) the box centre as fractions of the frame.
+its label when iou_weight * IoU(track's last box, box) + (1 - iou_weight) * cos(track's mean appearance, detection
+appearance) >= min_match (IoU alone when there are no appearance features), one-to-one by the Hungarian assignment
+of that score; a track not extended for more than `max_gap` frames ends; tracks with fewer than `min_detections`
+detections are dropped. Track.span(interval, duration): [first time - interval / 2, last time + interval / 2]
+clipped to the video (the true boundary lies anywhere between two samples). Track.click: (time, (x, y)) at its
+highest-scoring detection, (x, y) the box centre as fractions of the frame.
 """
 from __future__ import annotations
 
