@@ -301,6 +301,8 @@ def run(video_dir: str, out_dir: str, models: Models, config: EngineConfig = Eng
     fingerprint = json.loads(json.dumps({"models": models.describe(), "config": config.to_json()}))  # as stored
     fileio.makedirs(out_dir)
     _check_metadata(out_dir, fingerprint)
+    if not fileio.exists(fileio.join(out_dir, METADATA_FILE)):  # before any video, so a killed run is checked too
+        fileio.write_text(fileio.join(out_dir, METADATA_FILE), json.dumps(fingerprint, indent=1))
     per_video = fileio.join(out_dir, PER_VIDEO_DIR)
     fileio.makedirs(per_video)
     done = {name[:-len(".json")] for name in (fileio.listdir(per_video) if fileio.isdir(per_video) else [])
