@@ -21,7 +21,7 @@ import json
 import math
 import os
 import string
-from typing import Optional
+from typing import Iterable, Optional
 
 import av
 import numpy as np
@@ -219,22 +219,28 @@ def video_codec() -> str:
 
 def write_video(spec: VideoSpec, path: str, codec: Optional[str] = None) -> None:
     """Encodes the video to `path` (mp4) atomically: a temp file, then a rename."""
-    if spec.size % 2:
-        raise ValueError(f"frame size must be even for yuv420p, got {spec.size}")
+    frames = (render_frame(spec, k / spec.fps) for k in range(spec.num_frames))
+    encode_video(frames, spec.fps, spec.size, path, codec)
+
+
+def encode_video(frames: Iterable[np.ndarray], fps: int, size: int, path: str, codec: Optional[str] = None) -> None:
+    """Encodes uint8 [size, size, 3] frames (frame k at k / fps) to `path` (mp4) atomically."""
+    if size % 2:
+        raise ValueError(f"frame size must be even for yuv420p, got {size}")
     codec = codec or video_codec()
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=spec.fps)
-            stream.width = stream.height = spec.size
+            stream = container.add_stream(codec, rate=fps)
+            stream.width = stream.height = size
             stream.pix_fmt = "yuv420p"
-            stream.codec_context.gop_size = 2 * spec.fps  # a keyframe every 2 s, so seeking has somewhere to land
+            stream.codec_context.gop_size = 2 * fps  # a keyframe every 2 s, so seeking has somewhere to land
             if "264" in codec:
                 stream.options = {"crf": "16", "preset": "veryfast"}
             else:
                 stream.bit_rate = 400_000
-            for k in range(spec.num_frames):
-                frame = av.VideoFrame.from_ndarray(render_frame(spec, k / spec.fps), format="rgb24")
+            for k, pixels in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
                 frame.pts = k
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))

@@ -171,3 +171,31 @@ def decode_frames(path: str, num_frames: int, size: int) -> DecodedVideo:
         raise VideoDecodeError(f"{path}: {type(e).__name__}: {e}") from e
     times = np.array([t for t, _ in chosen], np.float64)
     return DecodedVideo(frames=frames, frame_times=times, sample_times=targets, duration=float(duration))
+
+
+def iter_frames(path: str, max_side: Optional[int] = None) -> Iterator[tuple[float, np.ndarray]]:
+    """Every decoded frame in order: (seconds from the stream start, uint8 RGB [H, W, 3]), scaled down (aspect
+    kept, even sides) when its longer side exceeds `max_side`. Decoder errors raise VideoDecodeError naming `path`."""
+    path = os.fspath(path)
+    try:
+        with av.open(path) as container:
+            stream = _video_stream(container, path)
+            for time, frame in _frames(container, stream):
+                width, height = frame.width, frame.height
+                if max_side and max(width, height) > max_side:
+                    scale = max_side / max(width, height)
+                    width, height = max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+                yield time, frame.to_ndarray(format="rgb24", width=width, height=height)
+    except (av.FFmpegError, ValueError, OSError) as e:
+        raise VideoDecodeError(f"{path}: {type(e).__name__}: {e}") from e
+
+
+def frame_rate(path: str) -> float:
+    """Frames per second from the stream metadata (average, else guessed); 0.0 when neither is known."""
+    path = os.fspath(path)
+    try:
+        with av.open(path) as container:
+            stream = _video_stream(container, path)
+            return float(stream.average_rate or stream.guessed_rate or 0)
+    except (av.FFmpegError, ValueError, OSError) as e:
+        raise VideoDecodeError(f"{path}: {type(e).__name__}: {e}") from e
