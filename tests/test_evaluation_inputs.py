@@ -245,6 +245,10 @@ def test_usage_errors_exit_2_in_one_line(tmp_path):
                                         "--max_examples", "-1"], "max_examples must be an integer >= 1"),
         "train --config": (["-m", "momentor_jax.train", "--config=configs/nope.py", "--workdir=w"],
                            "no such config file"),
+        "evaluate bad ground truth": (["-m", "momentor_jax.evaluate", "--checkpoint", "no_such_checkpoint", "--task",
+                                       "grounding", "--annotations", _jsonl(tmp_path / "gt.jsonl", [GOOD, GOOD]),
+                                       "--video_dir", str(tmp_path), "--out", str(tmp_path / "out")],
+                                      "gt.jsonl: 1 bad record"),
     }
     processes = {name: _run(args, cwd=tmp_path) for name, (args, _) in cases.items()}
     for name, process in processes.items():
