@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 EXIT_USAGE = 2
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_OURS = tuple(os.path.join(REPO_ROOT, folder) + os.sep for folder in ("momentor_jax", "data", "launch"))
 # Library warnings that fire on every normal run and name nothing the user can change.
 _NOISE = (
     "_CHECKPOINT_METADATA",                       # orbax: metadata file notes on every restore
@@ -83,9 +83,7 @@ class _QuietLibraries(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if any(noise in str(record.msg) for noise in _NOISE):
             return False
-        return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR) \
-            or record.pathname.startswith(REPO_ROOT + os.sep + "data") \
-            or record.pathname.startswith(REPO_ROOT + os.sep + "launch")
+        return record.levelno >= logging.WARNING or record.pathname.startswith(_OURS)
 
 
 _FILTER = _QuietLibraries()

@@ -283,8 +283,8 @@ def main(argv) -> None:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        where = f"; the answers so far are in {FLAGS.out}.parts, rerun the same command to resume" if batch_mode \
-            else ""
+        where = (f"; the answers so far are in {FLAGS.out}.parts, rerun the same command to resume"
+                 if batch_mode else "")
         print(f"interrupted{where}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
     if batch_mode:

@@ -25,7 +25,6 @@ All files are read through fileio (local or gs://).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import math
@@ -142,9 +141,10 @@ def is_number(value: Any) -> bool:
 
 def check_duration(value: Any) -> Optional[str]:
     """None if `value` is a usable duration in seconds, else what is wrong with it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"duration {value!r} is not a finite number"
     if not is_number(value):
-        return f"duration {value!r} is not a finite number" if isinstance(value, float) else \
-            f"duration must be a number of seconds, got {_type_name(value)} {value!r}"
+        return f"duration must be a number of seconds, got {_type_name(value)} {value!r}"
     if value <= 0:
         return f"duration {value!r} is not positive"
     return None
@@ -424,11 +424,11 @@ def read_durations(path: str) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ prompts
 def check_prompts(items: Iterable[tuple[str, str]], length_of: Callable[[str], int], limit: int, path: str) -> None:
     """AnnotationError listing every (where, question) whose prompt of `length_of(question)` tokens exceeds `limit`."""
-    too_long = collections.OrderedDict()
+    too_long = []
     for where, question in items:
         length = length_of(question)
         if length > limit:
-            too_long[where] = f"the question makes a prompt of {length} tokens; the model takes at most {limit} " \
-                              f"({len(question.split())} words)"
+            too_long.append(f"{where}: the question makes a prompt of {length} tokens; the model takes at most "
+                            f"{limit} ({len(question.split())} words)")
     if too_long:
-        raise AnnotationError(path, [f"{where}: {message}" for where, message in too_long.items()])
+        raise AnnotationError(path, too_long)
