@@ -1,11 +1,11 @@
 """Momentor training loss: next-token cross-entropy over V + N columns with soft labels at temporal targets.
 
 Where `targets[i]` is the <TEMP-OUTPUT> placeholder, the target distribution puts (1 - r) on temporal column V + f
-and r on V + c for the time `target_times[i]` (DESIGN.md section 1); every other supervised position is an ordinary
-one-hot target. The loss is the sum of per-token cross-entropies over the batch divided by the number of supervised
-tokens (a token mean). The public PyTorch code instead averages per sample and sums over samples, and its soft-label
-assignment indexes a copy of the label tensor (`labels[[i]][j] = ...`), so its soft labels never take effect; here
-they do.
+and r on V + c for the time `target_times[i]` (docs/DESIGN.md, section 1); every other supervised position is an
+ordinary one-hot target. The loss is the sum of per-token cross-entropies over the batch divided by the number of
+supervised tokens (a token mean). The public PyTorch code instead averages per sample and sums over samples, and its
+soft-label assignment indexes a copy of the label tensor (`labels[[i]][j] = ...`), so its soft labels never take
+effect; here they do.
 """
 from __future__ import annotations
 

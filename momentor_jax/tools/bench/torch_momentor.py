@@ -9,7 +9,7 @@ label rows with soft temporal labels. The temporal tables pass through the publi
 Two departures from the public code, so that this computes exactly what momentor_jax computes (same loss, same
 gradients): the soft labels are written into the label tensor itself (the public code writes them into a copy), and
 the loss is the token mean over the batch (the public code sums per-row means). With M != N frames, frame i gets
-the temporal embedding interpolated at i / (M - 1) (DESIGN.md), as in models/tpm.py.
+the temporal embedding interpolated at i / (M - 1) (docs/DESIGN.md, section 1), as in models/tpm.py.
 
 Only the torch / transformers imports of this package live here; import it only where torch is wanted.
 """
