@@ -235,7 +235,8 @@ def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> 
     config = load.load_config(checkpoint)
     log(f"reading {located.params_dir}" + (f" (step {located.step} of {located.workdir})" if located.step else ""))
     params = load.load_params(checkpoint)
-    log(f"read the parameters in {time.perf_counter() - started:.1f} s")
+    log(f"read the parameters in {time.perf_counter() - started:.1f} s; writing the LLM in Hugging Face layout "
+        "(loads transformers) ...")
     llm_cfg = config.llm
     vocab_size, tie = llm_cfg.vocab_size, llm_cfg.tie_word_embeddings
     tensors = hf.llama_to_hf(params["llm"], llm_cfg)
