@@ -191,12 +191,8 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
                 "system_prompt": system_prompt, "batch_size": batch_size}
     log = results.ResultLog(fileio.join(out_dir, ANSWERS_DIR), settings)
     by_qid = {q.qid: q for q in queries}
-    for record in log.records:
-        query = by_qid.get(record["key"])
-        if query is not None and (record.get("vid") != query.vid or record.get("question") != query.question):
-            raise ValueError(f"{fileio.join(out_dir, ANSWERS_DIR)}: the answer to qid {query.qid!r} was made for "
-                             f"video {record.get('vid')!r}, question {record.get('question')!r}; the annotations "
-                             "changed since: use another --out")
+    log.check_made_for({q.qid: {"vid": q.vid, "question": q.question} for q in queries}, ("vid", "question"),
+                       "annotations")
 
     def make_generator():
         with cli.phase(f"loading the model from {located.params_dir}"):
@@ -205,12 +201,6 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
             cli.progress(f"answering {len(queries) - len(log.keys() & set(by_qid))} of {len(queries)} queries "
                          "(the first batch includes compilation)")
         return generate.Generator(params, config, tokenizer, system_prompt, sampling)
-
-    def load_video(vid):
-        try:
-            return source.get(vid)
-        except MissingVideo as e:
-            raise batch.VideoUnavailable(str(e)) from e
 
     def to_record(result) -> dict:
         query = by_qid[result.item.key]
@@ -222,6 +212,7 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
                 "video_duration": result.video_duration, "error": None}
 
     items = [batch.Item(q.qid, q.vid, q.question) for q in queries]
+    load_video = batch.unavailable_on(source.get, MissingVideo)
     results.answer_and_log(items, log, make_generator, load_video, batch_size, to_record,
                            desc=f"evaluate {task_name}", progress=progress)
     return _finish(task, queries, results.latest(log.records, by_qid), out_dir, checkpoint, num_timelines)

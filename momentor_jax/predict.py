@@ -216,17 +216,7 @@ def predict_batch(checkpoint: str, questions_path: str, out_path: str, max_new_t
                 "batch_size": batch_size}
     log = results.ResultLog(out_path + ".parts", settings)
     by_key = {r["key"]: r for r in records}
-    for done in log.records:
-        record = by_key.get(done["key"])
-        if record is not None and (done.get("video") != record["video"] or done.get("question") != record["question"]):
-            raise ValueError(f"{out_path}.parts: answer {done['key'] + 1} was made for another question; the "
-                             "questions file changed since: use another --out")
-
-    def load(path):
-        try:
-            return predictor.video(path)
-        except VideoDecodeError as e:
-            raise batch.VideoUnavailable(str(e)) from e
+    log.check_made_for(by_key, ("video", "question"), "questions file")
 
     def to_record(result) -> dict:
         record = by_key[result.item.key]
@@ -235,8 +225,9 @@ def predict_batch(checkpoint: str, questions_path: str, out_path: str, max_new_t
         return answer_json(record["video"], result.video_duration, record["question"], result.answer)
 
     items = [batch.Item(r["key"], r["path"], r["question"]) for r in records]
-    results.answer_and_log(items, log, lambda: predictor.generator, load, batch_size, to_record, desc="predict",
-                           progress=progress)
+    results.answer_and_log(items, log, lambda: predictor.generator,
+                           batch.unavailable_on(predictor.video, VideoDecodeError), batch_size, to_record,
+                           desc="predict", progress=progress)
     answered = results.latest(log.records, by_key)
     lines = []
     for key, record in by_key.items():

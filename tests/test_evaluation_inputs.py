@@ -212,6 +212,9 @@ def test_result_log_parts_resume_and_settings(tmp_path):
     assert results.latest(again.records, [1, 4]) == {1: {"key": 1, "answer": "y"}, 4: {"key": 4, "answer": "v"}}
     with pytest.raises(ValueError, match="checkpoint: 'a' there, 'b' now"):
         results.ResultLog(directory, {"checkpoint": "b", "batch_size": 2})
+    again.check_made_for({0: {"answer": "x"}, 9: {"answer": "q"}}, ("answer",), "questions")
+    with pytest.raises(ValueError, match="kept for 1 was made for answer 'y'; the questions changed since"):
+        again.check_made_for({1: {"answer": "other"}}, ("answer",), "questions")
 
 
 def test_result_log_on_gcs_writes_whole_objects(monkeypatch):

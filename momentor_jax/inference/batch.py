@@ -37,6 +37,16 @@ class Result:
     error: Optional[str] = None
 
 
+def unavailable_on(load_video: Callable[[Any], tuple], *errors: type) -> Callable[[Any], tuple]:
+    """`load_video` with the given exceptions turned into VideoUnavailable (message kept)."""
+    def load(video):
+        try:
+            return load_video(video)
+        except errors as e:
+            raise VideoUnavailable(str(e)) from e
+    return load
+
+
 def grouped(items: Sequence[Item]) -> list[Item]:
     """Items grouped by video (stable), videos in order of first appearance."""
     order: dict = {}

@@ -75,6 +75,16 @@ class ResultLog:
                 records.append(record)
         return records
 
+    def check_made_for(self, expected: dict, fields: Sequence[str], what: str) -> None:
+        """ValueError when a kept record of a key in `expected` ({key: {field: value}}) differs in `fields`: the
+        inputs changed since those answers were made (`what` names them)."""
+        for record in self.records:
+            want = expected.get(_key(record["key"]))
+            if want is not None and any(record.get(f) != want[f] for f in fields):
+                raise ValueError(f"{self.directory}: the answer kept for {record['key']!r} was made for "
+                                 + ", ".join(f"{f} {record.get(f)!r}" for f in fields)
+                                 + f"; the {what} changed since: use another output location")
+
     def keys(self) -> set:
         return {_key(r["key"]) for r in self.records}
 
