@@ -12,8 +12,8 @@ as in training: the model's num_frames, uniformly over the whole video including
 answer says, `windows` the (start, end) windows it states, read by the parser `evaluate` uses (loose times are not
 windows; `parsed` is false when there is none). The batch output has one such object per input line, in input
 order (with the input's "id"), or {"error": ...} for a video that could not be decoded; each video is decoded and
-encoded once for all its questions, and the answers equal those of one `predict` call per question. Answers are
-kept as they are made in OUT.parts/; rerunning the same command resumes.
+encoded once for all its questions, and with greedy decoding (the default) the answers equal those of one `predict`
+call per question. Answers are kept as they are made in OUT.parts/; rerunning the same command resumes.
 
 The video (or every video of --questions) and the questions are checked before the model loads.
 Exit status: 0; 1 when some video of --questions could not be decoded; 2 on bad flags or bad input (a missing or
