@@ -8,12 +8,17 @@
     quiet_libraries()          drops log lines of other libraries below WARNING (orbax logs ~10 INFO lines on every
                                checkpoint read, jax and grain a few per run) and their warnings that say nothing a
                                user can act on; our own INFO lines and every real warning still pass
+    skip_absent_tpu()          libtpu is installed for AOT compilation; on a host without TPU chips (and without a
+                               jax GPU plugin) jax's TPU probe prints ~5 lines of libtpu errors, so with
+                               JAX_PLATFORMS unset such a host is told to use the CPU
     progress(message)          one timestamped line on stderr (stdout stays for results, e.g. predict --json)
     phase(what)                progress lines when a long phase starts and when it ends, with its seconds
 """
 from __future__ import annotations
 
 import contextlib
+import glob
+import importlib.util
 import logging
 import os
 import sys
@@ -103,6 +108,18 @@ def quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=f".*{noise}.*")
 
 
+def skip_absent_tpu() -> None:
+    """Sets JAX_PLATFORMS=cpu when it is unset, libtpu is installed, and the host has neither TPU device files
+    (/dev/accel*, /dev/vfio/<n>) nor a jax GPU plugin; call it before jax is imported."""
+    if os.environ.get("JAX_PLATFORMS") is not None or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return
+    if any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin")):
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def progress(message: str) -> None:
     name = _program().rsplit(".", 1)[-1].rsplit("/", 1)[-1].removesuffix(".py")
     print(f"[{name} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -120,6 +137,8 @@ def phase(what: str):
 def run(main: Callable, flags_argv: Optional[Sequence[str]] = None) -> None:
     """absl app.run(main) with the conventions above (usage errors exit 2 in one line; libraries quiet)."""
     from absl import app, flags  # noqa: PLC0415
+
+    skip_absent_tpu()
 
     def parse(argv):
         argv = resolve_config_arg(argv)

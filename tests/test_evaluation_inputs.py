@@ -283,3 +283,22 @@ def test_usage_errors_exit_2_in_one_line(tmp_path):
         assert process.returncode == 2, (name, err[-2000:])
         assert err.startswith("error: ") and cases[name][1] in err.splitlines()[0], (name, err)
         assert "Traceback" not in err
+
+
+def test_hosts_without_tpu_chips_skip_the_tpu_probe(monkeypatch):
+    specs = {"libtpu": object()}
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: specs.get(name))
+    monkeypatch.setattr(cli.glob, "glob", lambda pattern: [])
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    cli.skip_absent_tpu()
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+    for chips, plugin in ((["/dev/accel0"], None), ([], "jax_cuda12_plugin")):
+        monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+        monkeypatch.setattr(cli.glob, "glob", lambda pattern, chips=chips: chips if "accel" in pattern else [])
+        specs[plugin] = object()
+        cli.skip_absent_tpu()
+        assert "JAX_PLATFORMS" not in os.environ
+        specs.pop(plugin, None)
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    cli.skip_absent_tpu()
+    assert os.environ["JAX_PLATFORMS"] == "tpu"
