@@ -1,4 +1,4 @@
-"""The paper's setup: CLIP ViT-L/14 + LLaMA-7B, 300 frames, 300 temporal tokens, max length 2048, global batch 32,
+r"""The paper's setup: CLIP ViT-L/14 + LLaMA-7B, 300 frames, 300 temporal tokens, max length 2048, global batch 32,
 AdamW lr 2e-5 (cosine, 1% warmup, no weight decay), 2 epochs, bf16 compute over fp32 weights, gradient checkpointing;
 the public code's text-embedding detach, tokenization and temporal-table init.
 

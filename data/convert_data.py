@@ -1,4 +1,4 @@
-"""Moment-10M raw annotations -> examples JSONL for training (see momentor_jax/data/moment10m.py).
+r"""Moment-10M raw annotations -> examples JSONL for training (see momentor_jax/data/moment10m.py).
 
     python data/convert_data.py --source_path RAW.json --target_path OUT.jsonl \
         [--format temporal|text] [--no_filter] [--seed S] [--strict]

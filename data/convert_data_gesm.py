@@ -1,4 +1,4 @@
-"""GESM raw annotations -> event-sequence examples JSONL (see momentor_jax/data/gesm.py).
+r"""GESM raw annotations -> event-sequence examples JSONL (see momentor_jax/data/gesm.py).
 
     python data/convert_data_gesm.py --source_path GESM.json --target_path OUT.jsonl \
         [--format temporal|text] [--seed S] [--strict]

@@ -1,4 +1,4 @@
-"""Frame records -> cached pooled CLIP features (see momentor_jax/data/features.py).
+r"""Frame records -> cached pooled CLIP features (see momentor_jax/data/features.py).
 
     python data/extract_features.py --frames "DIR/frames-*.tfrecord" --checkpoint CKPT --out_dir OUT \
         [--batch_frames 64] [--threads 4] [--overwrite]

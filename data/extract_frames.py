@@ -31,11 +31,14 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.video_dir):
         print(f"error: --video_dir {args.video_dir} is not a directory", file=sys.stderr)
         return 2
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        print(f"error: --out_dir {args.out_dir} exists and is not a directory", file=sys.stderr)
+        return 2
     try:
         summary = extract.extract_frames(args.video_dir, args.out_dir, num_frames=args.num_frames, size=args.size,
                                          num_shards=args.num_shards, workers=args.workers,
                                          jpeg_quality=args.jpeg_quality)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad arguments, or an OUT that cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 2
     for video_id, reason in summary.failed:

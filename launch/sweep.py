@@ -1,4 +1,4 @@
-"""Expand a config's `sweep()` into one training run per override set, run locally in turn or on TPU VMs.
+r"""Expand a config's `sweep()` into one training run per override set, run locally in turn or on TPU VMs.
 
     python launch/sweep.py --config=configs/tiny.py[:variant] --workdir_root=DIR [--dry_run]
     python launch/sweep.py --config=configs/momentor_7b.py:stage2 --workdir_root=gs://BUCKET/sweeps/s2 \

@@ -1,4 +1,4 @@
-"""Cloud TPU VM lifecycle for momentor_jax: create, set up, train, watch, stop, delete.
+r"""Cloud TPU VM lifecycle for momentor_jax: create, set up, train, watch, stop, delete.
 
     python launch/tpu.py create --name=NAME --accelerator_type=v5p-64 [--spot | --preemptible] [--queued [--wait]]
     python launch/tpu.py setup  --name=NAME [--repo_url=URL --ref=REF]      # default: tarball of git HEAD

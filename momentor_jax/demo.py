@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -248,17 +247,17 @@ def evaluate_model(checkpoint: str, queries_path: str, frames_dir: str, out_dir:
         else {k: float(v) for k, v in metrics["grounding"].items()}
 
 
-def plot_heldout(queries: Sequence[dict], predictions_path: str, path: str, max_videos: int = 4) -> str:
-    """Timeline PNG for the first few held-out videos: every query's true window above, its prediction below."""
+def plot_heldout(queries: Sequence[dict], eval_dir: str, path: str, max_videos: int = 4) -> str:
+    """Timeline PNG for the first few held-out videos: every query's true window above, its prediction below, with
+    unparsable answers and missing videos marked (from the evaluate command's predictions and answers)."""
     from momentor_jax.evaluation.plots import plot_timelines  # noqa: PLC0415
 
-    predicted = {}
-    with open(predictions_path) as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                windows = record.get("pred_relevant_windows") or []
-                predicted[str(record["qid"])] = [w[:2] for w in windows[:1]]
+    predicted, status = {}, {}
+    for record in read_queries(os.path.join(eval_dir, "predictions.jsonl")):
+        predicted[str(record["qid"])] = [w[:2] for w in (record.get("pred_relevant_windows") or [])[:1]]
+    for record in read_queries(os.path.join(eval_dir, "answers.jsonl")):
+        status[str(record["qid"])] = ("missing video" if record.get("error") else
+                                      None if record.get("parsed") else "unparsable")
     rows, videos = [], []
     for q in queries:
         if q["vid"] not in videos:
@@ -266,24 +265,10 @@ def plot_heldout(queries: Sequence[dict], predictions_path: str, path: str, max_
                 continue
             videos.append(q["vid"])
         rows.append({"label": f"{q['vid'][:6]} {q['query']}", "duration": q["duration"],
-                     "ground_truth": q["relevant_windows"], "predicted": predicted.get(str(q["qid"]), [])})
-    return plot_timelines(rows, path, title="held-out grounding: true (green) vs predicted (orange)")
-
-
-# ------------------------------------------------------------------------------------------------ export
-
-
-def params_checkpoint_from_run(run_dir: str, out_dir: str, tokenizer_model: str) -> str:
-    """The latest trained parameters of a run as a Momentor parameter checkpoint (checkpoint_io layout, the
-    input of `convert export_hf`)."""
-    from momentor_jax import checkpoint_io  # noqa: PLC0415
-    from momentor_jax.inference import load  # noqa: PLC0415
-
-    if not os.path.exists(os.path.join(out_dir, checkpoint_io.CONFIG_FILE)):
-        params, model_config, _ = load.load_model(run_dir)
-        checkpoint_io.save_params(out_dir, params, model_config)
-        shutil.copy(tokenizer_model, os.path.join(out_dir, checkpoint_io.TOKENIZER_FILE))
-    return out_dir
+                     "ground_truth": q["relevant_windows"], "predicted": predicted.get(str(q["qid"]), []),
+                     "status": status.get(str(q["qid"]))})
+    return plot_timelines(rows, path, title="held-out grounding: true (green) vs predicted (orange)",
+                          total=len(queries))
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -344,13 +329,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "windows": {k: list(w) for k, w in fixed_windows.items()},
                    "heldout_oracle": {"metrics": oracle_metrics,
                                       "windows": {k: list(w) for k, w in oracle_windows.items()}}}, f, indent=1)
-    figure = plot_heldout(queries, os.path.join(eval_dir, "model", "predictions.jsonl"),
+    figure = plot_heldout(queries, os.path.join(eval_dir, "model"),
                           os.path.join(eval_dir, "timeline.png"))
 
-    checkpoint = params_checkpoint_from_run(stage2, os.path.join(workdir, "checkpoint"),
-                                            os.path.join(data_dir, "tokenizer", "tokenizer.model"))
     export_dir = os.path.join(workdir, "export")
-    run_command(_python("-m", "momentor_jax.convert", "export_hf", "--checkpoint", checkpoint, "--out", export_dir),
+    run_command(_python("-m", "momentor_jax.convert", "export_hf", "--checkpoint", stage2, "--out", export_dir),
                 "export to Hugging Face format")
 
     print(f"\nheld-out temporal grounding, {len(queries)} queries ({'text times' if ablate_tpm else 'TPM'}):")
@@ -370,7 +353,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"metrics      {os.path.join(eval_dir, 'metrics.json')}\n"
           f"figure       {figure}\n"
           f"export       {export_dir} (llm/, vision/, momentor_extras)\n"
-          f"checkpoint   {checkpoint}\n"
+          f"checkpoint   {stage2} (predict, evaluate and export_hf take the workdir)\n"
           f"tensorboard  tensorboard --logdir {workdir}\n"
           f"took {(time.time() - started) / 60:.1f} min", flush=True)
     return 0

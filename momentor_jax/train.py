@@ -21,12 +21,15 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
+from momentor_jax import cli
+
 # configs/ sits next to the package; make `from configs import ...` work whatever the current directory is.
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FILE.py[:variant]", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FILE.py[:variant], relative to the working "
+                                          "directory or the repository", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints/, tensorboard/, config.json")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
@@ -87,18 +90,9 @@ def _resolve_data(config, workdir: str) -> None:
     config.data.dir = root
 
 
-class _QuietLibraries(logging.Filter):
-    """Drops the per-save INFO chatter of orbax (dozens of lines per checkpoint); warnings still pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
-
-
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from absl import logging as absl_logging  # noqa: PLC0415
-    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+        raise cli.usage_error(f"unexpected arguments: {argv[1:]}")
     from momentor_jax.training import distributed  # noqa: PLC0415
     distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
@@ -126,4 +120,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

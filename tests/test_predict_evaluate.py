@@ -14,8 +14,8 @@ from momentor_jax import checkpoint_io
 from momentor_jax.data import extract, synthetic
 from momentor_jax.data import tokenizer as tokenizer_lib
 from momentor_jax.evaluate import evaluate
-from momentor_jax.evaluation import tasks
-from momentor_jax.inference import load
+from momentor_jax.evaluation import annotations, parsing, plots, tasks
+from momentor_jax.inference import generate, load
 from momentor_jax.models import config as model_configs
 from momentor_jax.models.momentor import Momentor, example_batch
 
@@ -98,11 +98,12 @@ def test_predict_json_windows_lie_in_the_video(tiny_setup):
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["duration"] == pytest.approx(spec.duration, abs=0.2)
-    assert answer["windows"], answer
-    for start, end in answer["windows"]:
-        assert 0.0 <= start <= end <= answer["duration"]
+    assert answer["times"], answer  # the random model writes times readily, rarely joined into windows
     for t in answer["times"]:
         assert f"{t:.1f}s" in answer["answer"]
+    assert answer["windows"] == [list(w) for w in parsing.parse_windows(answer["answer"], answer["duration"])]
+    assert answer["parsed"] == bool(answer["windows"])
+    assert "loading the model" in result.stderr and "_CHECKPOINT_METADATA" not in result.stderr
 
 
 def test_predict_missing_or_broken_video_exits_2(tiny_setup):
@@ -113,6 +114,27 @@ def test_predict_missing_or_broken_video_exits_2(tiny_setup):
                       "--question", "What happens?")
         assert result.returncode == 2, result.stderr[-2000:]
         assert video in result.stderr
+        assert "loading the model" not in result.stderr  # rejected before the parameters load
+
+
+@pytest.fixture
+def no_params(monkeypatch):
+    """Fails any test that loads the parameters."""
+    def refuse(path):
+        raise AssertionError(f"the parameters of {path} were loaded")
+    monkeypatch.setattr(load, "load_params", refuse)
+
+
+def test_predict_checks_video_and_question_before_loading(tiny_setup, no_params):
+    from momentor_jax import predict
+    from momentor_jax.data.video import VideoDecodeError
+    text = tiny_setup["root"] / "text.mp4"
+    text.write_text("this is a text file")
+    with pytest.raises(VideoDecodeError, match="text.mp4: .*Invalid data"):
+        predict.predict(tiny_setup["converted"], str(text), "What happens?")
+    video = os.path.join(tiny_setup["raw"], "videos", next(iter(tiny_setup["specs"])) + ".mp4")
+    with pytest.raises(ValueError, match="prompt of .* tokens"):
+        predict.predict(tiny_setup["converted"], video, " ".join(["word"] * 2000))
 
 
 def _check_outputs(out, metrics, num_queries):
@@ -143,7 +165,7 @@ def test_evaluate_grounding_command_with_video_dir(tiny_setup):
         _check_outputs(out, json.load(f), num_queries)
 
 
-def test_evaluate_grounding_from_frame_records_counts_missing_videos(tiny_setup):
+def test_evaluate_grounding_from_frame_records_counts_missing_videos(tiny_setup, monkeypatch):
     with open(os.path.join(tiny_setup["raw"], "grounding_heldout.jsonl")) as f:
         records = [json.loads(line) for line in f][:2]
     records.append({"qid": 99, "vid": "absent_video", "query": "A red circle appears.", "duration": 10.0,
@@ -151,12 +173,23 @@ def test_evaluate_grounding_from_frame_records_counts_missing_videos(tiny_setup)
     annotations = tiny_setup["root"] / "with_missing.jsonl"
     annotations.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = str(tiny_setup["root"] / "eval_frames")
+    drawn = []
+    original = plots.plot_timelines
+    monkeypatch.setattr(plots, "plot_timelines", lambda rows, path, **kw: drawn.append((rows, kw)) or
+                        original(rows, path, **kw))
     metrics = evaluate(tiny_setup["converted"], "grounding", str(annotations), out,
                        frames_dir=str(tiny_setup["root"] / "frames"), batch_size=2, max_new_tokens=12,
-                       progress=False, system_prompt=SYSTEM_PROMPT)
+                       num_timelines=2, progress=False, system_prompt=SYSTEM_PROMPT)
     predictions = _check_outputs(out, metrics, 3)
     assert metrics["num_missing_videos"] == 1
     assert [p["pred_relevant_windows"] for p in predictions if p["qid"] == 99] == [[]]
+    [(rows, kwargs)] = drawn  # the first two queries, labelled with their text, marked, "2 of 3 shown"
+    assert [row["label"] for row in rows] == [r["query"] for r in records[:2]]
+    with open(os.path.join(out, "answers.jsonl")) as f:
+        answers = {a["qid"]: a for a in map(json.loads, f)}
+    assert [row["status"] for row in rows] == [None if answers[r["qid"]]["parsed"] else "unparsable"
+                                               for r in records[:2]]
+    assert answers[99]["error"] and kwargs["total"] == 3
 
 
 def test_evaluate_action_segmentation_writes_frame_labels(tiny_setup):
@@ -186,19 +219,19 @@ def test_evaluate_action_segmentation_writes_frame_labels(tiny_setup):
 def test_grounding_annotations_in_three_formats(tmp_path):
     charades = tmp_path / "charades.txt"
     charades.write_text("AO8RW 0.0 6.9##a person is putting a book on a shelf.\nY6R7T 12.1 20.5##Person opens door\n")
-    records = tasks.load_grounding(str(charades), {"AO8RW": 33.0})
+    records = annotations.read_grounding(str(charades), {"AO8RW": 33.0}).records
     assert [r["relevant_windows"] for r in records] == [[[0.0, 6.9]], [[12.1, 20.5]]]
     assert records[0]["duration"] == 33.0 and records[1]["duration"] is None
     anet = tmp_path / "anet.json"
     anet.write_text(json.dumps({"v_x": {"duration": 50.0, "timestamps": [[1, 5], [6, 9]],
                                         "sentences": ["A man runs.", " He jumps."]}}))
-    records = tasks.load_grounding(str(anet))
+    records = annotations.read_grounding(str(anet)).records
     assert [(r["query"], r["relevant_windows"]) for r in records] == [("A man runs.", [[1.0, 5.0]]),
                                                                       ("He jumps.", [[6.0, 9.0]])]
     bad = tmp_path / "bad.txt"
     bad.write_text("AO8RW 0.0##missing end\n")
     with pytest.raises(ValueError, match="bad.txt, line 1"):
-        tasks.load_grounding(str(bad))
+        annotations.read_grounding(str(bad))
     assert tasks.grounding_question("A red circle appears.") == "Find the moment when a red circle appears."
 
 
@@ -261,3 +294,168 @@ def test_rendered_answer_reads_like_the_training_text(tiny_setup):
     answer = generate.render_answer(ids + [tokenizer.eos_id], times, 20.0, tokenizer)
     assert answer.text == "It appears from 4.0s to 12.0s. Then 13.0s to 16.0s: a red circle."
     assert answer.windows == [(4.0, 12.0), (13.0, 16.0)]
+
+
+# ------------------------------------------------------------------------------------ resume, batches, export
+def _heldout(tiny_setup):
+    return os.path.join(tiny_setup["raw"], "grounding_heldout.jsonl")
+
+
+def _eval_kwargs(tiny_setup):
+    return dict(frames_dir=str(tiny_setup["root"] / "frames"), batch_size=2, max_new_tokens=12, progress=False,
+                system_prompt=SYSTEM_PROMPT)
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def test_evaluate_interrupted_then_resumed_equals_uninterrupted(tiny_setup, monkeypatch):
+    """Ctrl-C after the first batch keeps its answers; the rerun answers the rest in the same batches."""
+    root, annotations_path = tiny_setup["root"], _heldout(tiny_setup)
+    full = evaluate(tiny_setup["converted"], "grounding", annotations_path, str(root / "full"),
+                    **_eval_kwargs(tiny_setup))
+    answer_encoded = generate.Generator.answer_encoded
+    calls = []
+
+    def interrupted_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what SIGINT raises in the main thread
+        return answer_encoded(self, *args, **kwargs)
+
+    monkeypatch.setattr(generate.Generator, "answer_encoded", interrupted_on_the_second_batch)
+    out = root / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny_setup["converted"], "grounding", annotations_path, str(out), **_eval_kwargs(tiny_setup))
+    parts = sorted(os.listdir(out / "answers.parts"))
+    assert parts == ["part-00000.jsonl", "run.json"] and not (out / "metrics.json").exists()
+    assert len(_read(out / "answers.parts" / "part-00000.jsonl").splitlines()) == 2  # the first batch, kept
+    monkeypatch.setattr(generate.Generator, "answer_encoded", answer_encoded)
+    resumed = evaluate(tiny_setup["converted"], "grounding", annotations_path, str(out), **_eval_kwargs(tiny_setup))
+    assert {k: v for k, v in resumed.items() if k != "predictions"} == \
+        {k: v for k, v in full.items() if k != "predictions"}
+    assert _read(out / "answers.jsonl") == _read(root / "full" / "answers.jsonl")
+    assert _read(out / "predictions.jsonl") == _read(root / "full" / "predictions.jsonl")
+
+    def refuse(path):
+        raise AssertionError("a finished evaluation is re-scored without loading the model")
+    monkeypatch.setattr(load, "load_params", refuse)
+    assert evaluate(tiny_setup["converted"], "grounding", annotations_path, str(out),
+                    **_eval_kwargs(tiny_setup)) == resumed
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(tiny_setup["converted"], "grounding", annotations_path, str(out),
+                 **dict(_eval_kwargs(tiny_setup), max_new_tokens=11))
+
+
+def test_bad_ground_truth_is_rejected_before_the_model_loads(tiny_setup, no_params, tmp_path):
+    with open(_heldout(tiny_setup)) as f:
+        records = [json.loads(line) for line in f]
+    cases = {"dup.jsonl": [records[0], records[0]],
+             "nan.jsonl": [dict(records[0], duration=float("nan"))],
+             "long.jsonl": [dict(records[0], query=" ".join(["word"] * 2000))]}
+    for name, bad in cases.items():
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in bad))
+        with pytest.raises(annotations.AnnotationError, match=f"{name}, line"):
+            evaluate(tiny_setup["converted"], "grounding", str(path), str(tmp_path / "out"),
+                     **_eval_kwargs(tiny_setup))
+        assert not (tmp_path / "out").exists()
+
+
+def test_charades_ground_truth_scores_alike_in_evaluate_and_score(tiny_setup, tmp_path):
+    from momentor_jax.score import score
+    with open(_heldout(tiny_setup)) as f:
+        records = [json.loads(line) for line in f]
+    charades = tmp_path / "charades.txt"
+    charades.write_text("".join(f"{r['vid']} {r['relevant_windows'][0][0]} {r['relevant_windows'][0][1]}##"
+                                f"{r['query']}\n" for r in records))
+    metrics = evaluate(tiny_setup["converted"], "grounding", str(charades), str(tmp_path / "out"),
+                       **_eval_kwargs(tiny_setup))
+    assert metrics["num_queries"] == len(records)
+    scored = score("grounding", metrics["predictions"], [str(charades)])
+    assert scored == {k: metrics[k] for k in ("R1@0.3", "R1@0.5", "R1@0.7", "mIoU")}
+
+
+def test_video_source_finds_upper_case_extensions(tiny_setup, tmp_path):
+    import shutil
+    from momentor_jax.evaluate import MissingVideo, VideoSource
+    vid = next(iter(tiny_setup["specs"]))
+    shutil.copy(os.path.join(tiny_setup["raw"], "videos", f"{vid}.mp4"), tmp_path / "Clip.V1.MP4")
+    source = VideoSource(tiny_setup["config"], video_dir=str(tmp_path))
+    frames, duration = source.get("Clip.V1")
+    assert frames.shape[0] == tiny_setup["config"].num_frames and duration > 0
+    with pytest.raises(MissingVideo, match="no such video"):
+        source.get("Clip")
+
+
+def test_predict_and_evaluate_read_answers_alike(tiny_setup):
+    """One parser: the windows of predict --json and evaluate's submission agree on a fixed set of answers."""
+    from momentor_jax import predict
+    from momentor_jax.data.tokenizer import MomentorTokenizer
+    from test_evaluation_inputs import ANSWERS
+    tokenizer = MomentorTokenizer.load(str(tiny_setup["root"] / "data" / "tokenizer"))
+    task = tasks.grounding_task([{"qid": 0, "vid": "v", "query": "q", "duration": 20.0,
+                                  "relevant_windows": [[2.0, 8.0]]}], "gt")
+    temporal = [tokenizer.vocab_size + k for k in (3, 13, 1)]  # 26.0s 8.3s 7.2s at 0.65, 0.2075, 0.18 of 40 s
+    rendered = [generate.render_answer(tokenizer.encode(text, add_bos=False) + [tokenizer.eos_id],
+                                       np.zeros(256), 20.0, tokenizer) for text, _ in ANSWERS]
+    rendered.append(generate.render_answer(temporal + [tokenizer.eos_id], [0.65, 0.2075, 0.18, 0.0], 40.0,
+                                           tokenizer))
+    assert rendered[-1].text == "26.0s 8.3s 7.2s"
+    for answer, duration in zip(rendered, [20.0] * len(ANSWERS) + [40.0]):
+        from_predict = predict.answer_json("v.mp4", duration, "q", answer)
+        prediction, parsed = task.to_prediction(task.queries[0], answer.text, duration)
+        assert [w[:2] for w in prediction["pred_relevant_windows"]] == from_predict["windows"], answer.text
+        assert parsed == from_predict["parsed"] == bool(from_predict["windows"])
+    assert not rendered[-1].windows and rendered[-1].times == [26.0, 8.3, 7.2]
+    assert rendered[1].windows == [(2.0, 8.0), (9.0, 20.0)]
+
+
+def test_batch_predict_equals_single_predicts(tiny_setup, tmp_path, monkeypatch):
+    from momentor_jax import predict
+    vids = list(tiny_setup["specs"])
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    questions = [{"video": os.path.join(tiny_setup["raw"], "videos", f"{vids[0]}.mp4"), "question": "When?",
+                  "id": "a"},
+                 {"video": os.path.join(tiny_setup["raw"], "videos", f"{vids[1]}.mp4"), "question": "When?"},
+                 {"video": "broken.mp4", "question": "When?"},  # relative to the questions file
+                 {"video": os.path.join(tiny_setup["raw"], "videos", f"{vids[0]}.mp4"),
+                  "question": "Where is the red circle?", "id": {"n": 4}}]
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    encode = generate.Generator.encode
+    encoded = []
+    monkeypatch.setattr(generate.Generator, "encode", lambda self, v: encoded.append(len(v)) or encode(self, v))
+    out = str(tmp_path / "answers.jsonl")
+    summary = predict.predict_batch(tiny_setup["converted"], str(path), out, max_new_tokens=12, batch_size=2,
+                                    system_prompt=SYSTEM_PROMPT, progress=False)
+    assert summary == {"answered": 3, "failed": 1, "out": out}
+    assert encoded == [1, 1]  # each decodable video encoded once for all its questions
+    with open(out) as f:
+        lines = [json.loads(line) for line in f]
+    assert [line.get("id") for line in lines] == ["a", None, None, {"n": 4}]
+    assert "broken.mp4: " in lines[2]["error"]
+    for question, line in zip(questions, lines):
+        if "error" in line:
+            continue
+        single = predict.predict(tiny_setup["converted"], question["video"], question["question"],
+                                 max_new_tokens=12, system_prompt=SYSTEM_PROMPT)
+        assert {k: v for k, v in line.items() if k != "id"} == single
+
+
+def test_export_hf_takes_every_checkpoint_layout(tiny_setup, tmp_path):
+    from momentor_jax.convert.__main__ import main
+    layouts = {"run": tiny_setup["workdir"], "step": os.path.join(tiny_setup["workdir"], "checkpoints", "3"),
+               "converted": tiny_setup["converted"]}
+    for name, checkpoint in layouts.items():
+        assert main(["export_hf", "--checkpoint", checkpoint, "--out", str(tmp_path / name)]) == 0
+    for name in layouts:
+        for file in ("llm/model.safetensors", "llm/tokenizer.model", "vision/model.safetensors",
+                     "momentor_extras.safetensors"):
+            with open(tmp_path / name / file, "rb") as a, open(tmp_path / "converted" / file, "rb") as b:
+                assert a.read() == b.read(), (name, file)
+        assert (tmp_path / name / "llm" / "tokenizer_config.json").exists()
+    assert main(["export_hf", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2

@@ -17,7 +17,7 @@ momentor_jax differs are switches (PUBLIC_OPTIONS and `public_config`, see the R
   text_embedding_grad="video_markers"  (config) the public `orig_embeds_params` detach
   reduction="sum_of_row_means"   the public loss: one token mean per row, summed over the rows
 With M != N frames (the public code needs M == N), frame i gets the temporal embedding interpolated at i / (M - 1)
-(DESIGN.md), as in models/tpm.py.
+(docs/DESIGN.md, section 1), as in models/tpm.py.
 
 It imports torch and transformers at the top: import it only where torch is wanted.
 """

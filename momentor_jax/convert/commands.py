@@ -1,5 +1,8 @@
 """The three conversion commands: import_hf, export_hf, check_logits (see convert/__main__.py for the CLI).
 
+export_hf and check_logits read any checkpoint layout the inference loader reads (inference/load.py: a training
+workdir, one of its step directories, or a converted checkpoint); import_hf writes the converted layout.
+
 Vocabulary (constants.py): the HF LLaMA has B sentencepiece rows; Momentor's model has V = B + 5 (ADDED_TOKENS) and
 N temporal tokens kept in the TPM tables. An exported LLaMA has V + N rows (embed rows [embed_tokens; E_in'], head rows
 [lm_head; E_out']) and records V, N and the tie flag in its config.json (`momentor_*` keys) so import splits it back.
@@ -10,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from typing import Callable, Optional
 
 import jax
@@ -17,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from momentor_jax import constants
-from momentor_jax.checkpoint_io import TOKENIZER_FILE, load_params, save_params
+from momentor_jax.checkpoint_io import TOKENIZER_FILE, save_params
 from momentor_jax.convert import hf
 from momentor_jax.models import tpm as tpm_lib
 from momentor_jax.models.config import MomentorConfig, VisionConfig
@@ -229,8 +233,18 @@ def _export_tokenizer(model_path: str, out_dir: str, vocab_size: int, num_tokens
 
 
 def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> None:
-    """Writes OUT/llm (LlamaForCausalLM, vocabulary V + N), OUT/vision (CLIPVisionModel) and OUT/momentor_extras."""
-    params, config = load_params(checkpoint)
+    """Writes OUT/llm (LlamaForCausalLM, vocabulary V + N, with tokenizer files when the checkpoint has a
+    sentencepiece tokenizer), OUT/vision (CLIPVisionModel) and OUT/momentor_extras. `checkpoint`: any layout the
+    inference loader reads (a training workdir's latest step, a step directory, a converted checkpoint)."""
+    from momentor_jax.inference import load  # noqa: PLC0415
+
+    started = time.perf_counter()
+    located = load.locate(checkpoint)
+    config = load.load_config(checkpoint)
+    log(f"reading {located.params_dir}" + (f" (step {located.step} of {located.workdir})" if located.step else ""))
+    params = load.load_params(checkpoint)
+    log(f"read the parameters in {time.perf_counter() - started:.1f} s; writing the LLM in Hugging Face layout "
+        "(loads transformers) ...")
     llm_cfg = config.llm
     vocab_size, tie = llm_cfg.vocab_size, llm_cfg.tie_word_embeddings
     tensors = hf.llama_to_hf(params["llm"], llm_cfg)
@@ -250,10 +264,13 @@ def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> 
     hf_config.save_pretrained(llm_dir)
     hf.write_safetensors(os.path.join(llm_dir, "model.safetensors"), tensors)
     log(f"wrote {llm_dir} (vocabulary {vocab_size} + {num_tokens} temporal tokens)")
-    tokenizer_path = os.path.join(checkpoint, TOKENIZER_FILE)
-    if os.path.exists(tokenizer_path):
+    tokenizer_path = load.sentencepiece_model(checkpoint)
+    if tokenizer_path:
+        log(f"writing tokenizer files from {tokenizer_path}")
         _export_tokenizer(tokenizer_path, llm_dir, vocab_size, num_tokens)
         log(f"wrote tokenizer files to {llm_dir}")
+    else:
+        log(f"{checkpoint}: no sentencepiece tokenizer found; {llm_dir} has no tokenizer files")
 
     if "vision" in params:
         vision_dir = os.path.join(out, "vision")
@@ -269,7 +286,7 @@ def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> 
         extras[TEMPORAL_INPUT] = np.asarray(tpm["input_embedding"])
         extras[TEMPORAL_OUTPUT] = np.asarray(tpm["output_embedding"])
     hf.write_safetensors(os.path.join(out, EXTRAS_FILE), extras)
-    log(f"wrote {os.path.join(out, EXTRAS_FILE)}")
+    log(f"wrote {os.path.join(out, EXTRAS_FILE)}; export took {time.perf_counter() - started:.1f} s")
 
 
 def check_logits(checkpoint: str, hf_llama: str, hf_clip: Optional[str] = None, batch_size: int = 2,
@@ -286,7 +303,9 @@ def check_logits(checkpoint: str, hf_llama: str, hf_clip: Optional[str] = None, 
     from momentor_jax.models.llama import LlamaModel  # noqa: PLC0415
     from momentor_jax.models.vit import VisionTower  # noqa: PLC0415
 
-    params, config = load_params(checkpoint)
+    from momentor_jax.inference import load  # noqa: PLC0415
+
+    params, config = load.load_params(checkpoint), load.load_config(checkpoint)
     rng = np.random.default_rng(seed)
     llm_cfg = dataclasses.replace(config.llm, dtype="float32")
     model = transformers.LlamaForCausalLM.from_pretrained(hf_llama, dtype=torch.float32,

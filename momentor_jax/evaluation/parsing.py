@@ -1,7 +1,11 @@
-"""Turn answer text (times rendered in seconds) back into windows and captioned events.
+"""The one answer parser: answer text (times in seconds) -> windows and captioned events.
 
-Generation renders each temporal token as seconds ("12.3s"), and text-timestamp models write times themselves in
-the public script's templates ("12.30s-15.00s", "12 seconds to 15 seconds", ...). Both parse the same way here.
+`predict` (its --json windows, and batch answers) and `evaluate` (every task's submission) both read answers here,
+so an answer means the same to both. Generation renders each temporal token as seconds ("12.3s"), and text-timestamp
+models write times in the public script's templates ("12.30s-15.00s", "12 seconds to 15 seconds", "12s~15s"); an
+LLM may also say "between 12.3s and 15.0s". A window is two times joined by one of those words; loose times that
+are not joined ("26.0s 8.3s 7.2s") are not windows, and an answer without a window is unparsable.
+Reversed windows are swapped; with a duration, both ends are clipped to [0, duration].
 """
 from __future__ import annotations
 
@@ -9,35 +13,35 @@ import re
 from typing import List, Optional, Tuple
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
-_UNIT = r"\s*(?:s\b|sec(?:ond)?s?\b)?"
-_WINDOW = re.compile(_NUMBER + _UNIT + r"\s*(?:to|-|~|–)\s*" + _NUMBER + _UNIT)
-# An event of a GESM / dense-captioning answer: "<window>: caption" up to the next window or the end.
-_EVENT = re.compile(_WINDOW.pattern + r"\s*[:,]?\s*(.*?)(?=\s*" + _NUMBER + _UNIT + r"\s*(?:to|-|~|–)\s*" + _NUMBER
-                    + "|$)", re.S)
+_UNIT = r"(?:\s*(?:s\b|secs?\b|seconds?\b))?"
+_JOINED = rf"{_NUMBER}{_UNIT}\s*(?:to|-|~|–|—)\s*{_NUMBER}{_UNIT}"
+_BETWEEN = rf"between\s+{_NUMBER}{_UNIT}\s+and\s+{_NUMBER}{_UNIT}"
+_WINDOW = re.compile(rf"{_BETWEEN}|{_JOINED}", re.IGNORECASE)
+
+
+def _windows_in(text: str, duration: Optional[float]):
+    """(start, end, match) for every window in order of appearance."""
+    for match in _WINDOW.finditer(text):
+        groups = [g for g in match.groups() if g is not None]
+        start, end = float(groups[0]), float(groups[1])
+        if end < start:
+            start, end = end, start
+        if duration is not None:
+            start, end = min(max(start, 0.0), duration), min(max(end, 0.0), duration)
+        yield start, end, match
 
 
 def parse_windows(text: str, duration: Optional[float] = None) -> List[Tuple[float, float]]:
-    """All "<start> to <end>" windows in order of appearance; start/end swapped if reversed, clipped to duration."""
-    windows = []
-    for match in _WINDOW.finditer(text):
-        start, end = float(match.group(1)), float(match.group(2))
-        if end < start:
-            start, end = end, start
-        if duration is not None:
-            start, end = min(max(start, 0.0), duration), min(max(end, 0.0), duration)
-        windows.append((start, end))
-    return windows
+    """All windows in order of appearance (see the module docstring)."""
+    return [(start, end) for start, end, _ in _windows_in(text, duration)]
 
 
 def parse_events(text: str, duration: Optional[float] = None) -> List[Tuple[float, float, str]]:
-    """Captioned events "<start> to <end>: caption" in order; the caption runs to the next window."""
+    """Captioned events "<window>: caption" in order; a caption runs from its window to the next one."""
+    found = list(_windows_in(text, duration))
     events = []
-    for match in _EVENT.finditer(text):
-        start, end = float(match.group(1)), float(match.group(2))
-        if end < start:
-            start, end = end, start
-        if duration is not None:
-            start, end = min(max(start, 0.0), duration), min(max(end, 0.0), duration)
-        caption = match.group(3).strip().rstrip(".,;").strip()
+    for i, (start, end, match) in enumerate(found):
+        stop = found[i + 1][2].start() if i + 1 < len(found) else len(text)
+        caption = text[match.end():stop].strip().lstrip(":,").strip().rstrip(".,;").strip()
         events.append((start, end, caption))
     return events

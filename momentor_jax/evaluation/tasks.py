@@ -1,8 +1,9 @@
 """Zero-shot evaluation tasks: annotations -> questions, answers -> submissions, submissions -> metrics.
 
-Each task turns its annotation file into `Query`s (one question about one video), turns each generated answer into
-its part of the standard submission format, and scores the whole submission with the metrics package. Answers
-that cannot be parsed stay in the submission as empty predictions (scored as misses) and are counted.
+Each task turns its checked annotations (evaluation/annotations.py) into `Query`s (one question about one video),
+turns each generated answer into its part of the standard submission format (answers read by evaluation/parsing.py,
+as `predict` reads them), and scores the whole submission with the metrics package. Answers that cannot be parsed
+stay in the submission as empty predictions (scored as misses) and are counted.
 
     grounding            QVHighlights-style JSONL, Charades-STA txt ("vid s e##sentence") or ActivityNet Captions
                          json -> JSONL {qid, query, vid, pred_relevant_windows: [[s, e, score]]}
@@ -16,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from momentor_jax import fileio
+from momentor_jax.evaluation import annotations as annotations_lib
 from momentor_jax.evaluation import parsing
 from momentor_jax.evaluation.metrics import (evaluate_dense_captioning, evaluate_grounding, evaluate_highlights,
                                              evaluate_segmentation)
@@ -42,6 +44,8 @@ class Query:
     question: str
     duration: Optional[float]  # seconds; None: taken from the video
     record: dict               # the annotation it came from
+    where: str = ""            # file and record, for messages
+    text: str = ""             # what the timeline labels its row with (the query, or the video id)
 
 
 def grounding_question(query: str) -> str:
@@ -53,75 +57,6 @@ def grounding_question(query: str) -> str:
     return GROUNDING_QUESTION.format(query=text)
 
 
-# ------------------------------------------------------------------------------------------- annotations
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read JSON annotations ({e})") from e
-
-
-def _read_jsonl(path: str) -> list:
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError as e:
-                    raise ValueError(f"{path}, line {number}: not JSON ({e})") from e
-    return records
-
-
-def _charades_records(path: str, durations: Mapping[str, float]) -> list:
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            head, sep, sentence = line.strip().partition("##")
-            parts = head.split()
-            if not sep or len(parts) != 3:
-                raise ValueError(f"{path}, line {number}: expected 'vid start end##sentence', got {line.strip()!r}")
-            try:
-                start, end = float(parts[1]), float(parts[2])
-            except ValueError as e:
-                raise ValueError(f"{path}, line {number}: bad times ({e})") from e
-            records.append({"qid": len(records), "vid": parts[0], "query": sentence.strip(),
-                            "duration": durations.get(parts[0]), "relevant_windows": [[start, end]]})
-    return records
-
-
-def _activitynet_grounding(path: str, data: Mapping) -> list:
-    records = []
-    for vid, entry in data.items():
-        if not isinstance(entry, Mapping) or len(entry.get("timestamps", ())) != len(entry.get("sentences", ())):
-            raise ValueError(f"{path}, video {vid}: expected {{duration, timestamps, sentences}} of equal lengths")
-        for (start, end), sentence in zip(entry["timestamps"], entry["sentences"]):
-            records.append({"qid": len(records), "vid": vid, "query": sentence.strip(),
-                            "duration": float(entry["duration"]), "relevant_windows": [[float(start), float(end)]]})
-    return records
-
-
-def load_grounding(path: str, durations: Optional[Mapping[str, float]] = None) -> list:
-    """Ground-truth records {qid, vid, query, duration (None if unknown), relevant_windows} from any of the three
-    formats (told apart by extension: .jsonl, .txt, .json)."""
-    if path.endswith(".jsonl"):
-        records = _read_jsonl(path)
-        for i, r in enumerate(records):
-            for field in ("qid", "vid", "query", "relevant_windows"):
-                if field not in r:
-                    raise ValueError(f"{path}, record #{i + 1}: missing '{field}'")
-        return records
-    if path.endswith(".txt"):
-        return _charades_records(path, durations or {})
-    if path.endswith(".json"):
-        return _activitynet_grounding(path, _read_json(path))
-    raise ValueError(f"{path}: grounding annotations must be .jsonl (QVHighlights), .txt (Charades-STA) or .json "
-                     "(ActivityNet Captions)")
-
-
 # ----------------------------------------------------------------------------------------------- tasks
 @dataclasses.dataclass
 class Task:
@@ -131,6 +66,7 @@ class Task:
     write: Callable[[dict, str], str]                # ({qid: prediction}, out dir) -> path of the submission
     score: Callable[[dict], dict]                    # {qid: prediction} -> metrics
     timeline: Callable[[Query, Any, float], dict]    # -> plot_timelines row
+    annotations: Optional[annotations_lib.Annotations] = None  # notes and counts of the checked ground truth
 
 
 def _window_prediction(query: Query, text: str, duration: float) -> tuple:
@@ -141,28 +77,31 @@ def _window_prediction(query: Query, text: str, duration: float) -> tuple:
 
 
 def _windows_timeline(query: Query, prediction: dict, duration: float) -> dict:
-    return {"label": f"{query.vid} #{query.qid}", "duration": duration,
+    return {"label": query.text, "duration": duration,
             "ground_truth": [w[:2] for w in query.record.get("relevant_windows", [])],
             "predicted": [w[:2] for w in prediction["pred_relevant_windows"][:1]]}
 
 
 def _write_jsonl(predictions: dict, out_dir: str, name: str) -> str:
-    path = os.path.join(out_dir, name)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(p) + "\n" for p in predictions.values())
+    path = fileio.join(out_dir, name)
+    fileio.write_text(path, "".join(json.dumps(p) + "\n" for p in predictions.values()))
     return path
 
 
 def _write_json(payload: Any, out_dir: str, name: str) -> str:
-    path = os.path.join(out_dir, name)
-    with open(path, "w") as f:
-        json.dump(payload, f)
+    path = fileio.join(out_dir, name)
+    fileio.write_text(path, json.dumps(payload))
     return path
 
 
-def grounding_task(records: list, gt_source: str) -> Task:
-    queries = [Query(r["qid"], str(r["vid"]), grounding_question(r["query"]), r.get("duration"), r)
-               for r in records]
+def _window_queries(records: list, locations: Sequence[str] = ()) -> list:
+    locations = list(locations) or [f"record {i + 1}" for i in range(len(records))]
+    return [Query(r["qid"], str(r["vid"]), grounding_question(r["query"]), r.get("duration"), r, where,
+                  r["query"].strip()) for r, where in zip(records, locations)]
+
+
+def grounding_task(records: list, gt_source: str, locations: Sequence[str] = ()) -> Task:
+    queries = _window_queries(records, locations)
 
     def score(predictions: dict) -> dict:
         gt = [q.record for q in queries if q.qid in predictions]
@@ -172,9 +111,8 @@ def grounding_task(records: list, gt_source: str) -> Task:
                 lambda p, out: _write_jsonl(p, out, "predictions.jsonl"), score, _windows_timeline)
 
 
-def highlights_task(records: list, gt_source: str) -> Task:
-    queries = [Query(r["qid"], str(r["vid"]), grounding_question(r["query"]), r.get("duration"), r)
-               for r in records]
+def highlights_task(records: list, gt_source: str, locations: Sequence[str] = ()) -> Task:
+    queries = _window_queries(records, locations)
     with_saliency = bool(records) and all("saliency_scores" in r for r in records)
 
     def to_prediction(query: Query, text: str, duration: float) -> tuple:
@@ -195,14 +133,15 @@ def highlights_task(records: list, gt_source: str) -> Task:
                 score, _windows_timeline)
 
 
-def _event_queries(ground_truth: Mapping) -> list:
+def _event_queries(ground_truth: Mapping, gt_source: str) -> list:
     return [Query(vid, str(vid), EVENTS_QUESTION, float(entry["duration"]) if isinstance(entry, Mapping) else None,
-                  dict(entry) if isinstance(entry, Mapping) else {"labels": entry})
+                  dict(entry) if isinstance(entry, Mapping) else {"labels": entry}, f"{gt_source}, video {vid!r}",
+                  str(vid))
             for vid, entry in ground_truth.items()]
 
 
 def dense_captioning_task(ground_truth: Mapping, gt_source: str) -> Task:
-    queries = _event_queries(ground_truth)
+    queries = _event_queries(ground_truth, gt_source)
 
     def to_prediction(query: Query, text: str, duration: float) -> tuple:
         events = parsing.parse_events(text, duration)
@@ -214,7 +153,7 @@ def dense_captioning_task(ground_truth: Mapping, gt_source: str) -> Task:
         return evaluate_dense_captioning(predictions, [gt], gt_sources=[gt_source])
 
     def timeline(query: Query, prediction: list, duration: float) -> dict:
-        return {"label": query.vid, "duration": duration, "ground_truth": query.record.get("timestamps", []),
+        return {"label": query.text, "duration": duration, "ground_truth": query.record.get("timestamps", []),
                 "predicted": [p["timestamp"] for p in prediction]}
 
     return Task("dense_captioning", queries, to_prediction,
@@ -246,7 +185,7 @@ def action_segmentation_task(ground_truth: Mapping, gt_source: str) -> Task:
     classes = sorted({str(label) for labels in ground_truth.values() for label in labels} - {BACKGROUND})
     if not classes:
         raise ValueError(f"{gt_source}: no action classes besides {BACKGROUND!r}")
-    queries = _event_queries(ground_truth)
+    queries = _event_queries(ground_truth, gt_source)
 
     def to_prediction(query: Query, text: str, duration: float) -> tuple:
         events = parsing.parse_events(text, duration)
@@ -267,7 +206,7 @@ def action_segmentation_task(ground_truth: Mapping, gt_source: str) -> Task:
                 if start is None and label is not None and str(label) != BACKGROUND:
                     start = i
             return out
-        return {"label": query.vid, "duration": duration, "ground_truth": spans(query.record["labels"]),
+        return {"label": query.text, "duration": duration, "ground_truth": spans(query.record["labels"]),
                 "predicted": spans(prediction)}
 
     return Task("action_segmentation", queries, to_prediction,
@@ -275,19 +214,18 @@ def action_segmentation_task(ground_truth: Mapping, gt_source: str) -> Task:
 
 
 def make_task(name: str, annotations: str, durations: Optional[Mapping[str, float]] = None) -> Task:
-    if name == "grounding":
-        return grounding_task(load_grounding(annotations, durations), annotations)
-    if name == "highlights":
-        return highlights_task(load_grounding(annotations, durations), annotations)
-    if name == "dense_captioning":
-        data = _read_json(annotations)
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{annotations}: expected ActivityNet Captions {{vid: {{duration, timestamps, "
-                             "sentences}}")
-        return dense_captioning_task(data, annotations)
-    if name == "action_segmentation":
-        data = _read_json(annotations)
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{annotations}: expected {{vid: [frame labels]}}")
-        return action_segmentation_task(data, annotations)
-    raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")
+    """The task over a checked annotation file (annotations.AnnotationError lists every bad record)."""
+    if name in ("grounding", "highlights"):
+        checked = annotations_lib.read_grounding(annotations, durations)
+        make = grounding_task if name == "grounding" else highlights_task
+        task = make(checked.records, annotations, checked.locations)
+    elif name == "dense_captioning":
+        checked = annotations_lib.read_dense_captioning(annotations)
+        task = dense_captioning_task(checked.records, annotations)
+    elif name == "action_segmentation":
+        checked = annotations_lib.read_segmentation(annotations)
+        task = action_segmentation_task(checked.records, annotations)
+    else:
+        raise ValueError(f"unknown task {name!r}; choose one of {TASKS}")
+    task.annotations = checked
+    return task

@@ -1,21 +1,24 @@
 """Autoregressive decoding with the KV cache, and answers with times in seconds.
 
-`generate_tokens` is one jitted program per (model config, batch shape, sampling settings): the video is encoded
-once, the right-padded prompts fill a fresh cache in one prefill call, then a `lax.while_loop` decodes up to
-`max_new_tokens` tokens (stopping early once every row has written </s>), with no host round trip per token.
+`encode_videos` turns frames (or cached features) into the LLM's frame embeddings [B, M, D]; `generate_from_embeds`
+is one jitted program per (model config, batch shape, sampling settings): the right-padded prompts fill a fresh cache
+in one prefill call, then a `lax.while_loop` decodes up to `max_new_tokens` tokens (stopping early once every row has
+written </s>), with no host round trip per token. `generate_tokens` is the two in one program. Keeping them apart
+lets a caller encode a video once and ask it many questions (`Generator.encode` + `Generator.answer_encoded`).
 
 The LLM decodes with its layers unrolled (`decoding_layout`) on every backend. Under nn.scan the loop body slices
-each layer's weights out of the stacked arrays at every token: on the CPU a copy of all LLM weights per token (the
-bench model's 64-token answer took 5.5 s stacked against 2.3 s unrolled, same tokens), and on accelerators a layer
-loop across which the compiler does not prefetch the next layer's weights (MaxText decodes unscanned checkpoints
-for this reason). The cost is compile time, which grows with the number of layers. `Generator` converts its params
-once; `generate_tokens` given stacked params unstacks them inside the program (one copy per call, before the
-loop), and with unrolled layers the KV cache is one buffer per layer (llama.init_cache).
+each layer's weights out of the stacked arrays at every token: on the CPU a copy of all LLM weights per token, and
+on accelerators a layer loop across which the compiler does not prefetch the next layer's weights (MaxText decodes
+unscanned checkpoints for this reason; figures in the README's Performance section). The cost is compile time,
+which grows with the number of layers. `Generator` converts its params once; `generate_tokens` given stacked params
+unstacks them inside the program (one copy per call, before the loop), and with unrolled layers the KV cache is one
+buffer per layer (llama.init_cache).
 
 A generated temporal token V + k is turned into a sub-token time p with `tpm.decode_time` on the N temporal
 logits (restricted to k and its neighbours, which for greedy decoding is exactly decode_time of all N), and fed
 back as the interpolated E_in' at p. `Generator` wraps this for host callers: prompts -> padded batch -> answer
-text ("12.3s to 15.0s: ...") plus the times and (start, end) windows in seconds.
+text ("12.3s to 15.0s: ...") plus the times in seconds and the windows the answer states (evaluation/parsing.py,
+the parser `evaluate` reads answers with).
 """
 from __future__ import annotations
 
@@ -42,10 +45,22 @@ PROMPT_BUCKET = 64  # prompts are right-padded to a multiple of this, so similar
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """temperature 0: greedy. top_p < 1: nucleus sampling over the smallest set with that much probability."""
+    """temperature 0: greedy. top_p < 1: nucleus sampling over the smallest set with that much probability.
+
+    Checks itself: max_new_tokens >= 1, temperature a finite number >= 0, top_p in (0, 1] (ValueError naming the
+    field)."""
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
+
+    def __post_init__(self):
+        if (isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int)
+                or self.max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not (isinstance(self.temperature, (int, float)) and 0.0 <= self.temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1] (1: no nucleus cut), got {self.top_p!r}")
 
 
 def _banned_ids(config: MomentorConfig) -> list[int]:
@@ -89,13 +104,29 @@ def decoding_layout(params: Any, config: MomentorConfig) -> tuple[Any, MomentorC
     return {**params, "llm": llm_params}, dataclasses.replace(config, llm=llm_config)
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
+def encode_videos(params, video, *, config: MomentorConfig):
+    """Frames [B, M, H, W, 3] uint8 or features [B, M, F] -> frame embeddings [B, M, D] as the prompt takes them."""
+    return Momentor(config).apply({"params": params}, video, method=Momentor.encode_video)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_id"))
 def generate_tokens(params, input_ids, token_times, prompt_lengths, video, rng, *, config: MomentorConfig,
                     sampling: SamplingConfig, eos_id: int) -> dict:
+    """`encode_videos` then `generate_from_embeds` in one program; video frames [B, M, H, W, 3] or features
+    [B, M, F]. See `generate_from_embeds` for the rest."""
+    video_embeds = encode_videos(params, video, config=config)
+    return generate_from_embeds(params, input_ids, token_times, prompt_lengths, video_embeds, rng, config=config,
+                                sampling=sampling, eos_id=eos_id)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_id"))
+def generate_from_embeds(params, input_ids, token_times, prompt_lengths, video_embeds, rng, *,
+                         config: MomentorConfig, sampling: SamplingConfig, eos_id: int) -> dict:
     """Decode after right-padded prompts.
 
-    input_ids/token_times [B, L] (real tokens first, `prompt_lengths` [B] of them), video frames [B, M, H, W, 3] or
-    features [B, M, F]; params in the config's layout (decode faster: pass `decoding_layout`'s params and config,
+    input_ids/token_times [B, L] (real tokens first, `prompt_lengths` [B] of them), video_embeds [B, M, D] from
+    `encode_videos`; params in the config's layout (decode faster: pass `decoding_layout`'s params and config,
     converted once). Returns {'tokens' [B, T] int32 (after </s>: 0), 'times' [B, T] float32 normalized time of
     each temporal token (0 elsewhere), 'num_tokens' [B] int32 generated tokens up to and including </s>}.
     """
@@ -107,7 +138,6 @@ def generate_tokens(params, input_ids, token_times, prompt_lengths, video, rng, 
     vocab_size = config.llm.vocab_size
     has_temporal = config.tpm_enabled
 
-    video_embeds = model.apply(variables, video, method=Momentor.encode_video)
     embeds = model.apply(variables, input_ids, token_times, video_embeds, method=Momentor.embed_inputs)
     cache = llama.init_cache(config.llm, batch_size, prompt_len + steps, to_dtype(config.llm.dtype))
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), (batch_size, prompt_len))
@@ -148,19 +178,28 @@ def generate_tokens(params, input_ids, token_times, prompt_lengths, video, rng, 
 # ----------------------------------------------------------------------------------------------- host side
 @dataclasses.dataclass
 class Answer:
-    """One generated answer: text with times in seconds, the times in order, consecutive pairs as windows."""
+    """One generated answer: text with times in seconds, the times in order, and the windows the text states
+    (evaluation/parsing.py: times joined by "to", "-", "~", "between .. and"; loose times are not windows)."""
     text: str
     times: list
     windows: list
     token_ids: list
 
+    @property
+    def parsed(self) -> bool:
+        """Whether the answer states a window (what evaluate calls parsable)."""
+        return bool(self.windows)
+
     def to_json(self) -> dict:
-        return {"answer": self.text, "times": self.times, "windows": [list(w) for w in self.windows]}
+        return {"answer": self.text, "times": self.times, "windows": [list(w) for w in self.windows],
+                "parsed": self.parsed}
 
 
 def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: float,
                   tokenizer: MomentorTokenizer) -> Answer:
     """Token ids (up to </s>) and normalized times -> Answer with each temporal token written as "12.3s"."""
+    from momentor_jax.evaluation import parsing  # noqa: PLC0415 (keeps the decoding module free of evaluation)
+
     vocab_size = tokenizer.vocab_size
     pieces, run, seconds = [], [], []
 
@@ -186,17 +225,33 @@ def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: fl
         else:
             run.append(token_id)
     flush()
-    windows = [(seconds[i], seconds[i + 1]) if seconds[i] <= seconds[i + 1] else (seconds[i + 1], seconds[i])
-               for i in range(0, len(seconds) - 1, 2)]
-    return Answer(text="".join(pieces).strip(), times=seconds, windows=windows, token_ids=kept)
+    text = "".join(pieces).strip()
+    return Answer(text=text, times=seconds, windows=parsing.parse_windows(text, duration), token_ids=kept)
 
 
 def _bucket(length: int, bucket: int = PROMPT_BUCKET) -> int:
     return -(-length // bucket) * bucket
 
 
+def question_prompt(question: str, tokenizer: MomentorTokenizer, num_frames: int,
+                    system_prompt: str = conversation.SYSTEM_PROMPT, duration: float = 1.0,
+                    input_times: Sequence[float] = ()) -> dict:
+    """{'input_ids', 'token_times'} of the generation prompt for one question about one video."""
+    return build_prompt([{"User": question, "Assistant": None}], tokenizer, num_frames, for_generation=True,
+                        duration=duration, temporal_input_times=input_times, system_prompt=system_prompt)
+
+
+def max_prompt_length(config: MomentorConfig, sampling: SamplingConfig) -> int:
+    """The longest prompt (tokens) that leaves room for `max_new_tokens` in the model's positions."""
+    return config.llm.max_position_embeddings - sampling.max_new_tokens
+
+
 class Generator:
-    """Answers questions about videos with a loaded model (params, config, tokenizer)."""
+    """Answers questions about videos with a loaded model (params, config, tokenizer).
+
+    encode(videos) -> frame embeddings, once per video; answer_encoded(questions, embeddings[rows], durations) ->
+    answers, in fixed-shape batches; answer(questions, videos, durations) is the two together.
+    """
 
     def __init__(self, params: Any, config: MomentorConfig, tokenizer: MomentorTokenizer,
                  system_prompt: str = conversation.SYSTEM_PROMPT, sampling: SamplingConfig = SamplingConfig(),
@@ -210,23 +265,32 @@ class Generator:
         self._rng = jax.random.PRNGKey(seed)
 
     def prompt(self, question: str, duration: float, input_times: Sequence[float] = ()) -> dict:
-        return build_prompt([{"User": question, "Assistant": None}], self.tokenizer, self.config.num_frames,
-                            for_generation=True, duration=duration, temporal_input_times=input_times,
-                            system_prompt=self.system_prompt)
+        return question_prompt(question, self.tokenizer, self.config.num_frames, self.system_prompt, duration,
+                               input_times)
+
+    def encode(self, videos: np.ndarray) -> jax.Array:
+        """Frames [B, M, H, W, 3] uint8 (or cached features [B, M, F]) -> frame embeddings [B, M, D] on device."""
+        return encode_videos(self.params, np.asarray(videos), config=self.config)
 
     def answer(self, questions: Sequence[str], videos: np.ndarray, durations: Sequence[float],
                input_times: Optional[Sequence[Sequence[float]]] = None, batch_size: Optional[int] = None
                ) -> list[Answer]:
-        """One answer per question; videos [B, M, ...] (frames or cached features); durations in seconds.
+        """One answer per question; videos [B, M, ...] (frames or cached features, one per question); durations in
+        seconds. batch_size: pad the batch to this many rows (fixed shapes across calls); default len(questions)."""
+        return self.answer_encoded(questions, self.encode(videos), durations, input_times, batch_size)
 
-        batch_size: pad the batch to this many rows (fixed shapes across calls); default len(questions).
-        """
+    def answer_encoded(self, questions: Sequence[str], video_embeds, durations: Sequence[float],
+                       input_times: Optional[Sequence[Sequence[float]]] = None, batch_size: Optional[int] = None
+                       ) -> list[Answer]:
+        """As `answer`, with the videos already encoded: video_embeds [B, M, D], one row per question."""
         count = len(questions)
         if count == 0:
             return []
         batch_size = batch_size or count
         if count > batch_size:
             raise ValueError(f"{count} questions for a batch of {batch_size}")
+        if len(video_embeds) != count or len(durations) != count:
+            raise ValueError(f"{count} questions, {len(video_embeds)} videos and {len(durations)} durations")
         input_times = input_times or [()] * count
         prompts = [self.prompt(q, float(d), t) for q, d, t in zip(questions, durations, input_times)]
         lengths = np.array([len(p["input_ids"]) for p in prompts] + [1] * (batch_size - count), np.int32)
@@ -234,7 +298,7 @@ class Generator:
         width = _bucket(int(lengths.max()))
         if width + self.sampling.max_new_tokens > max_positions:
             width = int(lengths.max())
-        if width + self.sampling.max_new_tokens > max_positions:
+        if width > max_prompt_length(self.config, self.sampling):
             raise ValueError(f"prompt of {width} tokens + max_new_tokens {self.sampling.max_new_tokens} exceeds "
                              f"max_position_embeddings {max_positions}")
         input_ids = np.zeros((batch_size, width), np.int32)
@@ -243,11 +307,10 @@ class Generator:
         for row, p in enumerate(prompts):
             input_ids[row, :len(p["input_ids"])] = p["input_ids"]
             token_times[row, :len(p["token_times"])] = p["token_times"]
-        videos = np.asarray(videos)
-        if len(videos) < batch_size:
-            videos = np.concatenate([videos, np.repeat(videos[-1:], batch_size - len(videos), axis=0)])
+        if count < batch_size:  # padding rows repeat the last video; their answers are dropped
+            video_embeds = jnp.concatenate([video_embeds, jnp.repeat(video_embeds[-1:], batch_size - count, 0)])
         self._rng, rng = jax.random.split(self._rng)
-        out = generate_tokens(self.params, input_ids, token_times, lengths, videos, rng, config=self.config,
-                              sampling=self.sampling, eos_id=self.tokenizer.eos_id)
+        out = generate_from_embeds(self.params, input_ids, token_times, lengths, video_embeds, rng,
+                                   config=self.config, sampling=self.sampling, eos_id=self.tokenizer.eos_id)
         tokens, times = np.asarray(out["tokens"]), np.asarray(out["times"])
         return [render_answer(tokens[i], times[i], float(durations[i]), self.tokenizer) for i in range(count)]

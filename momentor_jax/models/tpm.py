@@ -1,4 +1,4 @@
-"""Temporal Perception Module (TPM): N temporal tokens with a continuous time axis (DESIGN.md section 1).
+"""Temporal Perception Module (TPM): N temporal tokens with a continuous time axis (docs/DESIGN.md, section 1).
 
 A normalized time p in [0, 1] sits at position e = p (N - 1) between tokens floor(e) and ceil(e). Two tables,
 E_in (embeddings of times fed to the LLM) and E_out (extra LM-head rows scoring times), are used through neighboring

@@ -342,11 +342,11 @@ def _define_flags():
 
 
 def run() -> None:
-    from absl import app  # noqa: PLC0415
-    if os.getcwd() not in sys.path:                 # `configs` imports as a package from the project root
-        sys.path.insert(0, os.getcwd())
+    from momentor_jax import cli  # noqa: PLC0415
+    if cli.REPO_ROOT not in sys.path:              # config files import `configs` as a package from the repository
+        sys.path.insert(0, cli.REPO_ROOT)
     _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(lambda argv: sys.exit(main(argv)))
 
 
 if __name__ == "__main__":

@@ -363,6 +363,8 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
     """Creates or restores the state and trains to `total_steps`. `data_iterator` yields per-process numpy
     batches and has get_state() / set_state(); `init_batch` (default: one zero example of the model's batch layout)
     only gives shapes for parameter creation."""
+    started = time.perf_counter()
+    logging.info("creating the train state (shapes and shardings; restore, warm start or a compiled random init) ...")
     factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                        save_every_steps=config.checkpoint_every_steps,
@@ -371,6 +373,7 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
     stop = StopSignal()
     try:
         state, start_step = _initial_state(config, factory, ckpt, data_iterator)
+        logging.info("train state ready in %.1f s", time.perf_counter() - started)
         logging.info("mesh %s | params: %s trainable, %s frozen | steps %d -> %d", dict(mesh.shape),
                      f"{count_params(state.trainable):,}", f"{count_params(state.frozen):,}", start_step,
                      total_steps)
@@ -422,10 +425,13 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
             if step > start_step:
                 _save(ckpt, step, state, factory, data_iterator, buffer, history)
             break
+        if step == start_step + 1:
+            logging.info("step %d: compiling the train step (the first step includes compilation) ...", step)
         state, metrics = step_fn(state, sharding.global_batch(local_batch, mesh))
         buffer.add(step, metrics)
         if step == start_step + 1:  # keep compilation out of the throughput numbers
             jax.block_until_ready(metrics)
+            logging.info("step %d done in %.1f s (compilation included)", step, time.perf_counter() - timer_start)
             timer_start, timer_step = time.perf_counter(), step
 
         last = step == total_steps

@@ -9,10 +9,11 @@ Reference: yabufarha/ms-tcn @ 33ed91c0c757, eval.py. Its conventions, kept:
   over videos, then F1 (0 when undefined).
 Where the reference fails, the behaviour here is ours: a video with no segment in both sequences has Edit 100, and
 predicted segments in a video whose ground truth has none are all false positives.
-Labels compare as strings, so 3 and "3" are one label.
+Labels compare as strings, so 3 and "3" are one label; null, booleans and non-finite numbers (NaN) are refused.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
@@ -84,9 +85,11 @@ def segment_counts(predicted: Sequence[str], truth: Sequence[str], overlap: floa
 def _frame_labels(value, where: str) -> List[str]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"{where}: expected a non-empty list of frame labels")
-    for label in value:
-        if isinstance(label, (list, dict)) or label is None:
-            raise ValueError(f"{where}: frame label {label!r} is not a string or number")
+    for i, label in enumerate(value):
+        if isinstance(label, (list, dict, bool)) or label is None:
+            raise ValueError(f"{where}, frame {i}: label {label!r} is not a string or number")
+        if isinstance(label, float) and not math.isfinite(label):
+            raise ValueError(f"{where}, frame {i}: label {label!r} is not a finite number")
     return [str(label) for label in value]
 
 

@@ -1,0 +1,157 @@
+"""Command-line conventions shared by the entry points (train, predict, evaluate, convert, tools.aot).
+
+    run(main)                  absl's app.run, except that a bad flag, a --config file that is not there or a
+                               UsageError raised by `main` prints one line "error: ..." and a pointer to --help on
+                               stderr and exits with EXIT_USAGE (2), as argparse commands do
+    resolve_config_arg(argv)   `--config=configs/X.py[:variant]` taken relative to the working directory, else to the
+                               repository, so commands work from any directory
+    quiet_libraries()          drops log lines of other libraries below WARNING (orbax logs ~10 INFO lines on every
+                               checkpoint read, jax and grain a few per run) and their warnings that say nothing a
+                               user can act on; our own INFO lines and every real warning still pass
+    skip_absent_tpu()          libtpu is installed for AOT compilation; on a host without TPU chips (and without a
+                               jax GPU plugin) jax's TPU probe prints ~5 lines of libtpu errors, so with
+                               JAX_PLATFORMS unset such a host is told to use the CPU
+    progress(message)          one timestamped line on stderr (stdout stays for results, e.g. predict --json)
+    phase(what)                progress lines when a long phase starts and when it ends, with its seconds
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import logging
+import os
+import sys
+import time
+import warnings
+from typing import Callable, Optional, Sequence
+
+EXIT_USAGE = 2
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OURS = tuple(os.path.join(REPO_ROOT, folder) + os.sep for folder in ("momentor_jax", "data", "launch"))
+# Library warnings that fire on every normal run and name nothing the user can change.
+_NOISE = (
+    "_CHECKPOINT_METADATA",                       # orbax: metadata file notes on every restore
+    "Couldn't find sharding info under RestoreArgs",  # orbax: restoring to host numpy arrays, as we ask
+    "Sharding info not provided when restoring",
+    "Type handler registry type",                 # orbax: registers its jax.Array handler once per process
+)
+
+
+def usage_error(message: str):
+    """The exception `run` turns into "error: message" and exit status 2."""
+    from absl import app  # noqa: PLC0415
+    return app.UsageError(message, EXIT_USAGE)
+
+
+def _program() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return f"python {os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else 'COMMAND'}"
+
+
+def fail_usage(message: str) -> None:
+    print(f"error: {message}\n(see {_program()} --help)", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+def resolve_config_arg(argv: Sequence[str], flag: str = "config") -> list[str]:
+    """argv with `--config=PATH[:variant]` (or `--config PATH`) pointing at an existing file: PATH as given when it
+    exists, else PATH under the repository; exits 2 naming both places when neither has it."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        for prefix in (f"--{flag}=", f"-{flag}="):
+            if arg.startswith(prefix):
+                argv[i] = prefix + _resolve(arg[len(prefix):], flag)
+        if arg in (f"--{flag}", f"-{flag}") and i + 1 < len(argv):
+            argv[i + 1] = _resolve(argv[i + 1], flag)
+    return argv
+
+
+def _resolve(spec: str, flag: str) -> str:
+    path, colon, variant = spec.partition(":")
+    if not path or os.path.isfile(path):
+        return spec
+    in_repo = os.path.join(REPO_ROOT, path)
+    if not os.path.isabs(path) and os.path.isfile(in_repo):
+        return in_repo + colon + variant
+    where = path if os.path.isabs(path) else f"{os.path.abspath(path)} nor {in_repo}"
+    fail_usage(f"--{flag}={spec}: no such config file ({where})")
+    return spec
+
+
+class _QuietLibraries(logging.Filter):
+    """Passes our own records and other libraries' warnings; drops the rest and the known noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(noise in str(record.msg) for noise in _NOISE):
+            return False
+        return record.levelno >= logging.WARNING or record.pathname.startswith(_OURS)
+
+
+_FILTER = _QuietLibraries()
+
+
+def quiet_libraries() -> None:
+    """Installs the filter on the root logger's handlers (absl's among them) and silences noisy warnings."""
+    try:
+        from absl import logging as absl_logging  # noqa: PLC0415
+        handlers = [absl_logging.get_absl_handler()]
+    except ImportError:
+        handlers = []
+    for handler in [*logging.getLogger().handlers, *handlers]:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
+    for noise in _NOISE:
+        warnings.filterwarnings("ignore", message=f".*{noise}.*")
+
+
+def skip_absent_tpu() -> None:
+    """Sets JAX_PLATFORMS=cpu when it is unset, libtpu is installed, and the host has neither TPU device files
+    (/dev/accel*, /dev/vfio/<n>) nor a jax GPU plugin; call it before jax is imported."""
+    if os.environ.get("JAX_PLATFORMS") is not None or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return
+    if any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin")):
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def progress(message: str) -> None:
+    name = _program().rsplit(".", 1)[-1].rsplit("/", 1)[-1].removesuffix(".py")
+    print(f"[{name} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def phase(what: str):
+    """`with phase("loading the model"):` prints "loading the model ..." then "loading the model: 3.2 s"."""
+    start = time.perf_counter()
+    progress(f"{what} ...")
+    yield
+    progress(f"{what}: {time.perf_counter() - start:.1f} s")
+
+
+def run(main: Callable, flags_argv: Optional[Sequence[str]] = None) -> None:
+    """absl app.run(main) with the conventions above (usage errors exit 2 in one line; libraries quiet)."""
+    from absl import app, flags  # noqa: PLC0415
+
+    skip_absent_tpu()
+
+    def parse(argv):
+        argv = resolve_config_arg(argv)
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            fail_usage(str(e))
+
+    def wrapped(argv):
+        quiet_libraries()
+        try:
+            return main(argv)
+        except app.UsageError as e:
+            fail_usage(str(e))
+
+    app.run(wrapped, argv=flags_argv, flags_parser=parse)
