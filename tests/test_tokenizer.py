@@ -1,4 +1,5 @@
 """MomentorTokenizer: id layout, equality with transformers' sentencepiece tokenizer, save/load, test models."""
+import os
 import pickle
 
 import pytest
@@ -198,3 +199,26 @@ def test_strip_mode_survives_pickling_and_load(stripping, tmp_path):
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="sentencepiece model not found"):
         tokenizer_lib.MomentorTokenizer(tmp_path / "nope.model", NUM_TEMPORAL)
+
+
+def test_make_tokenizer_writes_the_directory_training_reads(model_path, tmp_path, capsys):
+    import data_scripts
+    from momentor_jax.models.config import LlamaConfig, MomentorConfig
+    from momentor_jax.training.trainer import load_tokenizer
+
+    make = data_scripts.load("make_tokenizer")
+    out = str(tmp_path / "data" / "tokenizer")
+    assert make.main(["--sentencepiece", model_path, "--out", out, "--num_temporal_tokens", "32"]) == 0
+    made = tokenizer_lib.MomentorTokenizer.load(out)
+    assert open(os.path.join(out, tokenizer_lib.MODEL_FILENAME), "rb").read() == open(model_path, "rb").read()
+    config = MomentorConfig(llm=LlamaConfig(vocab_size=made.vocab_size), num_temporal_tokens=32)
+    assert load_tokenizer(out, config).encode("a dog runs") == made.encode("a dog runs")
+    assert make.main(["--sentencepiece", model_path, "--out", out, "--num_temporal_tokens", "32"]) == 0  # rerun
+    capsys.readouterr()
+    assert make.main(["--sentencepiece", model_path, "--out", out, "--num_temporal_tokens", "64"]) == 2
+    assert "already holds a different tokenizer" in capsys.readouterr().err
+    not_a_model = tmp_path / "notes.txt"
+    not_a_model.write_text("hello")
+    assert make.main(["--sentencepiece", str(not_a_model), "--out", str(tmp_path / "t2")]) == 2
+    assert "not a sentencepiece model" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "t2")

@@ -495,7 +495,9 @@ def load_tokenizer(path: str, model_config: MomentorConfig):
     elif location.is_file():
         tokenizer = MomentorTokenizer(path, model_config.num_temporal_tokens, whitespace)
     else:
-        raise FileNotFoundError(f"tokenizer {path}: neither a MomentorTokenizer directory nor a sentencepiece model")
+        raise FileNotFoundError(f"tokenizer {path}: neither a MomentorTokenizer directory nor a sentencepiece model "
+                                f"(write one with: python data/make_tokenizer.py --sentencepiece "
+                                f"LLAMA_DIR/tokenizer.model --out {path})")
     if tokenizer.vocab_size != model_config.llm.vocab_size:
         raise ValueError(f"tokenizer {path}: vocabulary V = {tokenizer.vocab_size}, but model.llm.vocab_size = "
                          f"{model_config.llm.vocab_size}")
