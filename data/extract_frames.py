@@ -64,13 +64,13 @@ def main(argv=None) -> int:
 
 
 def _run_beam(args, beam_args) -> int:
-    from momentor_jax import fileio  # noqa: PLC0415
-    from momentor_jax.data import beam_pipelines  # noqa: PLC0415 (apache_beam only in Beam mode)
+    from momentor_jax import fileio
+    from momentor_jax.data import beam_pipelines  # apache_beam only in Beam mode
 
     if not fileio.isdir(args.video_dir):
         print(f"error: --video_dir {args.video_dir} is not a directory", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("momentor_jax.data.beam_pipelines").setLevel(logging.INFO)  # the launcher's plan
     try:
         run = beam_pipelines.extract_frames(args.video_dir, args.out_dir, [f"--runner={args.runner}", *beam_args],
                                             num_frames=args.num_frames, size=args.size, num_shards=args.num_shards,

@@ -1,18 +1,16 @@
 """The Beam pipelines (momentor_jax/data/beam_pipelines.py) on the DirectRunner against the single-machine tools."""
+import collections
 import functools
 import http.server
 import importlib.util
-import json
 import os
 import socket
 import subprocess
 import threading
 
-import numpy as np
 import pytest
 
 from momentor_jax.data import attrition
-from momentor_jax.data import download
 from momentor_jax.data import extract
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import synthetic
@@ -88,3 +86,112 @@ def test_frames_pipeline_matches_the_single_machine_tool_and_reruns_as_a_no_op(v
     assert "frames: requested 20, already done 18, done 0, failed 2 (corrupt 2)" in capsys.readouterr().out
     assert [os.stat(p).st_mtime_ns for p in extract.shard_paths(out, NUM_SHARDS)] == stamps
     assert _records(out) == _records(reference)
+
+
+# ------------------------------------------------------------------------------------------------ download
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # the connections the handler cuts on purpose
+        pass
+
+
+class _FlakyHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves <id>.mp4; ids starting 'busy' answer 503 to their first GET (always, for 'down'), ids starting 'cut'
+    drop the connection half-way through their first GET."""
+    protocol_version = "HTTP/1.1"
+    requests = collections.Counter()
+
+    def do_GET(self):
+        name = os.path.basename(self.path)
+        _FlakyHandler.requests[name] += 1
+        first = _FlakyHandler.requests[name] == 1
+        if name.startswith("down") or (name.startswith("busy") and first):
+            self.send_error(503)
+            return
+        if name.startswith("cut") and first:
+            data = open(os.path.join(self.directory, name), "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def flaky_server(tmp_path):
+    """Yields (url_template, {id: bytes}) for ids that succeed at once, after a 503, after a cut connection."""
+    root = tmp_path / "served"
+    root.mkdir()
+    specs = synthetic.sample_videos(seed=5, num_videos=4, size=32, fps=4, min_duration=5, max_duration=5)
+    files = {}
+    for prefix, spec in zip(("okay", "busy", "cut0", "down"), specs):
+        video_id = prefix + spec.video_id[4:]
+        synthetic.write_video(spec, str(root / f"{video_id}.mp4"))
+        files[video_id] = (root / f"{video_id}.mp4").read_bytes()
+    _FlakyHandler.requests.clear()
+    httpd = _Server(("127.0.0.1", 0), functools.partial(_FlakyHandler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/{{id}}.mp4", files
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_pipeline_retries_records_unavailable_ids_and_leaves_no_partial_files(flaky_server, tmp_path,
+                                                                                      monkeypatch, capsys):
+    url_template, files = flaky_server
+    fetchable = sorted(v for v in files if not v.startswith("down"))
+    down = next(v for v in files if v.startswith("down"))
+    target = tmp_path / "videos"
+    target.mkdir()
+    present = "here0000000"
+    (target / f"{present}.mp4").write_bytes(b"already here")
+    popen_calls = []
+    real_init = subprocess.Popen.__init__
+
+    def recording_init(self, args, *rest, **kwargs):
+        popen_calls.append((args, kwargs.get("shell", False)))
+        return real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+    monkeypatch.setattr(os, "system", lambda *a: pytest.fail(f"os.system{a}"))
+    ids = [*fetchable, present, "missing0000", down, "not valid!"]
+    run = beam_pipelines.download_videos(ids, str(target), THREADS, url_template=url_template, attempts=3,
+                                         backoff_seconds=0.01)
+
+    assert run.line().startswith("download: requested 7, already done 1, done 3, failed 3 ("
+                                 "invalid id 1, network error 1, unavailable 1)")
+    for video_id in fetchable:
+        assert (target / f"{video_id}.mp4").read_bytes() == files[video_id]
+    assert (target / f"{present}.mp4").read_bytes() == b"already here"
+    requests = _FlakyHandler.requests
+    assert requests[f"{present}.mp4"] == 0 and requests[f"{down}.mp4"] == 3  # transient: tried 3 times
+    assert requests["missing0000.mp4"] == 1  # 404: not retried
+    busy, okay = (next(f"{v}.mp4" for v in fetchable if v.startswith(p)) for p in ("busy", "okay"))
+    assert requests[busy] == requests[okay] + 1  # one 503, then what a clean download asks
+    counts = [requests[f"{v}.mp4"] for v in fetchable]
+    rows = attrition.read_failures(run.failures_path)
+    assert {r["video_id"]: r["reason"] for r in rows} == {"missing0000": "unavailable", down: "network error",
+                                                          "not valid!": "invalid id"}
+    assert "404" in next(r["detail"] for r in rows if r["video_id"] == "missing0000")
+    assert sorted(os.listdir(target)) == sorted([*(f"{v}.mp4" for v in fetchable), f"{present}.mp4",
+                                                 "download_failures.jsonl", "download_summary.json"])
+    assert all(not shell and not isinstance(args, (str, bytes)) for args, shell in popen_calls), popen_calls
+
+    source = tmp_path / "ids.jsonl"  # a rerun through the command: nothing left to fetch but what failed
+    source.write_text("".join(f'{{"id": "{v}"}}\n' for v in ids))
+    command = _command("download_videos")
+    argv = ["--source_path", str(source), "--video_path", str(target), "--url_template", url_template,
+            "--attempts", "1", *THREADS]
+    assert command.main(argv) == 1
+    assert "download: requested 7, already done 4, done 0, failed 3" in capsys.readouterr().out
+    assert requests[f"{down}.mp4"] == 4 and all(requests[f"{v}.mp4"] == n for v, n in zip(fetchable, counts))

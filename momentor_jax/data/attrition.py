@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import re
 from typing import Iterable, Optional
 
 from momentor_jax import fileio
@@ -38,14 +39,15 @@ REASONS = {
 FAILURES_FILE = "{stage}_failures.jsonl"
 SUMMARY_FILE = "{stage}_summary.json"
 
-# Lower-case fragments of yt-dlp / YouTube / HTTP messages, checked in this order (private before unavailable:
-# "This video is private" also says "unavailable" on some pages).
+# Lower-case fragments of yt-dlp / YouTube messages, checked in this order: private ("This video is private" pages
+# also say "unavailable"), an HTTP status ("HTTP Error 503: Service Unavailable" is transient), unavailable, network.
 _PRIVATE = ("private video", "video is private", "members-only", "members only", "join this channel",
             "confirm your age", "sign in to confirm", "age-restricted")
-_UNAVAILABLE = ("unavailable", "not available", "http error 404", "http error 410", "has been removed",
-                "no longer available", "been terminated", "does not exist", "copyright", "not found")
-_NETWORK = ("http error 5", "http error 429", "too many requests", "timed out", "timeout", "connection",
-            "temporarily", "remote end closed", "incomplete read", "network is unreachable", "reset by peer")
+_UNAVAILABLE = ("video unavailable", "not available", "has been removed", "no longer available", "been terminated",
+                "does not exist", "copyright", "not found")
+_NETWORK = ("too many requests", "timed out", "timeout", "connection", "temporarily", "remote end closed",
+            "incomplete read", "network is unreachable", "reset by peer")
+_HTTP_STATUS = re.compile(r"http error (\d{3})")
 _CORRUPT = ("no video stream", "invaliddata", "invalid data", "moov atom", "truncated", "decodable frames end",
             "no decodable", "end of file", "eoferror")
 _TOO_SHORT = ("bad duration",)
@@ -55,10 +57,20 @@ def _has(text: str, fragments: Iterable[str]) -> bool:
     return any(fragment in text for fragment in fragments)
 
 
+def _http_reason(text: str):
+    """The reason an HTTP status in the message gives: 5xx and 429 are transient, 404 and 410 mean gone."""
+    match = _HTTP_STATUS.search(text)
+    if match is None:
+        return None
+    status = int(match.group(1))
+    if status >= 500 or status == 429:
+        return NETWORK
+    return UNAVAILABLE if status in (404, 410) else DOWNLOAD_ERROR
+
+
 def is_transient(message: str) -> bool:
     """A download error worth retrying (server overload, rate limit, dropped connection)."""
-    text = message.lower()
-    return _has(text, _NETWORK) and not _has(text, _PRIVATE + _UNAVAILABLE)
+    return classify(DOWNLOAD, message) == NETWORK
 
 
 def classify(stage: str, message: str) -> str:
@@ -69,6 +81,8 @@ def classify(stage: str, message: str) -> str:
             return INVALID_ID
         if _has(text, _PRIVATE):
             return PRIVATE
+        if (reason := _http_reason(text)) is not None:
+            return reason
         if _has(text, _UNAVAILABLE):
             return UNAVAILABLE
         return NETWORK if _has(text, _NETWORK) else DOWNLOAD_ERROR

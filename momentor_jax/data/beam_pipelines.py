@@ -49,6 +49,7 @@ from momentor_jax.data import video as video_lib
 STAGING_DIR = ".staging-frames"
 STAGED_SUFFIX = ".example"
 METRICS_NAMESPACE = "momentor_jax"
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -92,7 +93,7 @@ def _pipeline(pipeline_args: Sequence[str]) -> beam.Pipeline:
     options = PipelineOptions(list(pipeline_args))
     runner = options.view_as(StandardOptions).runner
     if runner in (None, "DirectRunner", "SwitchingDirectRunner"):
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: PLC0415
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
 
@@ -100,7 +101,7 @@ def _pipeline(pipeline_args: Sequence[str]) -> beam.Pipeline:
 def _write_report(_, out_dir: str, stage: str, requested: int, already_done: int, rows: list, done: int) -> None:
     summary = attrition.summarize(stage, requested, already_done, done, rows)
     attrition.write_report(out_dir, summary, rows)
-    logging.info("%s", summary.line())
+    _log.info("%s", summary.line())
 
 
 def _report(pipeline: beam.Pipeline, failures, done, out_dir: str, stage: str, requested: int,
@@ -188,7 +189,7 @@ class _ExtractFrames(beam.DoFn):
             _, record, reason = self._decode(task)
         if record is None:
             _counter("frames_failed").inc()
-            logging.warning("skipping %s: %s", path, reason)
+            _log.warning("skipping %s: %s", path, reason)
             yield beam.pvalue.TaggedOutput("failed", attrition.failure_row(video_id, attrition.FRAMES, reason))
             return
         fileio.write_bytes(staged_path(self.out_dir, video_id), record)
@@ -208,7 +209,7 @@ def _shard_records(path: str) -> dict:
     try:
         return {frames_lib.record_video_id(data): data for data in tfrecord.iter_records(path)}
     except (tfrecord.TFRecordCorruptionError, frames_lib.RecordError) as e:
-        logging.warning("ignoring damaged shard %s (it will be rewritten): %s", path, e)
+        _log.warning("ignoring damaged shard %s (it will be rewritten): %s", path, e)
         return {}
 
 
@@ -277,7 +278,7 @@ def extract_frames(video_dir: str, out_dir: str, pipeline_args: Sequence[str], n
                                     "jpeg_quality": jpeg_quality})
     videos, done, staged, todo = _plan_frames(video_dir, out_dir, num_shards)
     already_done = sum(1 for v in videos if v in done)
-    logging.info("frames: %d videos, %d already in shards, %d staged by an earlier run, %d to decode",
+    _log.info("frames: %d videos, %d already in shards, %d staged by an earlier run, %d to decode",
                  len(videos), already_done, len(staged), len(todo))
 
     pipeline = _pipeline(pipeline_args)
@@ -304,7 +305,7 @@ def download_with_retries(video_id: str, video_path: str, url_template: str, fmt
         status, detail = download_lib.download_one(video_id, video_path, url_template, fmt)
         if status == "downloaded" or attempt == attempts or not attrition.is_transient(detail):
             return status, detail
-        logging.info("download of %s failed (%s); attempt %d of %d", video_id, detail, attempt + 1, attempts)
+        _log.info("download of %s failed (%s); attempt %d of %d", video_id, detail, attempt + 1, attempts)
         time.sleep(backoff_seconds * 2 ** (attempt - 1))
     return status, detail
 
@@ -337,7 +338,7 @@ class _Download(beam.DoFn):
             yield 1
         else:
             _counter("download_failed").inc()
-            logging.warning("download of %s failed: %s", video_id, detail)
+            _log.warning("download of %s failed: %s", video_id, detail)
             yield beam.pvalue.TaggedOutput("failed", attrition.failure_row(video_id, attrition.DOWNLOAD, detail))
 
 
@@ -364,7 +365,7 @@ def download_videos(video_ids: Sequence[str], video_path: str, pipeline_args: Se
                                      "[A-Za-z0-9_-])") for v in video_ids if not download_lib.is_valid_id(v)]
     todo = [v for v in video_ids if download_lib.is_valid_id(v) and v not in present]
     already = sum(1 for v in video_ids if download_lib.is_valid_id(v) and v in present)
-    logging.info("download: %d ids, %d present, %d invalid, %d to fetch", len(video_ids), already, len(invalid),
+    _log.info("download: %d ids, %d present, %d invalid, %d to fetch", len(video_ids), already, len(invalid),
                  len(todo))
 
     pipeline = _pipeline(pipeline_args)
@@ -393,8 +394,8 @@ class _EncodeShard(beam.DoFn):
         self._extractor = None
 
     def setup(self):
-        from momentor_jax import checkpoint_io  # noqa: PLC0415 (jax only on the workers that encode)
-        from momentor_jax.data import features  # noqa: PLC0415
+        from momentor_jax import checkpoint_io  # jax only on the workers that encode
+        from momentor_jax.data import features
 
         params, config = checkpoint_io.load_params(self.checkpoint)
         if "vision" not in params:
@@ -403,7 +404,7 @@ class _EncodeShard(beam.DoFn):
         _counter("model_loads").inc()
 
     def process(self, shard):
-        from momentor_jax.data import features  # noqa: PLC0415
+        from momentor_jax.data import features
 
         stats = features.ExtractionStats()
         source = tfrecord.TFRecordDataSource([self.paths[shard]], key_fn=frames_lib.record_video_id)
@@ -430,7 +431,7 @@ def _features_report(_, out_dir: str, requested: int, already_done: int, counts:
     summary = attrition.StageSummary(attrition.FEATURES, requested, already_done, sum(c["videos"] for c in counts),
                                      {attrition.UNREADABLE_RECORD: skipped} if skipped else {})
     attrition.write_report(out_dir, summary, rows)
-    logging.info("%s", summary.line())
+    _log.info("%s", summary.line())
 
 
 def extract_features(frames: str, out_dir: str, checkpoint: str, pipeline_args: Sequence[str],
@@ -441,7 +442,7 @@ def extract_features(frames: str, out_dir: str, checkpoint: str, pipeline_args: 
     shards kept from an earlier run. A failure row names the input shard (an unreadable record has no trustworthy
     video id) and how many of its records could not be read.
     """
-    from momentor_jax.data import features  # noqa: PLC0415 (jax only where features are made)
+    from momentor_jax.data import features  # jax only where features are made
 
     paths = frames_lib.expand_paths(frames)
     fileio.makedirs(out_dir)
@@ -449,7 +450,7 @@ def extract_features(frames: str, out_dir: str, checkpoint: str, pipeline_args: 
     todo = [s for s in range(len(paths))
             if overwrite or not fileio.exists(features.output_path(out_dir, s, len(paths)))]
     already_done = sum(records) - sum(records[s] for s in todo)
-    logging.info("features: %d input shards, %d kept from an earlier run, %d to encode", len(paths),
+    _log.info("features: %d input shards, %d kept from an earlier run, %d to encode", len(paths),
                  len(paths) - len(todo), len(todo))
     pipeline = _pipeline(pipeline_args)
     counts = (pipeline | "shards" >> beam.Create(todo)
