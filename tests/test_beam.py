@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 
+import numpy as np
 import pytest
 
 from momentor_jax.data import attrition
@@ -195,3 +196,51 @@ def test_download_pipeline_retries_records_unavailable_ids_and_leaves_no_partial
     assert command.main(argv) == 1
     assert "download: requested 7, already done 4, done 0, failed 3" in capsys.readouterr().out
     assert requests[f"{down}.mp4"] == 4 and all(requests[f"{v}.mp4"] == n for v, n in zip(fetchable, counts))
+
+
+# ------------------------------------------------------------------------------------------------ features
+
+
+def test_feature_pipeline_equals_the_single_machine_features(video_dir, tmp_path, capsys):
+    import flax.linen as nn
+    import jax
+
+    from momentor_jax import checkpoint_io
+    from momentor_jax.data import features
+    from momentor_jax.models import config as config_lib
+    from momentor_jax.models.vit import VisionTower
+
+    config = config_lib.tiny()
+    size = config.vision.image_size
+    shapes = jax.eval_shape(VisionTower(config.vision).init, jax.random.key(0),
+                            np.zeros((1, size, size, 3), np.float32))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(s.dtype), nn.meta.unbox(shapes))
+    checkpoint_io.save_params(str(tmp_path / "ckpt"), {"vision": params}, config)
+    frames_dir = str(tmp_path / "frames")
+    extract.extract_frames(video_dir, frames_dir, num_frames=3, size=size, num_shards=4, progress=False)
+    frames = os.path.join(frames_dir, "frames-*.tfrecord")
+
+    reference = str(tmp_path / "single")
+    features.extract_features(frames, reference, params, config.vision, batch_frames=8, threads=2)
+    out = str(tmp_path / "beam")
+    command = _command("extract_features")
+    argv = ["--frames", frames, "--checkpoint", str(tmp_path / "ckpt"), "--out_dir", out, "--batch_frames", "8",
+            "--threads", "2", *THREADS]
+    run = beam_pipelines.extract_features(frames, out, str(tmp_path / "ckpt"), THREADS, batch_frames=8, threads=2)
+    assert run.summary.to_json() == {"stage": "features", "requested": 18, "already_done": 0, "done": 18,
+                                     "failed": {}}
+    assert 1 <= run.counters["model_loads"] <= 2 < run.counters["feature_shards_written"] == 4  # once per worker
+
+    ours, theirs = frames_lib.FrameRecordIndex(out), frames_lib.FrameRecordIndex(reference)
+    assert sorted(ours.video_ids()) == sorted(theirs.video_ids()) and len(ours) == 18
+    for video_id in theirs.video_ids():
+        mine, expected = ours.get(video_id), theirs.get(video_id)
+        assert ours.locate(video_id) == theirs.locate(video_id)
+        np.testing.assert_allclose(mine["features"], expected["features"], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(mine["frame_times"], expected["frame_times"])
+
+    stamps = [os.stat(p).st_mtime_ns for p in ours.source.paths]
+    assert command.main(argv) == 0  # every output shard exists: nothing to encode
+    assert "features: requested 18, already done 18, done 0, failed 0" in capsys.readouterr().out
+    assert [os.stat(p).st_mtime_ns for p in ours.source.paths] == stamps

@@ -391,7 +391,7 @@ class _EncodeShard(beam.DoFn):
     def __init__(self, paths: Sequence[str], out_dir: str, checkpoint: str, batch_frames: int, threads: int):
         self.paths, self.out_dir, self.checkpoint = list(paths), out_dir, checkpoint
         self.batch_frames, self.threads = batch_frames, threads
-        self._extractor = None
+        self._extractor, self._load_counted = None, False
 
     def setup(self):
         from momentor_jax import checkpoint_io  # jax only on the workers that encode
@@ -401,11 +401,14 @@ class _EncodeShard(beam.DoFn):
         if "vision" not in params:
             raise ValueError(f"{self.checkpoint}: the checkpoint has no vision tower ('vision' parameters)")
         self._extractor = features.FeatureExtractor(params["vision"], config.vision, self.batch_frames)
-        _counter("model_loads").inc()
+        self._load_counted = False
 
     def process(self, shard):
         from momentor_jax.data import features
 
+        if not self._load_counted:  # counted here: Beam attributes no metrics to setup()
+            _counter("model_loads").inc()
+            self._load_counted = True
         stats = features.ExtractionStats()
         source = tfrecord.TFRecordDataSource([self.paths[shard]], key_fn=frames_lib.record_video_id)
         target = features.output_path(self.out_dir, shard, len(self.paths))
