@@ -3,6 +3,7 @@ import collections
 import functools
 import http.server
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from momentor_jax.data import attrition
 from momentor_jax.data import extract
 from momentor_jax.data import frames as frames_lib
+from momentor_jax.data import moment10m
 from momentor_jax.data import synthetic
 from momentor_jax.data import tfrecord
 
@@ -24,6 +26,7 @@ MULTI_PROCESS = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_ru
 THREADS = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_threading"]
 NUM_FRAMES, SIZE, NUM_SHARDS = 4, 16, 3
 CORRUPT = {"truncated00": "corrupt", "notavideo00": "corrupt"}
+VIDEOS = dict(seed=17, num_videos=18, size=32, fps=4, min_duration=5, max_duration=6)
 
 
 def _command(name):
@@ -37,7 +40,7 @@ def _command(name):
 def video_dir(tmp_path_factory):
     """18 tiny synthetic videos, a truncated copy of one and a text file posing as a video."""
     directory = tmp_path_factory.mktemp("videos")
-    specs = synthetic.sample_videos(seed=17, num_videos=18, size=32, fps=4, min_duration=5, max_duration=6)
+    specs = synthetic.sample_videos(**VIDEOS)
     for spec in specs:
         synthetic.write_video(spec, str(directory / f"{spec.video_id}.mp4"))
     first = (directory / f"{specs[0].video_id}.mp4").read_bytes()
@@ -87,6 +90,35 @@ def test_frames_pipeline_matches_the_single_machine_tool_and_reruns_as_a_no_op(v
     assert "frames: requested 20, already done 18, done 0, failed 2 (corrupt 2)" in capsys.readouterr().out
     assert [os.stat(p).st_mtime_ns for p in extract.shard_paths(out, NUM_SHARDS)] == stamps
     assert _records(out) == _records(reference)
+    _check_attrition_report(out, tmp_path, capsys)
+
+
+def _check_attrition_report(frames_dir, tmp_path, capsys):
+    """The corrupt videos carry qa_data (both) and segment_locate_data (one): those types lose examples."""
+    specs = synthetic.sample_videos(**VIDEOS)
+    raw = {spec.video_id: synthetic.moment10m_items(spec, seed=0) for spec in specs}
+    items = raw[specs[0].video_id]
+    raw["truncated00"] = {"qa_data": items["qa_data"], "segment_locate_data": items["segment_locate_data"][:1]}
+    raw["notavideo00"] = {"qa_data": items["qa_data"]}
+    (tmp_path / "raw.json").write_text(json.dumps(raw))
+    moment10m.convert_file(str(tmp_path / "raw.json"), str(tmp_path / "examples.jsonl"), log=lambda _: None)
+    examples = [json.loads(line) for line in open(tmp_path / "examples.jsonl")]
+    per_type = collections.Counter(e["data_type"] for e in examples)
+
+    merged = tmp_path / "all_failures.jsonl"
+    assert _command("report_attrition").main([
+        "--examples", str(tmp_path / "examples.jsonl"), "--frames", frames_dir,
+        "--failures", os.path.join(frames_dir, "frames_failures.jsonl"), "--failures_out", str(merged)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "videos referenced 20, with frames 18, without 2"
+    table = {line.split()[0]: [int(v) for v in line.split()[1:4]] for line in lines[2:3 + len(per_type)]}
+    assert lines[2].split()[0] == "qa_data" and lines[3].split()[0] == "segment_locate_data"  # most lost first
+    assert table["qa_data"] == [per_type["qa_data"], per_type["qa_data"] - 2, 2]
+    assert table["segment_locate_data"] == [per_type["segment_locate_data"], per_type["segment_locate_data"] - 1, 1]
+    assert table["total"] == [len(examples), len(examples) - 3, 3]
+    assert "failed videos by stage and reason: frames/corrupt 2" in lines
+    assert "frames: requested 20, already done 18, done 0, failed 2 (corrupt 2)" in lines
+    assert [json.loads(line)["video_id"] for line in open(merged)] == sorted(CORRUPT)
 
 
 # ------------------------------------------------------------------------------------------------ download

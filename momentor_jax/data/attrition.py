@@ -141,10 +141,20 @@ def read_summary(out_dir: str, stage: str) -> StageSummary:
                         payload["failed"])
 
 
+def stage_of_file(path: str) -> str:
+    """The stage a failure log belongs to, by its name: <stage>_failures.jsonl, or the single-machine tools'
+    extract_failures.jsonl (frames) and download_failures.jsonl."""
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    for stage in REASONS:
+        if name.startswith(stage):
+            return stage
+    return FRAMES if name.startswith("extract") else DOWNLOAD
+
+
 def read_failures(path: str) -> list:
     """Failure rows of a <stage>_failures.jsonl; the single-machine tools' logs ({id | video_id, reason}) are read
-    too, their stage guessed from the file name and their reason classified from their message."""
-    stage = FRAMES if "extract" in path or FRAMES in path else FEATURES if FEATURES in path else DOWNLOAD
+    too, their stage taken from the file name and their reason classified from their message."""
+    stage = stage_of_file(path)
     rows = []
     for number, line in enumerate(fileio.read_text(path).splitlines(), 1):
         if not line.strip():
