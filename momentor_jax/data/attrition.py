@@ -8,7 +8,8 @@ Stage summary (<stage>_summary.json next to the failures):
 
 Reasons come from the error text of the per-video functions (yt-dlp's messages, video.VideoDecodeError):
     download: unavailable (removed, 404/410, not available), private (private, members-only, sign-in or age gate),
-              network error (5xx, 429, timeouts, dropped connections: retried before it is recorded),
+              blocked (YouTube's bot check or HTTP 403: the host, not the video; rerun from elsewhere or with
+              cookies), network error (5xx, 429, timeouts, dropped connections: retried before it is recorded),
               invalid id, download error (anything else)
     frames:   corrupt (no video stream, invalid data, truncated), too short (no usable duration), decode error
     features: unreadable record
@@ -27,24 +28,26 @@ from typing import Iterable, Optional
 from momentor_jax import fileio
 
 DOWNLOAD, FRAMES, FEATURES = "download", "frames", "features"
-UNAVAILABLE, PRIVATE, NETWORK, INVALID_ID, DOWNLOAD_ERROR = (
-    "unavailable", "private", "network error", "invalid id", "download error")
+UNAVAILABLE, PRIVATE, BLOCKED, NETWORK, INVALID_ID, DOWNLOAD_ERROR = (
+    "unavailable", "private", "blocked", "network error", "invalid id", "download error")
 CORRUPT, TOO_SHORT, DECODE_ERROR = "corrupt", "too short", "decode error"
 UNREADABLE_RECORD = "unreadable record"
 REASONS = {
-    DOWNLOAD: (UNAVAILABLE, PRIVATE, NETWORK, INVALID_ID, DOWNLOAD_ERROR),
+    DOWNLOAD: (UNAVAILABLE, PRIVATE, BLOCKED, NETWORK, INVALID_ID, DOWNLOAD_ERROR),
     FRAMES: (CORRUPT, TOO_SHORT, DECODE_ERROR),
     FEATURES: (UNREADABLE_RECORD,),
 }
 FAILURES_FILE = "{stage}_failures.jsonl"
 SUMMARY_FILE = "{stage}_summary.json"
 
-# Lower-case fragments of yt-dlp / YouTube messages, checked in this order: private ("This video is private" pages
-# also say "unavailable"), an HTTP status ("HTTP Error 503: Service Unavailable" is transient), unavailable, network.
+# Lower-case fragments of yt-dlp / YouTube messages, checked in this order: blocked ("Sign in to confirm you're not
+# a bot" must not read as an age gate), private ("This video is private" pages also say "unavailable"), an HTTP status
+# ("HTTP Error 503: Service Unavailable" is transient), unavailable, network.
+_BLOCKED = ("not a bot", "http error 403")
 _PRIVATE = ("private video", "video is private", "members-only", "members only", "join this channel",
             "confirm your age", "sign in to confirm", "age-restricted")
 _UNAVAILABLE = ("video unavailable", "not available", "has been removed", "no longer available", "been terminated",
-                "does not exist", "copyright", "not found")
+                "does not exist", "copyright")
 _NETWORK = ("too many requests", "timed out", "timeout", "connection", "temporarily", "remote end closed",
             "incomplete read", "network is unreachable", "reset by peer")
 _HTTP_STATUS = re.compile(r"http error (\d{3})")
@@ -65,7 +68,7 @@ def _http_reason(text: str):
     status = int(match.group(1))
     if status >= 500 or status == 429:
         return NETWORK
-    return UNAVAILABLE if status in (404, 410) else DOWNLOAD_ERROR
+    return UNAVAILABLE if status in (404, 410) else BLOCKED if status == 403 else DOWNLOAD_ERROR
 
 
 def is_transient(message: str) -> bool:
@@ -79,6 +82,8 @@ def classify(stage: str, message: str) -> str:
     if stage == DOWNLOAD:
         if "invalid youtube id" in text:
             return INVALID_ID
+        if _has(text, _BLOCKED):
+            return BLOCKED
         if _has(text, _PRIVATE):
             return PRIVATE
         if (reason := _http_reason(text)) is not None:
