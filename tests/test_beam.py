@@ -93,6 +93,40 @@ def test_frames_pipeline_matches_the_single_machine_tool_and_reruns_as_a_no_op(v
     _check_attrition_report(out, tmp_path, capsys)
 
 
+def test_staged_records_are_used_and_a_retried_shard_step_writes_nothing(video_dir, tmp_path):
+    """A run that died after decoding left staged records: the next run writes them without decoding again (the
+    staged video's file is now unreadable), and a shard step run twice leaves the shard as it was."""
+    names = sorted(n for n in os.listdir(video_dir) if n[:-4] not in CORRUPT)[:4]
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in names:
+        os.link(os.path.join(video_dir, name), videos / name)
+    reference = str(tmp_path / "single")
+    extract.extract_frames(str(videos), reference, num_frames=NUM_FRAMES, size=SIZE, num_shards=2, progress=False)
+    expected = {frames_lib.record_video_id(d): d for p in extract.shard_paths(reference, 2)
+                for d in tfrecord.iter_records(p)}
+    staged_id = names[0][:-4]
+    out = str(tmp_path / "beam")
+    os.makedirs(os.path.join(out, beam_pipelines.STAGING_DIR))
+    open(beam_pipelines.staged_path(out, staged_id), "wb").write(expected[staged_id])
+    os.remove(videos / names[0])
+    (videos / names[0]).write_text("no longer a video")
+
+    run = beam_pipelines.extract_frames(str(videos), out, THREADS, num_frames=NUM_FRAMES, size=SIZE, num_shards=2)
+    assert (run.summary.done, run.summary.failed, run.counters["frames_decoded"]) == (4, {}, 3)
+    assert [open(p, "rb").read() for p in extract.shard_paths(out, 2)] == \
+        [open(p, "rb").read() for p in extract.shard_paths(reference, 2)]
+    assert os.listdir(os.path.join(out, beam_pipelines.STAGING_DIR)) == []
+
+    shard = extract.shard_of(staged_id, 2)
+    path = extract.shard_paths(out, 2)[shard]
+    before = (open(path, "rb").read(), os.stat(path).st_mtime_ns)
+    assert list(beam_pipelines._WriteShard(out, 2).process((shard, [staged_id]))) == [0]  # the retry
+    assert (open(path, "rb").read(), os.stat(path).st_mtime_ns) == before
+    with pytest.raises(FileNotFoundError, match="staged frame record of someone0000 is gone"):
+        list(beam_pipelines._WriteShard(out, 2).process((shard, ["someone0000"])))
+
+
 def _check_attrition_report(frames_dir, tmp_path, capsys):
     """The corrupt videos carry qa_data (both) and segment_locate_data (one): those types lose examples."""
     specs = synthetic.sample_videos(**VIDEOS)
