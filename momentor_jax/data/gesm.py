@@ -8,13 +8,14 @@ temporal_output_times accordingly. Format "text" writes the times with one publi
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from typing import Any, Callable
 
 from tqdm import tqdm
 
-from momentor_jax import constants
+from momentor_jax import constants, fileio
 from momentor_jax.data.moment10m import (FORMATS, MOMENT_TEMPLATE_POOL, TEMPORAL, ConversionCounts, MalformedItem,
                                          load_json, log_to_stderr, parse_window, placeholder_window)
 
@@ -70,6 +71,7 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, seed: 
     rng = random.Random(seed)
     counts = ConversionCounts()
     type_counts = counts.by_type[DATA_TYPE]
+    fileio.makedirs(os.path.dirname(target_path) or ".")
     with open(target_path, "w", encoding="utf-8") as out:
         for index, (video_id, entry) in enumerate(tqdm(raw.items(), desc="Converting", unit="video",
                                                        file=sys.stderr)):

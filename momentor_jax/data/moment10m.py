@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import math
 import random
 import string
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from tqdm import tqdm
 
-from momentor_jax import constants
+from momentor_jax import constants, fileio
 
 # Per-type score thresholds of the public convert_data.py: keep an item if match_score or clip_similarity > it.
 THRESHOLDS = {
@@ -292,6 +293,7 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, apply_
     raw = load_json(source_path)
     rng = random.Random(seed)
     counts = ConversionCounts()
+    fileio.makedirs(os.path.dirname(target_path) or ".")
     with open(target_path, "w", encoding="utf-8") as out:
         for video_id, data_type, index, item in iter_raw_items(raw, source_path, counts, log):
             type_counts = counts.by_type[data_type]
