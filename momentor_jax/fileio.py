@@ -193,5 +193,5 @@ class RangeReader:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # interpreter shutdown
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
             pass

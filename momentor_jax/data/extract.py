@@ -87,7 +87,7 @@ def extract_record(task: _Task) -> tuple:
         record = frames_lib.make_frame_record(task.video_id, decoded.duration, decoded.frame_times, decoded.frames,
                                               task.jpeg_quality)
         return task.video_id, record, None
-    except Exception as e:  # any decoder failure is one skipped video, never the end of the run
+    except Exception as e:  # noqa: BLE001 (any decoder failure is one skipped video, never the end of the run)
         return task.video_id, None, f"{type(e).__name__}: {e}"
 
 
