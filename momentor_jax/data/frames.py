@@ -6,6 +6,8 @@ Frame records (written by `extract.py`):
   so within half a frame interval of it (one interval for the last, which is the last decodable frame).
 Cached-feature records (pooled ViT features instead of pixels):
     video_id | duration | frame_times (float x M) | features (float x M*F, row major) | feature_dim (int F)
+Records are serialized deterministically (the Example's feature map in key order; protobuf's default order
+differs between processes), so one video gives the same bytes in any process or on any worker.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ def make_frame_record(video_id: str, duration: float, frame_times: Sequence[floa
     feature["frames"].bytes_list.value.extend(encode_jpeg(f, jpeg_quality) for f in frames)
     feature["height"].int64_list.value.append(frames.shape[1])
     feature["width"].int64_list.value.append(frames.shape[2])
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 def make_feature_record(video_id: str, duration: float, frame_times: Sequence[float], features: np.ndarray) -> bytes:
@@ -72,7 +74,7 @@ def make_feature_record(video_id: str, duration: float, frame_times: Sequence[fl
     feature = example.features.feature
     feature["features"].float_list.value.extend(features.reshape(-1).tolist())
     feature["feature_dim"].int64_list.value.append(features.shape[1])
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 # ------------------------------------------------------------------------------------------------ reading
