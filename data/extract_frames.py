@@ -64,8 +64,8 @@ def main(argv=None) -> int:
 
 
 def _run_beam(args, beam_args) -> int:
-    from momentor_jax import fileio
-    from momentor_jax.data import beam_pipelines  # apache_beam only in Beam mode
+    from momentor_jax import fileio  # noqa: PLC0415
+    from momentor_jax.data import beam_pipelines  # noqa: PLC0415 (apache_beam only in Beam mode)
 
     if not fileio.isdir(args.video_dir):
         print(f"error: --video_dir {args.video_dir} is not a directory", file=sys.stderr)
