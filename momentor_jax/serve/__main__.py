@@ -24,20 +24,14 @@ Exit status: 0 after Ctrl-C; 2 on bad flags or input (checkpoint, annotations, d
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
+import time
 
-# Before gradio is imported anywhere: no telemetry or version check, no Hugging Face hub access.
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from absl import flags
 
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-from absl import flags  # noqa: E402
-
-from momentor_jax import cli, fileio  # noqa: E402
+from momentor_jax import cli, fileio
 
 FLAGS = flags.FLAGS
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -4,7 +4,9 @@
     launch_settings(...) -> dict                                 the keyword arguments of launch (safe defaults)
 
 Page ids (what the browser test drives): #momentor-upload (file input), #momentor-path (typed path),
-#momentor-question, #momentor-ask, #momentor-new, #momentor-message (errors and notes), #momentor-player-pane
+#momentor-question, #momentor-ask, #momentor-new, #momentor-message (`.momentor-status` whose data-request counts
+the requests handled, holding the error of the last one if it failed), #momentor-examples,
+#momentor-player-pane
 (holding video#momentor-video), #momentor-dialogue (turns, `.momentor-time` links, `.momentor-window` bars with
 data-start / data-end in seconds).
 
@@ -16,6 +18,8 @@ its position.
 """
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 import traceback
 import urllib.parse
@@ -44,13 +48,26 @@ def _dialogue(engine: chat.Engine, video: chat.Video, dialogue: chat.Dialogue) -
 
 def _failure(error: Exception) -> str:
     if isinstance(error, media.InputRefused):
-        return page.message_html(str(error))
+        return str(error)
     traceback.print_exception(error, file=sys.stderr)
-    return page.message_html(f"internal error ({type(error).__name__}: {error}); the server keeps serving")
+    return f"internal error ({type(error).__name__}: {error}); the server keeps serving"
+
+
+def quiet_gradio() -> None:
+    """No telemetry, update check or Hugging Face hub access; call before gradio is first imported."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def build_app(engine: chat.Engine, examples: Sequence[tuple] = (), header: str = ""):
+    quiet_gradio()
     import gradio as gr  # noqa: PLC0415
+
+    requests = itertools.count(1)
+
+    def status(error: str = "") -> str:
+        return page.status_html(next(requests), error)
 
     def show_video(upload, typed, state):
         """Opens the video (decoded and encoded now, so that the first question is quick) and shows it."""
@@ -58,10 +75,10 @@ def build_app(engine: chat.Engine, examples: Sequence[tuple] = (), header: str =
         try:
             opened = engine.open_video(upload, typed)
         except Exception as e:  # noqa: BLE001 (every failure becomes a message in the page)
-            return gr.skip(), gr.skip(), _failure(e), state
+            return gr.skip(), gr.skip(), status(_failure(e)), state
         if video is not None and opened.key == video.key:
-            return gr.skip(), gr.skip(), "", (opened, dialogue)
-        return _player(opened), page.dialogue_html([]), "", (opened, chat.Dialogue(opened.key))
+            return gr.skip(), gr.skip(), status(), (opened, dialogue)
+        return _player(opened), page.dialogue_html([]), status(), (opened, chat.Dialogue(opened.key))
 
     def ask(upload, typed, question, state):
         video, dialogue = state
@@ -72,13 +89,13 @@ def build_app(engine: chat.Engine, examples: Sequence[tuple] = (), header: str =
             changed = video is None or opened.key != video.key
             dialogue = engine.ask(opened, question, None if changed else dialogue)
         except Exception as e:  # noqa: BLE001
-            return gr.skip(), gr.skip(), _failure(e), state, gr.skip()
+            return gr.skip(), gr.skip(), status(_failure(e)), state, gr.skip()
         player = _player(opened) if changed else gr.skip()
-        return player, _dialogue(engine, opened, dialogue), "", (opened, dialogue), ""
+        return player, _dialogue(engine, opened, dialogue), status(), (opened, dialogue), ""
 
     def new_dialogue(state):
         video, _ = state
-        return page.dialogue_html([]), "", (video, chat.Dialogue(video.key if video else None))
+        return page.dialogue_html([]), status(), (video, chat.Dialogue(video.key if video else None))
 
     typed_paths = bool(engine.allowed_dirs)
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as app:
@@ -96,14 +113,14 @@ def build_app(engine: chat.Engine, examples: Sequence[tuple] = (), header: str =
             with gr.Column(scale=6):
                 dialogue = gr.HTML(page.dialogue_html([]), elem_id="momentor-dialogue", js_on_load=page.SEEK_JS,
                                    autoscroll=True)
-                message = gr.HTML("", elem_id="momentor-message", js_on_load=None)
+                message = gr.HTML(page.status_html(0), elem_id="momentor-message", js_on_load=None)
                 question = gr.Textbox(label="Question", placeholder="When does the red circle appear?",
                                       elem_id="momentor-question", lines=1)
                 with gr.Row():
                     ask_button = gr.Button("Ask", variant="primary", elem_id="momentor-ask")
                     new_button = gr.Button("New dialogue", elem_id="momentor-new")
         if examples:
-            gr.Examples([[path, q] for path, q in examples], inputs=[typed, question],
+            gr.Examples([[path, q] for path, q in examples], inputs=[typed, question], elem_id="momentor-examples",
                         label="Held-out videos (annotated: the timeline shows the ground truth)")
 
         upload.upload(lambda: "", outputs=typed, queue=False).then(

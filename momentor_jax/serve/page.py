@@ -6,7 +6,7 @@ the one script, installed once per page, that makes any element with `data-seek=
 
     player_html(url, name, duration, note)           the HTML5 player of the current video
     dialogue_html(turns, duration, ground_truth)     every turn: question, linked answer, timeline of its windows
-    message_html(text, kind)                          an error ("error") or a note ("info") box
+    status_html(request, error)                       the outcome of a request: its error, if any, in a box
 """
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ CSS = """
 .momentor-axis { display: flex; justify-content: space-between; font-size: 0.7em; color: #777; }
 .momentor-note { font-size: 0.8em; color: #a33; }
 .momentor-error { background: #fdecea; color: #8a1c12; border: 1px solid #f5c2bd; border-radius: 6px; padding: 8px; }
-.momentor-info { background: #eef5fb; color: #1d4f73; border: 1px solid #c9def0; border-radius: 6px; padding: 8px; }
 """
 
 
@@ -129,8 +128,8 @@ def dialogue_html(turns_html: Sequence[str]) -> str:
     return f'<div class="momentor-dialogue">{"".join(turns_html)}</div>'
 
 
-def message_html(text: str, kind: str = "error") -> str:
-    if not text:
-        return ""
-    role = ' role="alert"' if kind == "error" else ""
-    return f'<div class="momentor-{kind}"{role}>{html.escape(text)}</div>'
+def status_html(request: int, error: str = "") -> str:
+    """The outcome of the request numbered `request`: its error in a box, or nothing to see (the number tells a
+    script driving the page that the request was handled)."""
+    box = f'<div class="momentor-error" role="alert">{html.escape(error)}</div>' if error else ""
+    return f'<div class="momentor-status" data-request="{request}">{box}</div>'
