@@ -5,7 +5,10 @@
 
 Frames are sampled at t_i = i * duration / (M - 1) and put in CLIP geometry (shorter side resized to --size,
 center crop). Re-running resumes: videos already in OUT are skipped. Unreadable videos are skipped and listed in
-OUT/extract_failures.jsonl. Exit status: 0; 1 when some video failed; 2 on bad arguments or an unusable OUT.
+OUT/extract_failures.jsonl. A damaged shard is repaired on a re-run: intact records kept, the damaged ones redone from
+the videos, each printed ("repaired ..."). A video's id is its file name without the video extension
+(`clip.v1.mp4` -> `clip.v1`); two files with one id stop the run (status 2). Exit status: 0; 1 when some video
+failed; 2 on bad arguments or an unusable OUT.
 
 Apache Beam mode (momentor_jax/data/beam_pipelines.py): give a runner, and any other Beam pipeline option after it,
 
@@ -57,6 +60,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:  # bad arguments, or an OUT that cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for repair in summary.repaired:
+        print("\n".join(repair.lines()))
     for video_id, reason in summary.failed:
         print(f"failed: {video_id}: {reason}")
     print(summary.line())
