@@ -228,7 +228,7 @@ def abort_upload(f) -> None:
     try:
         if hasattr(f, "discard"):
             f.discard()
-    except Exception:  # the server may be the reason we are aborting
+    except Exception:  # noqa: BLE001 (the server may be the reason we are aborting)
         pass
     f.closed = True
 

