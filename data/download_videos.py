@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
 
 def _run_beam(ids, args, beam_args) -> int:
-    from momentor_jax.data import beam_pipelines  # apache_beam only in Beam mode
+    from momentor_jax.data import beam_pipelines  # noqa: PLC0415 (apache_beam only in Beam mode)
 
     if args.failure_log:
         print("error: --failure_log is for the single-machine mode; Beam mode writes "

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
 
 def _run_beam(args, beam_args) -> int:
-    from momentor_jax.data import beam_pipelines  # apache_beam only in Beam mode
+    from momentor_jax.data import beam_pipelines  # noqa: PLC0415 (apache_beam only in Beam mode)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("momentor_jax.data.beam_pipelines").setLevel(logging.INFO)  # the launcher's plan

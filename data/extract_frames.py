@@ -5,7 +5,10 @@ r"""Videos -> sharded TFRecords of JPEG frames, one tf.train.Example per video (
 
 Frames are sampled at t_i = i * duration / (M - 1) and put in CLIP geometry (shorter side resized to --size,
 center crop). Re-running resumes: videos already in OUT are skipped. Unreadable videos are skipped and listed in
-OUT/extract_failures.jsonl. Exit status: 0; 1 when some video failed; 2 on bad arguments or an unusable OUT.
+OUT/extract_failures.jsonl. A damaged shard is repaired on a re-run: intact records kept, the damaged ones redone from
+the videos, each printed ("repaired ..."). A video's id is its file name without the video extension
+(`clip.v1.mp4` -> `clip.v1`); two files with one id stop the run (status 2). Exit status: 0; 1 when some video
+failed; 2 on bad arguments or an unusable OUT.
 
 Apache Beam mode (momentor_jax/data/beam_pipelines.py): give a runner, and any other Beam pipeline option after it,
 
@@ -58,6 +61,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:  # bad arguments, or an OUT that cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for repair in summary.repaired:
+        print("\n".join(repair.lines()))
     for video_id, reason in summary.failed:
         print(f"failed: {video_id}: {reason}")
     print(summary.line())
@@ -65,8 +70,8 @@ def main(argv=None) -> int:
 
 
 def _run_beam(args, beam_args) -> int:
-    from momentor_jax import fileio
-    from momentor_jax.data import beam_pipelines  # apache_beam only in Beam mode
+    from momentor_jax import fileio  # noqa: PLC0415
+    from momentor_jax.data import beam_pipelines  # noqa: PLC0415 (apache_beam only in Beam mode)
 
     if not fileio.isdir(args.video_dir):
         print(f"error: --video_dir {args.video_dir} is not a directory", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The public code's cached CLIP features (<video_id>.npy) -> feature records (see momentor_jax/data/public_features.py).
+"""The public code's cached CLIP features (<video_id>.npy) -> feature records
+(see momentor_jax/data/public_features.py).
 
     python data/import_public_features.py --feature_dir DIR --out_dir OUT [--num_shards S] [--num_frames 300]
         [--overwrite]

@@ -1,4 +1,5 @@
-r"""How much of a converted examples file survives preprocessing, and why videos dropped out (momentor_jax/data/attrition.py).
+r"""How much of a converted examples file survives preprocessing, and why videos dropped out
+(momentor_jax/data/attrition.py).
 
     python data/report_attrition.py --examples train.jsonl --frames "FRAMES/frames-*.tfrecord" \
         [--failures VIDEOS/download_failures.jsonl --failures FRAMES/frames_failures.jsonl] [--failures_out ALL.jsonl]

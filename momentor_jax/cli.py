@@ -2,7 +2,9 @@
 
     run(main)                  absl's app.run, except that a bad flag, a --config file that is not there or a
                                UsageError raised by `main` prints one line "error: ..." and a pointer to --help on
-                               stderr and exits with EXIT_USAGE (2), as argparse commands do
+                               stderr and exits with EXIT_USAGE (2), as argparse commands do; a Cloud Storage
+                               failure (gcs.StorageError: missing bucket or object, credentials, permission, the
+                               server unreachable after retries) prints its one line and exits with EXIT_STORAGE (4)
     resolve_config_arg(argv)   `--config=configs/X.py[:variant]` taken relative to the working directory, else to the
                                repository, so commands work from any directory
     quiet_libraries()          drops log lines of other libraries below WARNING (orbax logs ~10 INFO lines on every
@@ -27,6 +29,7 @@ import warnings
 from typing import Callable, Optional, Sequence
 
 EXIT_USAGE = 2
+EXIT_STORAGE = 4
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OURS = tuple(os.path.join(REPO_ROOT, folder) + os.sep for folder in ("momentor_jax", "data", "launch"))
 # Library warnings that fire on every normal run and name nothing the user can change.
@@ -55,6 +58,18 @@ def _program() -> str:
 def fail_usage(message: str) -> None:
     print(f"error: {message}\n(see {_program()} --help)", file=sys.stderr, flush=True)
     sys.exit(EXIT_USAGE)
+
+
+def fail_storage(error: BaseException) -> None:
+    """Exits with EXIT_STORAGE and the error's one line when `error` is (or was caused by) a Cloud Storage failure;
+    returns otherwise. Local file errors keep their own handling."""
+    gcs = sys.modules.get("momentor_jax.gcs")  # never imported by a run that touched no gs:// path
+    seen = error
+    while gcs is not None and seen is not None:
+        if isinstance(seen, gcs.StorageError):
+            print(f"error: {seen}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_STORAGE)
+        seen = seen.__cause__ or seen.__context__
 
 
 def resolve_config_arg(argv: Sequence[str], flag: str = "config") -> list[str]:
@@ -153,5 +168,8 @@ def run(main: Callable, flags_argv: Optional[Sequence[str]] = None) -> None:
             return main(argv)
         except app.UsageError as e:
             fail_usage(str(e))
+        except Exception as e:  # noqa: BLE001 (only storage failures are handled; the rest is re-raised)
+            fail_storage(e)
+            raise
 
     app.run(wrapped, argv=flags_argv, flags_parser=parse)

@@ -101,7 +101,7 @@ def _pipeline(pipeline_args: Sequence[str]) -> beam.Pipeline:
     options = PipelineOptions(list(pipeline_args))
     runner = options.view_as(StandardOptions).runner
     if runner in (None, "DirectRunner", "SwitchingDirectRunner"):
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: PLC0415
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     return beam.Pipeline(options=options)
 
@@ -403,8 +403,8 @@ class _EncodeShard(beam.DoFn):
         self._extractor, self._load_counted = None, False
 
     def setup(self):
-        from momentor_jax import checkpoint_io  # jax only on the workers that encode
-        from momentor_jax.data import features
+        from momentor_jax import checkpoint_io  # noqa: PLC0415 (jax only on the workers that encode)
+        from momentor_jax.data import features  # noqa: PLC0415
 
         params, config = checkpoint_io.load_params(self.checkpoint)
         if "vision" not in params:
@@ -413,7 +413,7 @@ class _EncodeShard(beam.DoFn):
         self._load_counted = False
 
     def process(self, shard):
-        from momentor_jax.data import features
+        from momentor_jax.data import features  # noqa: PLC0415
 
         if not self._load_counted:  # counted here: Beam attributes no metrics to setup()
             _counter("model_loads").inc()
@@ -454,7 +454,7 @@ def extract_features(frames: str, out_dir: str, checkpoint: str, pipeline_args: 
     shards kept from an earlier run. A failure row names the input shard (an unreadable record has no trustworthy
     video id) and how many of its records could not be read.
     """
-    from momentor_jax.data import features  # jax only where features are made
+    from momentor_jax.data import features  # noqa: PLC0415 (jax only where features are made)
 
     _require_local_shards(out_dir)
     paths = frames_lib.expand_paths(frames)

@@ -226,7 +226,7 @@ class LoadExample:
             return Skipped(reason)
 
     def load(self, example: dict) -> dict:
-        from momentor_jax.data.encode import encode_example  # written alongside; imported where it is used
+        from momentor_jax.data.encode import encode_example  # noqa: PLC0415 (written alongside; imported where it is used)
 
         video_id = example["id"]
         record = self.videos.get(video_id)

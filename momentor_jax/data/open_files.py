@@ -41,5 +41,5 @@ class OpenFiles:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # interpreter shutdown
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
             pass
