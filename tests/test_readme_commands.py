@@ -143,7 +143,7 @@ def adapt(command: str, world: World):
                             ("--sample_fps", "1"), ("--max_side", "64"), ("--max_instances", "3")):
             words = _set(words, flag, value)
         return words + ["--no_progress"]
-    if script in ("data/convert_data.py", "data/convert_data_gesm.py"):
+    if script in ("data/convert_data.py", "data/convert_data_gesm.py", "data/report_attrition.py"):
         return words
     if script == "momentor_jax.convert":
         if words[3] == "import_hf":
