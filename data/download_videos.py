@@ -1,4 +1,4 @@
-"""Downloads the videos of an annotation file with yt-dlp (see momentor_jax/data/download.py).
+r"""Downloads the videos of an annotation file with yt-dlp (see momentor_jax/data/download.py).
 
     python data/download_videos.py --source_path RAW.json --video_path DIR [--workers K] [--url_template T]
         [--format F]

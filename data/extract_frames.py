@@ -1,4 +1,4 @@
-"""Videos -> sharded TFRecords of JPEG frames, one tf.train.Example per video (see momentor_jax/data/extract.py).
+r"""Videos -> sharded TFRecords of JPEG frames, one tf.train.Example per video (see momentor_jax/data/extract.py).
 
     python data/extract_frames.py --video_dir DIR --out_dir OUT [--num_frames 300] [--size 224]
         [--num_shards S] [--workers K] [--jpeg_quality Q]
@@ -18,7 +18,8 @@ Apache Beam mode (momentor_jax/data/beam_pipelines.py): give a runner, and any o
         --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py
 
 It writes the same shards (records sorted by video id in each) plus OUT/frames_failures.jsonl (video_id, stage,
-reason, detail) and OUT/frames_summary.json; --workers is then the runner's business.
+reason, detail) and OUT/frames_summary.json; --workers is then the runner's business. OUT must be local (or
+mounted) until the TFRecord writer goes through momentor_jax/fileio.py (issue #15).
 """
 import argparse
 import logging

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from momentor_jax.data import attrition
+from momentor_jax.data import beam_pipelines  # the [beam] extra, part of [test]
 from momentor_jax.data import extract
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import moment10m
 from momentor_jax.data import synthetic
 from momentor_jax.data import tfrecord
 
-beam_pipelines = pytest.importorskip("momentor_jax.data.beam_pipelines")  # the [beam] extra
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MULTI_PROCESS = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
