@@ -452,6 +452,9 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
                 timer_start, timer_step = now, step
             else:
                 eta = None
+            for name in ("num_skipped_records", "num_clipped_times"):  # bad input met so far (data/loader.py)
+                if isinstance(getattr(data_iterator, name, None), int):
+                    scalars[name.removeprefix("num_")] = float(getattr(data_iterator, name))
             writer.write_scalars(step, scalars)
             writer.log_progress(step, total_steps, scalars, eta)
         if last or preempted or ckpt.should_save(step):
@@ -554,7 +557,7 @@ def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
         data_config, tokenizer=tokenizer, num_frames=model_config.num_frames, max_length=config.max_length,
         global_batch_size=config.batch_size, seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), num_epochs=None, worker_count=config.data.worker_count,
-        use_features=config.data.use_features)
+        use_features=config.data.use_features, image_size=model_config.vision.image_size)
     total_steps = resolve_total_steps(config, loader.num_examples)
     return run_loop(config=config, workdir=workdir, fns=fns or momentor_fns(model_config), model_config=model_config,
                     mesh=mesh, data_iterator=loader, total_steps=total_steps)
