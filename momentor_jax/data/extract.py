@@ -3,14 +3,14 @@
 Video v goes to shard crc32(v) % S, so a re-run with the same flags finds every finished video where it left it:
 videos already in a shard are skipped, and a shard that gains videos is rewritten atomically (old records copied,
 new ones appended, temp file renamed). Videos that cannot be decoded are skipped and listed in
-`extract_failures.jsonl`; a re-run tries them again.
+`extract_failures.jsonl`; a re-run tries them again. The videos are local files; the output directory may be local
+or gs:// (through momentor_jax/fileio.py: there a shard is uploaded as it is written and appears whole when done).
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import dataclasses
-import glob
 import itertools
 import json
 import logging
@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from momentor_jax import fileio
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
 from momentor_jax.data import video as video_lib
@@ -67,7 +68,7 @@ def shard_of(video_id: str, num_shards: int) -> int:
 
 
 def shard_paths(out_dir: str, num_shards: int) -> list:
-    return [os.path.join(out_dir, frames_lib.shard_name(SHARD_PREFIX, s, num_shards)) for s in range(num_shards)]
+    return [fileio.join(out_dir, frames_lib.shard_name(SHARD_PREFIX, s, num_shards)) for s in range(num_shards)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,21 +140,19 @@ def run_ordered(fn: Callable, tasks: Iterable, workers: int) -> Iterator:
 
 def _check_config(out_dir: str, config: dict) -> None:
     """Refuses to mix records made with other frame counts, sizes or shard counts in one directory."""
-    path = os.path.join(out_dir, CONFIG_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+    path = fileio.join(out_dir, CONFIG_FILE)
+    if fileio.exists(path):
+        previous = json.loads(fileio.read_text(path))
         for key in ("num_frames", "size", "num_shards"):
             if previous.get(key) != config[key]:
                 raise ValueError(f"{path}: {out_dir} holds records made with {key}={previous.get(key)}, "
                                  f"not {config[key]}; use another --out_dir")
-    with open(path, "w") as f:
-        json.dump(config, f, indent=1)
+    fileio.write_text(path, json.dumps(config, indent=1))
 
 
 def _existing_ids(path: str) -> list:
     """Video ids already in a finished shard; a shard that fails its checks counts as empty (it is rewritten)."""
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         return []
     try:
         return list(tfrecord.load_index(path, key_fn=frames_lib.record_video_id).keys)
@@ -163,14 +162,16 @@ def _existing_ids(path: str) -> list:
 
 
 def _remove_stale_temps(out_dir: str) -> None:
-    for tmp in glob.glob(os.path.join(out_dir, f"{SHARD_PREFIX}-*{frames_lib.SHARD_SUFFIX}.tmp-*")):
-        os.remove(tmp)
+    if fileio.is_remote(out_dir):  # remote shards are written in place and appear whole: no temp files
+        return
+    for tmp in fileio.glob(fileio.join(out_dir, f"{SHARD_PREFIX}-*{frames_lib.SHARD_SUFFIX}.tmp-*")):
+        fileio.remove(tmp)
 
 
 def _open_shard(path: str, keep_existing: bool) -> tfrecord.TFRecordWriter:
     """A writer for the shard's replacement, holding the shard's current records first."""
     writer = tfrecord.TFRecordWriter(path, atomic=True)
-    if keep_existing and os.path.exists(path):
+    if keep_existing and fileio.exists(path):
         for data in tfrecord.iter_records(path):
             writer.write(data, key=frames_lib.record_video_id(data))
     return writer
@@ -181,13 +182,13 @@ def extract_frames(video_dir: str, out_dir: str, num_frames: int = 300, size: in
     """Writes out_dir/frames-XXXXX-of-YYYYY.tfrecord (+ .index) for every video in video_dir."""
     if num_frames < 1 or size < 1 or num_shards < 1 or not 1 <= jpeg_quality <= 100:
         raise ValueError("num_frames, size and num_shards must be positive and jpeg_quality in [1, 100]")
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     _check_config(out_dir, {"num_frames": num_frames, "size": size, "num_shards": num_shards,
                             "jpeg_quality": jpeg_quality})
     _remove_stale_temps(out_dir)
     paths = shard_paths(out_dir, num_shards)
     existing = [_existing_ids(p) for p in paths]
-    damaged = [os.path.exists(p) and not ids for p, ids in zip(paths, existing)]
+    damaged = [fileio.exists(p) and not ids for p, ids in zip(paths, existing)]
     done = set(itertools.chain.from_iterable(existing))
     videos = list_videos(video_dir)
     tasks = sorted((_Task(v, p, shard_of(v, num_shards), num_frames, size, jpeg_quality)
@@ -223,8 +224,8 @@ def extract_frames(video_dir: str, out_dir: str, num_frames: int = 300, size: in
         if writer is not None:  # interrupted: the shard being written is dropped, finished ones stay
             writer.abort()
 
-    failures_path = os.path.join(out_dir, FAILURES_FILE)
-    with open(failures_path, "w") as f:
-        for video_id, reason in failed:
-            f.write(json.dumps({"video_id": video_id, "path": videos[video_id], "reason": reason}) + "\n")
-    return ExtractSummary(extracted, already_done, failed, [p for p in paths if os.path.exists(p)], failures_path)
+    failures_path = fileio.join(out_dir, FAILURES_FILE)
+    fileio.write_text(failures_path, "".join(
+        json.dumps({"video_id": video_id, "path": videos[video_id], "reason": reason}) + "\n"
+        for video_id, reason in failed))
+    return ExtractSummary(extracted, already_done, failed, [p for p in paths if fileio.exists(p)], failures_path)

@@ -8,6 +8,10 @@ with masked_crc = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2^32). Every rea
 Each shard `X.tfrecord` may have a sidecar `X.tfrecord.index` (JSON): the shard's size and mtime and the (offset,
 length) of every record, plus optional string keys (e.g. video ids). `load_index` trusts it only while size and
 mtime still match and the last record ends at the end of the file; otherwise it rescans the shard and rewrites it.
+
+Paths go through momentor_jax/fileio.py, so shards and indexes may live on gs:// (there "mtime" is the object's
+generation). A record is one ranged read (header, data and footer together), a GET on gs://. A remote shard is
+uploaded as it is written and appears whole on a clean close; an aborted writer discards the upload.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import google_crc32c
 
-from momentor_jax.data.open_files import OpenFiles
+from momentor_jax import fileio
 
 INDEX_SUFFIX = ".index"
 INDEX_VERSION = 1
@@ -63,8 +67,10 @@ class TFRecordWriter:
         self.path = os.fspath(path)
         self.atomic = atomic
         self.write_index = write_index
-        self._write_path = f"{self.path}.tmp-{os.getpid()}" if atomic else self.path
-        self._file = open(self._write_path, "wb")
+        self.remote = fileio.is_remote(self.path)
+        # A remote object appears only when its upload finishes: writing it directly is already atomic.
+        self._write_path = f"{self.path}.tmp-{os.getpid()}" if atomic and not self.remote else self.path
+        self._file = fileio.open(self._write_path, "wb")
         self._offsets: list[int] = []
         self._lengths: list[int] = []
         self._keys: list[Optional[str]] = []
@@ -86,18 +92,24 @@ class TFRecordWriter:
     def close(self) -> None:
         if self._file.closed:
             return
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        if self.atomic:
-            os.replace(self._write_path, self.path)
+        if self.remote:
+            self._file.close()
+        else:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if self.atomic:
+                os.replace(self._write_path, self.path)
         if self.write_index:
             keys = self._keys if all(k is not None for k in self._keys) else None
-            stat = os.stat(self.path)
-            save_index(self.path, ShardIndex(self._offsets, self._lengths, stat.st_size, stat.st_mtime_ns, keys))
+            size, version = fileio.stat(self.path)
+            save_index(self.path, ShardIndex(self._offsets, self._lengths, size, version, keys))
 
     def abort(self) -> None:
-        """Drops what was written (the temp file of an atomic writer; nothing is renamed)."""
+        """Drops what was written (the temp file of an atomic writer, or the upload; nothing is renamed)."""
+        if self.remote:
+            fileio.abort_upload(self._file)
+            return
         if not self._file.closed:
             self._file.close()
         if self.atomic and os.path.exists(self._write_path):
@@ -140,7 +152,7 @@ def iter_records(path: str) -> Iterator[bytes]:
     """Yields every record of a shard in order, verifying both CRCs."""
     path = os.fspath(path)
     offset = 0
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         for index in range(1 << 62):
             header = f.read(_HEADER)
             if not header:
@@ -150,14 +162,16 @@ def iter_records(path: str) -> Iterator[bytes]:
             offset += _HEADER + length + _FOOTER
 
 
-def read_record_at(fd: int, path: str, index: int, offset: int, length: int) -> bytes:
-    """Reads and verifies the record that the index places at `offset` (thread-safe: positional reads)."""
-    header = os.pread(fd, _HEADER, offset)
-    stored_length = _check_header(path, index, offset, header)
+def read_record_at(reader: fileio.RangeReader, shard: int, index: int, offset: int, length: int) -> bytes:
+    """Reads and verifies the record that the index places at `offset` of `reader.paths[shard]`: one positional
+    read (thread-safe) of header, data and footer."""
+    path = reader.paths[shard]
+    framed = reader.read(shard, offset, _HEADER + length + _FOOTER)
+    stored_length = _check_header(path, index, offset, framed[:_HEADER])
     if stored_length != length:
         raise TFRecordCorruptionError(
             f"{path}: record {index} at byte {offset}: length {stored_length} but the index says {length}")
-    return _check_payload(path, index, offset, length, os.pread(fd, length + _FOOTER, offset + _HEADER))
+    return _check_payload(path, index, offset, length, framed[_HEADER:])
 
 
 # ------------------------------------------------------------------------------------------------ index
@@ -188,7 +202,7 @@ def index_path(path: str) -> str:
 def scan_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None) -> ShardIndex:
     """Reads a whole shard (verifying every CRC) and returns its index."""
     path = os.fspath(path)
-    stat = os.stat(path)
+    size, version = fileio.stat(path)
     offsets, lengths, keys = [], [], []
     offset = 0
     for data in iter_records(path):
@@ -197,7 +211,7 @@ def scan_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None) -> Sh
         if key_fn is not None:
             keys.append(key_fn(data))
         offset += _HEADER + len(data) + _FOOTER
-    return ShardIndex(offsets, lengths, stat.st_size, stat.st_mtime_ns, keys if key_fn is not None else None)
+    return ShardIndex(offsets, lengths, size, version, keys if key_fn is not None else None)
 
 
 def save_index(path: str, index: ShardIndex) -> None:
@@ -207,19 +221,15 @@ def save_index(path: str, index: ShardIndex) -> None:
                "offsets": list(index.offsets), "lengths": list(index.lengths)}
     if index.keys is not None:
         payload["keys"] = list(index.keys)
-    tmp = f"{target}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, target)
+        fileio.write_text(target, json.dumps(payload))
     except OSError as e:
         logging.warning("could not write index %s: %s", target, e)
 
 
 def _read_saved_index(path: str) -> Optional[ShardIndex]:
     try:
-        with open(index_path(path)) as f:
-            payload = json.load(f)
+        payload = json.loads(fileio.read_text(index_path(path)))
         if payload.get("version") != INDEX_VERSION:
             return None
         index = ShardIndex(payload["offsets"], payload["lengths"], payload["size"], payload["mtime_ns"],
@@ -234,10 +244,10 @@ def _read_saved_index(path: str) -> Optional[ShardIndex]:
 def load_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None) -> ShardIndex:
     """The shard's index: the sidecar when it is current (and has keys if `key_fn` asks for them), else a rescan."""
     path = os.fspath(path)
-    stat = os.stat(path)
+    size, version = fileio.stat(path)
     index = _read_saved_index(path)
-    current = (index is not None and index.size == stat.st_size and index.mtime_ns == stat.st_mtime_ns
-               and index.end() == stat.st_size and (key_fn is None or index.keys is not None))
+    current = (index is not None and index.size == size and index.mtime_ns == version
+               and index.end() == size and (key_fn is None or index.keys is not None))
     if current:
         return index
     logging.info("%s index for %s; rescanning", "stale" if index else "no", path)
@@ -263,7 +273,7 @@ class TFRecordDataSource:
         self._starts = [0]
         for index in self.indexes:
             self._starts.append(self._starts[-1] + len(index))
-        self._files = OpenFiles(self.paths)
+        self._files = fileio.RangeReader(self.paths)
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -283,8 +293,7 @@ class TFRecordDataSource:
 
     def read(self, shard: int, record: int) -> bytes:
         index = self.indexes[shard]
-        return read_record_at(self._files.fd(shard), self.paths[shard], record, index.offsets[record],
-                              index.lengths[record])
+        return read_record_at(self._files, shard, record, index.offsets[record], index.lengths[record])
 
     def __getitem__(self, i: int) -> bytes:
         return self.read(*self.locate(i))
