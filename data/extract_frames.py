@@ -5,7 +5,8 @@
 
 Frames are sampled at t_i = i * duration / (M - 1) and put in CLIP geometry (shorter side resized to --size,
 center crop). Re-running resumes: videos already in OUT are skipped. Unreadable videos are skipped and listed in
-OUT/extract_failures.jsonl. Exit status: 0; 1 when some video failed; 2 on bad arguments or an unusable OUT.
+OUT/extract_failures.jsonl. OUT may be gs://bucket/prefix. Exit status: 0; 1 when some video failed; 2 on bad
+arguments or an unusable OUT; 4 when Cloud Storage fails (missing bucket, credentials, unreachable after retries).
 """
 import argparse
 import logging
@@ -14,13 +15,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from momentor_jax import cli, fileio  # noqa: E402
 from momentor_jax.data import extract  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video_dir", required=True, help="directory of <video_id>.mp4 (or .mkv, .webm, ...) files")
-    parser.add_argument("--out_dir", required=True, help="where frames-XXXXX-of-YYYYY.tfrecord shards go")
+    parser.add_argument("--out_dir", required=True, help="where frames-XXXXX-of-YYYYY.tfrecord shards go "
+                        "(a directory or gs://bucket/prefix)")
     parser.add_argument("--num_frames", type=int, default=300, help="frames per video, both ends included")
     parser.add_argument("--size", type=int, default=224, help="square frame side after resize + center crop")
     parser.add_argument("--num_shards", type=int, default=1)
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.video_dir):
         print(f"error: --video_dir {args.video_dir} is not a directory", file=sys.stderr)
         return 2
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+    if fileio.isfile(args.out_dir):
         print(f"error: --out_dir {args.out_dir} exists and is not a directory", file=sys.stderr)
         return 2
     try:
@@ -39,6 +42,7 @@ def main(argv=None) -> int:
                                          num_shards=args.num_shards, workers=args.workers,
                                          jpeg_quality=args.jpeg_quality)
     except (ValueError, OSError) as e:  # bad arguments, or an OUT that cannot be written
+        cli.fail_storage(e)  # a Cloud Storage failure: its one line, exit 4
         print(f"error: {e}", file=sys.stderr)
         return 2
     for video_id, reason in summary.failed:
