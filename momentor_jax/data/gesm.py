@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from momentor_jax import constants
+from momentor_jax import constants, fileio
 from momentor_jax.data.moment10m import (FORMATS, MOMENT_TEMPLATE_POOL, TEMPORAL, ConversionCounts, MalformedItem,
                                          load_json, log_to_stderr, parse_window, placeholder_window)
 
@@ -70,7 +70,7 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, seed: 
     rng = random.Random(seed)
     counts = ConversionCounts()
     type_counts = counts.by_type[DATA_TYPE]
-    with open(target_path, "w", encoding="utf-8") as out:
+    with fileio.atomic_open(target_path, "w") as out:  # local or gs://; whole or not at all
         for index, (video_id, entry) in enumerate(tqdm(raw.items(), desc="Converting", unit="video",
                                                        file=sys.stderr)):
             type_counts.read += 1

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from tqdm import tqdm
 
-from momentor_jax import constants
+from momentor_jax import constants, fileio
 
 # Per-type score thresholds of the public convert_data.py: keep an item if match_score or clip_similarity > it.
 THRESHOLDS = {
@@ -130,8 +130,7 @@ def log_to_stderr(message: str) -> None:
 
 def load_json(path: str) -> Any:
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(fileio.read_text(path))  # local or gs://
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
@@ -292,7 +291,7 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, apply_
     raw = load_json(source_path)
     rng = random.Random(seed)
     counts = ConversionCounts()
-    with open(target_path, "w", encoding="utf-8") as out:
+    with fileio.atomic_open(target_path, "w") as out:  # local or gs://; whole or not at all
         for video_id, data_type, index, item in iter_raw_items(raw, source_path, counts, log):
             type_counts = counts.by_type[data_type]
             type_counts.read += 1
