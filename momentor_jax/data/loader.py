@@ -41,7 +41,6 @@ train for a step count with `num_epochs=None`.
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -52,9 +51,9 @@ import numpy as np
 import tqdm
 from absl import flags
 
+from momentor_jax import fileio
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
-from momentor_jax.data.open_files import OpenFiles
 
 SKIPPED_KEY = "_num_skipped"
 CLIPPED_KEY = "_num_clipped_times"
@@ -67,17 +66,18 @@ _SHOW_IDS = 5
 
 
 def expand_example_paths(patterns: Union[str, Sequence[str]]) -> list:
-    """JSONL paths or globs (a list, or one string with commas) -> paths, in the given order, globs sorted."""
+    """JSONL paths or globs (a list, or one string with commas; local or gs://) -> paths, in the given order, globs
+    sorted."""
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [p for p in os.fspath(patterns).split(",") if p]
     paths = []
     for pattern in patterns:
         pattern = os.fspath(pattern)
-        found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        found = fileio.glob(pattern) if any(c in pattern for c in "*?[") else [pattern]
         if not found:
             raise FileNotFoundError(f"no example files match {pattern!r}")
         for path in found:
-            if not os.path.isfile(path):
+            if not fileio.isfile(path):
                 raise FileNotFoundError(f"example file {path} does not exist")
         paths.extend(found)
     if not paths:
@@ -86,7 +86,8 @@ def expand_example_paths(patterns: Union[str, Sequence[str]]) -> list:
 
 
 class JsonlExamples:
-    """Random access to JSONL examples by number: each line's file, byte offset and length, read with `pread`.
+    """Random access to JSONL examples by number: each line's file, byte offset and length, read with one positional
+    read (`pread` locally, a ranged GET on gs://).
 
     Compact (a few bytes per example), picklable (files reopen lazily in each process, so grain workers can use it).
     Build with `scan_jsonl`.
@@ -97,7 +98,7 @@ class JsonlExamples:
         self.file_ids = np.asarray(file_ids, np.int32)
         self.offsets = np.asarray(offsets, np.int64)
         self.lengths = np.asarray(lengths, np.int32)
-        self._files = OpenFiles(self.paths)
+        self._files = fileio.RangeReader(self.paths)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -110,7 +111,7 @@ class JsonlExamples:
 
     def __getitem__(self, i: int) -> dict:
         file_id = int(self.file_ids[i])
-        line = os.pread(self._files.fd(file_id), int(self.lengths[i]), int(self.offsets[i]))
+        line = self._files.read(file_id, int(self.offsets[i]), int(self.lengths[i]))
         return json.loads(line)
 
 
@@ -120,13 +121,13 @@ def scan_jsonl(patterns: Union[str, Sequence[str]]) -> tuple:
     paths = expand_example_paths(patterns)
     file_ids, offsets, lengths, video_numbers = [], [], [], []
     video_number: dict = {}
-    total = sum(os.path.getsize(p) for p in paths)
+    total = sum(fileio.size(p) for p in paths)
     bad = []
     with tqdm.tqdm(total=total, unit="B", unit_scale=True, desc="scanning examples", mininterval=5,
                    disable=total < (64 << 20)) as progress:
         for file_id, path in enumerate(paths):
             offset = 0
-            with open(path, "rb") as f:
+            with fileio.open(path, "rb") as f:
                 for line_number, line in enumerate(f, start=1):
                     progress.update(len(line))
                     start, offset = offset, offset + len(line)
