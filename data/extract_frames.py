@@ -5,10 +5,11 @@ r"""Videos -> sharded TFRecords of JPEG frames, one tf.train.Example per video (
 
 Frames are sampled at t_i = i * duration / (M - 1) and put in CLIP geometry (shorter side resized to --size,
 center crop). Re-running resumes: videos already in OUT are skipped. Unreadable videos are skipped and listed in
-OUT/extract_failures.jsonl. A damaged shard is repaired on a re-run: intact records kept, the damaged ones redone from
-the videos, each printed ("repaired ..."). A video's id is its file name without the video extension
-(`clip.v1.mp4` -> `clip.v1`); two files with one id stop the run (status 2). Exit status: 0; 1 when some video
-failed; 2 on bad arguments or an unusable OUT.
+OUT/extract_failures.jsonl. OUT may be gs://bucket/prefix. A damaged shard is repaired on a re-run: intact records
+kept, the damaged ones redone from the videos, each printed ("repaired ..."). A video's id is its file name without
+the video extension (`clip.v1.mp4` -> `clip.v1`); two files with one id stop the run (status 2). Exit status: 0; 1
+when some video failed; 2 on bad arguments or an unusable OUT; 4 when Cloud Storage fails (missing bucket,
+credentials, unreachable after retries).
 
 Apache Beam mode (momentor_jax/data/beam_pipelines.py): give a runner, and any other Beam pipeline option after it,
 
@@ -18,8 +19,7 @@ Apache Beam mode (momentor_jax/data/beam_pipelines.py): give a runner, and any o
         --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py
 
 It writes the same shards (records sorted by video id in each) plus OUT/frames_failures.jsonl (video_id, stage,
-reason, detail) and OUT/frames_summary.json; --workers is then the runner's business. OUT must be local (or
-mounted) until the TFRecord writer goes through momentor_jax/fileio.py (issue #15).
+reason, detail) and OUT/frames_summary.json; --workers is then the runner's business.
 """
 import argparse
 import logging
@@ -28,13 +28,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from momentor_jax import cli, fileio  # noqa: E402
 from momentor_jax.data import extract  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video_dir", required=True, help="directory of <video_id>.mp4 (or .mkv, .webm, ...) files")
-    parser.add_argument("--out_dir", required=True, help="where frames-XXXXX-of-YYYYY.tfrecord shards go")
+    parser.add_argument("--out_dir", required=True, help="where frames-XXXXX-of-YYYYY.tfrecord shards go "
+                        "(a directory or gs://bucket/prefix)")
     parser.add_argument("--num_frames", type=int, default=300, help="frames per video, both ends included")
     parser.add_argument("--size", type=int, default=224, help="square frame side after resize + center crop")
     parser.add_argument("--num_shards", type=int, default=1)
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.video_dir):
         print(f"error: --video_dir {args.video_dir} is not a directory", file=sys.stderr)
         return 2
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+    if fileio.isfile(args.out_dir):
         print(f"error: --out_dir {args.out_dir} exists and is not a directory", file=sys.stderr)
         return 2
     try:
@@ -59,6 +61,7 @@ def main(argv=None) -> int:
                                          num_shards=args.num_shards, workers=args.workers,
                                          jpeg_quality=args.jpeg_quality)
     except (ValueError, OSError) as e:  # bad arguments, or an OUT that cannot be written
+        cli.fail_storage(e)  # a Cloud Storage failure: its one line, exit 4
         print(f"error: {e}", file=sys.stderr)
         return 2
     for repair in summary.repaired:

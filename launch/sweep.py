@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import importlib.util
 import inspect
-import os
 import re
 import shlex
 import subprocess
@@ -29,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:  # `python launch/sweep.py` puts launch/ on s
     sys.path.insert(0, str(REPO_ROOT))
 
 from launch import tpu  # noqa: E402
+from momentor_jax import fileio  # noqa: E402
 
 MAX_NAME_LENGTH = 100
 
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tpu:
             tpu.execute(commands)
             return 0
-        os.makedirs(args.workdir_root, exist_ok=True) if "://" not in args.workdir_root else None
+        fileio.makedirs(args.workdir_root)  # local, or gs:// (there: the bucket must exist)
         failed = run_local(commands, [name for name, _, _ in runs])
     except tpu.LaunchError as e:
         print(f"error: {e}", file=sys.stderr)

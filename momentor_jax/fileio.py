@@ -16,6 +16,7 @@ Contract:
     listdir(path) -> [names]                sorted base names
     glob(pattern) -> [paths]                sorted, with the pattern's scheme kept
     makedirs(path)                          object stores have no directories: checks that the bucket exists
+    check_bucket(path)                      a one-line error when a gs:// path's bucket does not exist
     open(path, mode)                        a file object (text or binary)
     read_bytes / read_text(path)
     write_bytes / write_text(path, data)    whole-file, atomic: readers see the old file or the new one
@@ -23,6 +24,9 @@ Contract:
                                             (local: temp file + rename; remote: the upload is discarded on error)
     copy(src, dst)                          one file, any two locations
     remove(path)
+    put_tree(local_dir, dst_dir)            every file under a local directory copied to dst_dir (local or remote)
+    configure_for(path)                     sets up the remote filesystem before other libraries (orbax's
+                                            etils.epath) touch `path`; nothing for local paths
     RangeReader(paths).read(i, offset, length) -> bytes   picklable; reopens its handles once per process
 """
 from __future__ import annotations
@@ -145,7 +149,12 @@ def makedirs(path) -> None:
     if not is_remote(path):
         os.makedirs(path, exist_ok=True)
         return
-    if os.fspath(path).startswith("gs://"):  # fail here, in one line, rather than at the first write
+    check_bucket(path)  # fail here, in one line, rather than at the first write
+
+
+def check_bucket(path) -> None:
+    """Raises a one-line not-found error when `path` is on gs:// and its bucket does not exist."""
+    if os.fspath(path).startswith("gs://"):
         from momentor_jax import gcs  # noqa: PLC0415
         bucket = os.fspath(path)[len("gs://"):].split("/", 1)[0]
         if not gcs.bucket_exists(bucket):
@@ -235,6 +244,26 @@ def abort_upload(f) -> None:
 
 def copy(src, dst) -> None:
     write_bytes(dst, read_bytes(src))
+
+
+def put_tree(local_dir, dst_dir) -> list:
+    """Copies every file under `local_dir` to the same relative path under `dst_dir`; returns the written paths."""
+    written = []
+    for root, _, files in sorted(os.walk(local_dir)):
+        for name in sorted(files):
+            relative = os.path.relpath(os.path.join(root, name), local_dir)
+            target = join(dst_dir, *relative.split(os.sep))
+            if not is_remote(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            copy(os.path.join(root, name), target)
+            written.append(target)
+    return written
+
+
+def configure_for(path) -> None:
+    if os.fspath(path).startswith("gs://"):
+        from momentor_jax import gcs  # noqa: PLC0415
+        gcs.configure()
 
 
 def remove(path) -> None:

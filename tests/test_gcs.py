@@ -120,3 +120,30 @@ def test_each_process_opens_its_own_connections(gcs_bucket):
         with multiprocessing.get_context(method).Pool(1) as pool:
             data, pid = pool.apply(_read_in_child, (reader,))
         assert data == b"cde" and pid != os.getpid()
+
+
+def test_convert_data_reads_and_writes_gcs_like_local_files(tmp_path, gcs_bucket):
+    import data_scripts
+    fixture = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "moment10m_raw.json")
+    source = f"{gcs_bucket}/raw/moment10m.json"
+    fileio.copy(fixture, source)
+    convert = data_scripts.load("convert_data")
+    assert convert.main(["--source_path", fixture, "--target_path", str(tmp_path / "out.jsonl")]) == 0
+    assert convert.main(["--source_path", source, "--target_path", f"{gcs_bucket}/out.jsonl"]) == 0
+    assert fileio.read_bytes(f"{gcs_bucket}/out.jsonl") == (tmp_path / "out.jsonl").read_bytes()
+
+
+def test_train_on_a_missing_bucket_fails_in_one_line_within_seconds(gcs_server):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "momentor_jax.train", "--config=configs/tiny.py",
+                           "--workdir=gs://no-such-bucket-for-runs/run"], cwd=repo, capture_output=True, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo), timeout=120)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: gs://no-such-bucket-for-runs/run: bucket gs://no-such-bucket-for-runs does not exist (check the "
+        "name, or create it: gcloud storage buckets create gs://no-such-bucket-for-runs)")
+    assert "Traceback" not in proc.stderr
+    assert time.perf_counter() - started < 60  # start-up included; the storage check itself takes milliseconds

@@ -143,7 +143,11 @@ def adapt(command: str, world: World):
                             ("--sample_fps", "1"), ("--max_side", "64"), ("--max_instances", "3")):
             words = _set(words, flag, value)
         return words + ["--no_progress"]
-    if script in ("data/convert_data.py", "data/convert_data_gesm.py", "data/report_attrition.py"):
+    if script == "data/report_attrition.py":                       # the single-machine outputs of the steps above
+        renamed = {"gs://B/videos/": "videos/", "FRAMES/frames_failures.jsonl": "data/frames/extract_failures.jsonl",
+                   "FRAMES": "data/frames"}
+        return [functools.reduce(lambda w, kv: w.replace(*kv), renamed.items(), word) for word in words]
+    if script in ("data/convert_data.py", "data/convert_data_gesm.py"):
         return words
     if script == "momentor_jax.convert":
         if words[3] == "import_hf":

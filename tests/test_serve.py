@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -96,6 +97,7 @@ class ScriptedGenerator:
 
     def __init__(self, tokenizer, config):
         self.tokenizer, self.config, self.prompts, self.encoded = tokenizer, config, [], 0
+        self.delay, self.events = 0.0, []  # seconds each answer takes; ("answered", time) per answer
 
     def encode(self, frames):
         self.encoded += 1
@@ -109,6 +111,8 @@ class ScriptedGenerator:
         slots = [i for i, t in enumerate(ids) if t == tok.temp_output_id]
         for slot, p in zip(slots, SCRIPTED_TIMES, strict=True):  # the temporal token V + k the model would write
             ids[slot], times[slot] = tok.vocab_size + round(p * (n - 1)), p
+        time.sleep(self.delay)
+        self.events.append(("answered", time.monotonic()))
         return [generate.render_answer(ids, times, d, tok) for d in durations]
 
 
@@ -289,7 +293,7 @@ class Page:
             box.send_keys(text)
 
     def handled(self):
-        """How many requests the server has answered for this page."""
+        """The number of the last request the server handled for this page (each one gets a new number)."""
         return int(self.all("#momentor-message .momentor-status")[0].get_attribute("data-request"))
 
     def error(self):
@@ -304,8 +308,8 @@ class Page:
         return self.outcome(before)
 
     def outcome(self, before):
-        """Waits for the request after number `before`; its error or None."""
-        self.wait(lambda: self.handled() > before, 90)
+        """Waits for a request after the one numbered `before`; its error or None."""
+        self.wait(lambda: self.handled() != before, 90)
         return self.error()
 
     def player(self):
@@ -328,10 +332,16 @@ def scripted(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     generator = ScriptedGenerator(tiny["tokenizer"], tiny["config"])
     engine = _engine(tiny, tmp_path, generator)
+    opened = engine.open_video
+
+    def open_video(*args):  # the first thing a request does with the engine
+        generator.events.append(("open", time.monotonic()))
+        return opened(*args)
+
+    engine.open_video = open_video
     port = _free_port()
     examples = engine.ground_truth.examples(2)
     demo = app_lib.build_app(engine, examples, "scripted answers (test)")
-    demo.queue(default_concurrency_limit=1)
     demo.launch(**app_lib.launch_settings("127.0.0.1", port, 1 << 20, [*engine.allowed_dirs, engine.work_dir]))
     yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "generator": generator, "examples": examples}
     demo.close()
@@ -373,33 +383,43 @@ def test_grounding_answer_links_seek_the_player_and_the_dialogue_goes_on(tiny, s
     # Asking again does not reload the player: it stays where the last click put it.
     assert p.player()["time"] == pytest.approx(query["relevant_windows"][0][0], abs=0.5)
 
+    # Nothing the page loaded came from anywhere but this server.
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(scripted["url"]) for url in loaded), loaded
+
+    # For the screenshot: a frame inside the annotated event (a click on the truth bar lands on its first frame).
+    middle = sum(query["relevant_windows"][0]) / 2
+    browser.execute_script(f"document.getElementById('momentor-video').currentTime = {middle}")
+    p.wait(lambda: not browser.execute_script("return document.getElementById('momentor-video').seeking"), 10)
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
     browser.save_screenshot(SCREENSHOT)
 
 
 def test_bad_input_shows_a_message_and_the_server_keeps_serving(tiny, scripted, browser):
     p = Page(browser, scripted["url"])
+    before = p.handled()
     p.upload(tiny["root"] / "notes.mp4")
-    error = p.outcome(0)
+    error = p.outcome(before)
     assert "notes.mp4: not a video file that can be decoded (it is a text file)" in error
     assert p.ask("When does the red circle appear?") is not None  # still the text file: refused again
     query = tiny["queries"][0]
+    before = p.handled()
     p.upload(tiny["videos"][query["vid"]])
-    assert p.outcome(2) is None and p.all("#momentor-video")
+    assert p.outcome(before) is None and p.all("#momentor-video")
     assert p.ask(grounding_question(query["query"])) is None
 
     assert "question is empty" in p.ask("")
     for path in (os.path.join(tiny["outside"], "secret.mp4"), os.path.join(tiny["allowed"], "link.mp4"), "/etc/passwd"):
         p.type("#momentor-path textarea", path)
         assert "outside the allowed directories" in p.ask("What happens?")
-    served = p.d.execute_script(
-        "return fetch('gradio_api/file=' + arguments[0]).then(r => r.status)",
-        os.path.join(tiny["outside"], "secret.mp4"))
-    assert served == 403  # nor is the file served to the page
+    fetch = "return fetch('gradio_api/file=' + arguments[0]).then(r => r.status)"
+    assert p.d.execute_script(fetch, os.path.join(tiny["outside"], "secret.mp4")) == 403  # nor served to the page
 
     p.type("#momentor-path textarea", os.path.join(tiny["allowed"], "clip.mp4"))
     assert p.ask("What happens?") is None
     assert os.path.join(tiny["allowed"], "clip.mp4") in p.player()["src"]
+    p.wait(lambda: p.player()["ready"] >= 1, 30)
+    assert p.player()["error"] is None
     # An example (a held-out video with its annotated question) fills the path and the question.
     p.all("#momentor-examples [data-testid='dataset-cell-0-0']")[0].click()
     path, question = scripted["examples"][0]
@@ -407,6 +427,34 @@ def test_bad_input_shows_a_message_and_the_server_keeps_serving(tiny, scripted, 
     assert p.all("#momentor-question textarea")[0].get_attribute("value") == question
     assert p.ask(question) is None
     assert p.all(".momentor-turn .momentor-truth")  # an annotated video: the ground truth is drawn
+
+
+def test_one_request_runs_at_a_time(tiny, scripted, browser):
+    """Two pages ask at once; the second request reaches the engine only after the first one's answer."""
+    pages = []
+    for query in tiny["queries"][:2]:
+        if pages:
+            browser.switch_to.new_window("tab")
+        p = Page(browser, scripted["url"])
+        before = p.handled()
+        p.upload(tiny["videos"][query["vid"]])
+        assert p.outcome(before) is None
+        p.type("#momentor-question textarea", grounding_question(query["query"]))
+        pages.append((browser.current_window_handle, p))
+    events, scripted["generator"].delay = scripted["generator"].events, 1.5
+    events.clear()
+    before = {}
+    for handle, p in pages:
+        browser.switch_to.window(handle)
+        before[handle] = p.handled()
+        p.all("#momentor-ask")[0].click()
+    for handle, p in pages:
+        browser.switch_to.window(handle)
+        assert p.outcome(before[handle]) is None and len(p.all(".momentor-turn")) == 1
+    assert [name for name, _ in events] == ["open", "answered", "open", "answered"]
+    assert events[2][1] >= events[1][1]
+    browser.close()
+    browser.switch_to.window(pages[0][0])
 
 
 def test_the_real_command_answers_in_the_page(tiny, browser, tmp_path):
@@ -433,7 +481,8 @@ def test_the_real_command_answers_in_the_page(tiny, browser, tmp_path):
         target = float(links[-1].get_attribute("data-seek"))
         assert 0 <= target <= query["duration"]
         assert p.click_and_read_time(links[-1]) == pytest.approx(target, abs=0.5)
-        assert "outside the allowed" in (p.type("#momentor-path textarea", "/etc/passwd") or p.ask("What happens?"))
+        p.type("#momentor-path textarea", "/etc/passwd")
+        assert "outside the allowed directories" in p.ask("What happens?")
     finally:
         server.send_signal(signal.SIGINT)
         try:

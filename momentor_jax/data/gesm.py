@@ -79,7 +79,7 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, seed: 
     type_counts = counts.by_type[DATA_TYPE]
     fileio.makedirs(os.path.dirname(target_path) or ".")
     repeated = raw.repeated if isinstance(raw, DuplicateKeys) else {}
-    with open(target_path, "w", encoding="utf-8") as out:
+    with fileio.atomic_open(target_path, "w") as out:  # local or gs://; whole or not at all
         for index, (video_id, entry) in enumerate(tqdm(raw.items(), desc="Converting", unit="video",
                                                        file=sys.stderr)):
             type_counts.read += 1

@@ -164,8 +164,7 @@ def load_json(path: str) -> Any:
         return DuplicateKeys(pairs)
 
     try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8-sig")
+        text = fileio.read_bytes(path).decode("utf-8-sig")  # local or gs://
         return json.loads(text, object_pairs_hook=pairs_hook)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e})") from e
@@ -393,7 +392,7 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, apply_
     rng = random.Random(seed)
     counts = ConversionCounts()
     fileio.makedirs(os.path.dirname(target_path) or ".")
-    with open(target_path, "w", encoding="utf-8") as out:
+    with fileio.atomic_open(target_path, "w") as out:  # local or gs://; whole or not at all
         for video_id, data_type, index, item in iter_raw_items(raw, source_path, counts, log):
             type_counts = counts.by_type[data_type]
             type_counts.read += 1

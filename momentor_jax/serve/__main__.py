@@ -138,7 +138,6 @@ def serve(predictor, checked: dict, previews: str) -> None:
     if ground_truth:
         header += f" Ground truth from `{ground_truth.source}` ({len(ground_truth)} queries)."
     app = app_lib.build_app(engine, examples, header)
-    app.queue(default_concurrency_limit=1, max_size=64)
     host = FLAGS.host
     if host not in LOOPBACK:
         cli.progress(f"warning: serving on {host}: anyone who can reach this address can use the page "

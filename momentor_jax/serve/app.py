@@ -1,11 +1,11 @@
 """The web demo's Gradio page: a chat.Engine behind a player, an upload, a typed path, a question box.
 
-    build_app(engine, examples=(), header="") -> gr.Blocks     (call .queue() and .launch() on it; see __main__)
+    build_app(engine, examples=(), header="") -> gr.Blocks     queued, one request at a time; .launch() it
     launch_settings(...) -> dict                                 the keyword arguments of launch (safe defaults)
 
 Page ids (what the browser test drives): #momentor-upload (file input), #momentor-path (typed path),
-#momentor-question, #momentor-ask, #momentor-new, #momentor-message (`.momentor-status` whose data-request counts
-the requests handled, holding the error of the last one if it failed), #momentor-examples,
+#momentor-question, #momentor-ask, #momentor-new, #momentor-message (`.momentor-status` whose data-request is a new
+number with every request handled, holding the error of the last one if it failed), #momentor-examples,
 #momentor-player-pane
 (holding video#momentor-video), #momentor-dialogue (turns, `.momentor-time` links, `.momentor-window` bars with
 data-start / data-end in seconds).
@@ -28,6 +28,7 @@ from typing import Sequence
 from momentor_jax.serve import chat, media, page
 
 TITLE = "Momentor: ask a video"
+QUEUE_SIZE = 64  # requests waiting beyond this are turned away by Gradio ("queue is full")
 
 
 def file_url(path: str) -> str:
@@ -123,13 +124,16 @@ def build_app(engine: chat.Engine, examples: Sequence[tuple] = (), header: str =
             gr.Examples([[path, q] for path, q in examples], inputs=[typed, question], elem_id="momentor-examples",
                         label="Held-out videos (annotated: the timeline shows the ground truth)")
 
+        # Every listener that reaches the model shares one queue slot: one request runs at a time.
+        one_at_a_time = dict(concurrency_limit=1, concurrency_id="momentor")
         upload.upload(lambda: "", outputs=typed, queue=False).then(
-            show_video, [upload, typed, state], [player, dialogue, message, state])
-        typed.submit(show_video, [upload, typed, state], [player, dialogue, message, state])
+            show_video, [upload, typed, state], [player, dialogue, message, state], **one_at_a_time)
+        typed.submit(show_video, [upload, typed, state], [player, dialogue, message, state], **one_at_a_time)
         for trigger in (ask_button.click, question.submit):
-            trigger(ask, [upload, typed, question, state], [player, dialogue, message, state, question])
+            trigger(ask, [upload, typed, question, state], [player, dialogue, message, state, question],
+                    **one_at_a_time)
         new_button.click(new_dialogue, [state], [dialogue, message, state])
-    return app
+    return app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
 
 
 def launch_settings(host: str, port: int, max_upload_bytes: int, allowed_paths: Sequence[str]) -> dict:

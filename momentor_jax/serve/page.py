@@ -129,7 +129,7 @@ def dialogue_html(turns_html: Sequence[str]) -> str:
 
 
 def status_html(request: int, error: str = "") -> str:
-    """The outcome of the request numbered `request`: its error in a box, or nothing to see (the number tells a
-    script driving the page that the request was handled)."""
+    """The outcome of the request numbered `request` (numbers are never reused): its error in a box, or nothing to
+    see (a new number tells a script driving the page that its request was handled)."""
     box = f'<div class="momentor-error" role="alert">{html.escape(error)}</div>' if error else ""
     return f'<div class="momentor-status" data-request="{request}">{box}</div>'
