@@ -140,6 +140,33 @@ def test_staged_records_are_used_and_a_retried_shard_step_writes_nothing(video_d
         [open(p, "rb").read() for p in extract.shard_paths(reference, 2)]
 
 
+def test_frames_from_and_to_gcs_match_the_local_single_machine_shards(video_dir, tmp_path, gcs_bucket):
+    """Videos read from gs:// and shards written to gs:// (the GCS server on loopback) hold the same bytes."""
+    from momentor_jax import fileio
+
+    names = sorted(os.listdir(video_dir))[:4] + ["notavideo00.mp4"]
+    local = tmp_path / "videos"
+    local.mkdir()
+    remote = fileio.join(gcs_bucket, "videos")
+    for name in names:
+        os.link(os.path.join(video_dir, name), local / name)
+        fileio.write_bytes(fileio.join(remote, name), open(os.path.join(video_dir, name), "rb").read())
+    reference = str(tmp_path / "single")
+    extract.extract_frames(str(local), reference, num_frames=NUM_FRAMES, size=SIZE, num_shards=2, progress=False)
+
+    out = fileio.join(gcs_bucket, "frames")
+    run = beam_pipelines.extract_frames(remote, out, THREADS, num_frames=NUM_FRAMES, size=SIZE, num_shards=2)
+    assert (run.summary.done, run.summary.failed) == (4, {"corrupt": 1})
+    shards = extract.shard_paths(out, 2)
+    assert [fileio.read_bytes(p) for p in shards] == \
+        [open(p, "rb").read() for p in extract.shard_paths(reference, 2)]
+    assert [r["video_id"] for r in attrition.read_failures(run.failures_path)] == ["notavideo00"]
+    versions = [fileio.stat(p) for p in shards]
+    again = beam_pipelines.extract_frames(remote, out, THREADS, num_frames=NUM_FRAMES, size=SIZE, num_shards=2)
+    assert (again.summary.already_done, again.summary.done) == (4, 0)
+    assert [fileio.stat(p) for p in shards] == versions
+
+
 def _check_attrition_report(frames_dir, tmp_path, capsys):
     """The corrupt videos carry qa_data (both) and segment_locate_data (one): those types lose examples."""
     specs = synthetic.sample_videos(**VIDEOS)

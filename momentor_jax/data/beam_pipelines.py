@@ -83,14 +83,6 @@ def _run(pipeline: beam.Pipeline, out_dir: str, stage: str) -> StageRun:
                     fileio.join(out_dir, attrition.SUMMARY_FILE.format(stage=stage)), counters)
 
 
-def _require_local_shards(out_dir: str) -> None:
-    """Shards go through tfrecord.TFRecordWriter and extract's config check, which use local files (the
-    cloud-storage issue, #15, moves them onto fileio); a gs:// output would become a local folder named 'gs:'."""
-    if fileio.is_remote(out_dir):
-        raise ValueError(f"{out_dir}: shards are written to local (or mounted) directories only until the TFRecord "
-                         "writer goes through momentor_jax/fileio.py (issue #15)")
-
-
 def _pipeline(pipeline_args: Sequence[str]) -> beam.Pipeline:
     """A pipeline on the runner the options name; DirectRunner means Beam's FnApiRunner.
 
@@ -215,9 +207,12 @@ def _shard_records(path: str) -> tuple:
         records = {frames_lib.record_video_id(d): d for d in tfrecord.iter_records(path)} if existing.ids else {}
         return records, bool(existing.problems)
     _log.warning("%s is damaged: keeping its %d intact records", path, len(existing.keep))
-    with open(path, "rb") as f:
-        return {video_id: tfrecord.read_record_at(f.fileno(), path, 0, offset, length)
+    reader = fileio.RangeReader([path])
+    try:
+        return {video_id: tfrecord.read_record_at(reader, 0, 0, offset, length)
                 for offset, length, video_id in existing.keep}, True
+    finally:
+        reader.close()
 
 
 class _WriteShard(beam.DoFn):
@@ -286,7 +281,6 @@ def extract_frames(video_dir: str, out_dir: str, pipeline_args: Sequence[str], n
     """The Beam twin of extract.extract_frames: same shard files, same records, plus frames_{failures,summary}."""
     if num_frames < 1 or size < 1 or num_shards < 1 or not 1 <= jpeg_quality <= 100:
         raise ValueError("num_frames, size and num_shards must be positive and jpeg_quality in [1, 100]")
-    _require_local_shards(out_dir)
     fileio.makedirs(out_dir)
     extract._check_config(out_dir, {"num_frames": num_frames, "size": size, "num_shards": num_shards,
                                     "jpeg_quality": jpeg_quality})
@@ -461,7 +455,6 @@ def extract_features(frames: str, out_dir: str, checkpoint: str, pipeline_args: 
     """
     from momentor_jax.data import features  # noqa: PLC0415 (jax only where features are made)
 
-    _require_local_shards(out_dir)
     paths = frames_lib.expand_paths(frames)
     fileio.makedirs(out_dir)
     records = [len(tfrecord.load_index(p)) for p in paths]
