@@ -488,10 +488,12 @@ def _save(ckpt, step, state, factory, data_iterator, buffer, history) -> None:
 
 # ------------------------------------------------------------------------------------------- 5. from a config
 def data_paths(config) -> dict:
-    """{'examples', 'frames', 'tokenizer'} from the explicit keys, else from the `data.dir` layout."""
+    """{'examples', 'frames', 'tokenizer'} from the explicit keys, else from the `data.dir` layout (`frames` is
+    <data.dir>/features with data.use_features)."""
     data_dir = config.data.dir
     paths = {"examples": config.data.examples, "frames": config.data.frames, "tokenizer": config.tokenizer}
-    defaults = {"examples": f"{config.variant}_train.jsonl", "frames": "frames", "tokenizer": "tokenizer"}
+    videos = "features" if config.data.use_features else "frames"  # data/extract_features.py's or frame records
+    defaults = {"examples": f"{config.variant}_train.jsonl", "frames": videos, "tokenizer": "tokenizer"}
     for key, name in defaults.items():
         if not paths[key]:
             if not data_dir:
