@@ -13,6 +13,9 @@
     skip_absent_tpu()          libtpu is installed for AOT compilation; on a host without TPU chips (and without a
                                jax GPU plugin) jax's TPU probe prints ~5 lines of libtpu errors, so with
                                JAX_PLATFORMS unset such a host is told to use the CPU
+    cpu_decode_flags()         for commands that decode (predict, evaluate, the decode bench): on the CPU, XLA's
+                               small-while-loop hoisting off (the batch-1 decode loop 1.86x faster), unless XLA_FLAGS
+                               already sets backend options
     progress(message)          one timestamped line on stderr (stdout stays for results, e.g. predict --json)
     phase(what)                progress lines when a long phase starts and when it ends, with its seconds
 """
@@ -133,6 +136,32 @@ def skip_absent_tpu() -> None:
     if any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin")):
         return
     os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+CPU_DECODE_OPTION = "xla_cpu_small_while_loop_byte_threshold=0"
+
+
+def cpu_decode_flags() -> bool:
+    """Adds `--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0` to XLA_FLAGS when JAX will run
+    on the CPU and XLA_FLAGS sets no backend options of its own; returns whether it did. Call before JAX starts
+    its backend (XLA reads the flags then).
+
+    At batch 1 the decode `while_loop` is small enough for XLA:CPU to compile it as one "small call" whose matmuls
+    skip the threaded runtime; with the threshold at 0 a decode step ran 1.86x faster (README, Performance)."""
+    current = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_extra_options" in current:
+        return False
+    skip_absent_tpu()
+    platforms = os.environ.get("JAX_PLATFORMS")
+    if platforms is None:
+        accelerator = any(importlib.util.find_spec(name) for name in (
+            "libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin"))
+        if accelerator:
+            return False
+    elif platforms.split(",")[0].strip() != "cpu":
+        return False
+    os.environ["XLA_FLAGS"] = f"{current} --xla_backend_extra_options={CPU_DECODE_OPTION}".strip()
+    return True
 
 
 def progress(message: str) -> None:

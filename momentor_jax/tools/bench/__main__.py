@@ -45,6 +45,9 @@ def main(argv=None) -> int:
         return 2
     suite = argv[0]
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read when jax first imports (the suite modules import it)
+    if suite == "decode":
+        from momentor_jax import cli  # noqa: PLC0415 (imports no jax)
+        cli.cpu_decode_flags()
     module = importlib.import_module(f"momentor_jax.tools.bench.{suite}")
     parser = argparse.ArgumentParser(prog=f"python -m momentor_jax.tools.bench {suite}",
                                      description=module.__doc__,
