@@ -34,5 +34,4 @@ def get_config(arg=None):
     c.mesh = (-1, 1, 1)
     c.learning_rate = 1e-4
     c.trainable = "all"
-    c.data.worker_count = 0
     return c

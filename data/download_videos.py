@@ -10,12 +10,10 @@ failed; 2 when the source cannot be read.
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from momentor_jax.data import download  # noqa: E402
+from momentor_jax.data import download
 
 
 def main(argv=None) -> int:
