@@ -20,10 +20,8 @@ could not be read). OUT must be local (or mounted) until the TFRecord writer goe
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
