@@ -9,7 +9,6 @@ rejected; 2 when the source file cannot be read.
 import argparse
 import sys
 
-
 from momentor_jax.data import moment10m
 
 
