@@ -20,12 +20,10 @@ VIDEO_PATH/download_summary.json; --workers is then the runner's business.
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from momentor_jax.data import download  # noqa: E402
+from momentor_jax.data import download
 
 
 def main(argv=None) -> int:

@@ -26,10 +26,9 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from momentor_jax import cli, fileio  # noqa: E402
-from momentor_jax.data import extract  # noqa: E402
+from momentor_jax import cli, fileio
+from momentor_jax.data import extract
 
 
 def main(argv=None) -> int:

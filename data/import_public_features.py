@@ -10,10 +10,8 @@ and named. Exit status: 0; 1 when some file was skipped; 2 on bad arguments or w
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:

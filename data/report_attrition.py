@@ -16,12 +16,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from momentor_jax import fileio  # noqa: E402
-from momentor_jax.data import attrition  # noqa: E402
-from momentor_jax.data import frames as frames_lib  # noqa: E402
-from momentor_jax.data import tfrecord  # noqa: E402
+from momentor_jax import fileio
+from momentor_jax.data import attrition
+from momentor_jax.data import frames as frames_lib
+from momentor_jax.data import tfrecord
 
 
 def main(argv=None) -> int:

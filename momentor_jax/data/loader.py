@@ -53,6 +53,7 @@ from absl import flags
 
 from momentor_jax import fileio
 from momentor_jax.data import frames as frames_lib
+from momentor_jax.data import packing as packing_lib
 from momentor_jax.data import tfrecord
 
 SKIPPED_KEY = "_num_skipped"
@@ -364,6 +365,8 @@ class LoaderIterator(grain.DatasetIterator):
         self.num_missing_videos = 0  # examples dropped at startup for want of a frame record
         self.num_bad_frame_records = 0  # frame records unreadable at startup (listed in the warnings)
         self.num_examples = 0        # examples (with a video) this loader draws from, all processes together
+        self.num_examples_seen = 0   # dialogues this process has handed on (packed rows hold several)
+        self.examples_per_row = 1.0  # packed: the estimate `make_train_loader` made for step counts
 
     def __next__(self) -> dict:
         while True:
@@ -375,20 +378,23 @@ class LoaderIterator(grain.DatasetIterator):
                 raise
             self.num_skipped_records += int(np.sum(batch.pop(SKIPPED_KEY)))
             self.num_clipped_times += int(np.sum(batch.pop(CLIPPED_KEY, 0)))
-            rows = len(batch["durations"])
-            self.num_loaded += rows
-            if self.batch_size is None or rows == self.batch_size:
+            examples = packing_lib.batch_examples(batch["segment_ids"])
+            self.num_loaded += examples
+            if self.batch_size is None or len(batch["segment_ids"]) == self.batch_size:
+                self.num_examples_seen += examples
                 return batch
 
     def get_state(self) -> dict:
         return {"parent": self._parent.get_state(), "num_skipped_records": self.num_skipped_records,
-                "num_clipped_times": self.num_clipped_times, "num_loaded": self.num_loaded}
+                "num_clipped_times": self.num_clipped_times, "num_loaded": self.num_loaded,
+                "num_examples_seen": self.num_examples_seen}
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["parent"])
         self.num_skipped_records = int(state["num_skipped_records"])
         self.num_clipped_times = int(state.get("num_clipped_times", 0))
         self.num_loaded = int(state.get("num_loaded", 0))
+        self.num_examples_seen = int(state.get("num_examples_seen", 0))
 
     def __str__(self) -> str:
         return "LoaderIterator"
@@ -444,7 +450,8 @@ def _ensure_flags_parsed() -> None:
 def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_length: int, global_batch_size: int,
                       seed: int, process_index: int = 0, process_count: int = 1, num_epochs: Optional[int] = None,
                       worker_count: int = 0, use_features: bool = False, read_threads: Optional[int] = None,
-                      worker_buffer_size: int = 2, image_size: Optional[int] = None) -> LoaderIterator:
+                      worker_buffer_size: int = 2, image_size: Optional[int] = None,
+                      packing: Optional[packing_lib.PackingOptions] = None) -> LoaderIterator:
     """Shuffled, repeated per-process batches for training.
 
     data_config: has `examples` (JSONL paths or globs) and `frames` (glob, directory or list of TFRecord shards);
@@ -454,6 +461,9 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     float32 [B, M, F] when use_features) and `durations` float32 [B]. num_epochs None repeats forever.
     worker_count > 0 decodes in that many processes (grain mp_prefetch), 0 in this process with threads.
     image_size: the model's frame side; records of another size are skipped and counted (None: not checked).
+    packing: rows of several dialogues (data/packing.py; `frames` / `features` gain a per-row video axis and
+    `num_videos` [B] comes along); the batch size then counts rows, and the iterator's `examples_per_row` is
+    estimated from up to PACKING_SAMPLE dialogues' lengths (text only, seeded) for step counts.
     """
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
@@ -481,6 +491,10 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size,
                                                                                          read_threads, 1))
     it_ds = SkipBadRecordsIterDataset(ds.to_iter_dataset(read_options))
+    if packing is not None:
+        if packing.max_length != max_length:
+            raise ValueError(f"packing rows of {packing.max_length} tokens, but max_length is {max_length}")
+        it_ds = packing_lib.PackIterDataset(it_ds, packing)
     it_ds = it_ds.batch(batch_size, drop_remainder=False)  # LoaderIterator drops the remainder after counting it
     if worker_count > 0:
         _ensure_flags_parsed()
@@ -490,7 +504,36 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     iterator.num_missing_videos = dropped
     iterator.num_bad_frame_records = videos.num_bad_records
     iterator.num_examples = len(examples)
+    if packing is not None:
+        iterator.examples_per_row = estimate_examples_per_row(load, packing, seed)
     return iterator
+
+
+PACKING_SAMPLE = 2048
+
+
+def estimate_examples_per_row(load: LoadExample, packing: packing_lib.PackingOptions, seed: int) -> float:
+    """Dialogues per packed row over a seeded sample of the examples, encoded without their videos."""
+    from momentor_jax.data.encode import encode_example  # noqa: PLC0415
+
+    extra = {} if load.system_prompt is None else {"system_prompt": load.system_prompt}
+
+    def length(index: int) -> Optional[int]:
+        try:
+            encoded = encode_example(load.examples[index], load.tokenizer, 1.0, load.num_frames, load.max_length,
+                                     **extra)
+        except (ValueError, KeyError, TypeError):
+            return None  # counted when the loader reaches it
+        return packing_lib.real_length(encoded)
+
+    count = min(PACKING_SAMPLE, len(load.examples))
+    lengths = packing_lib.sample_lengths(length, count, len(load.examples), seed)
+    if not lengths:
+        raise RuntimeError(f"none of {count} sampled examples could be encoded; see the examples' format")
+    estimate = packing_lib.estimate_examples_per_row(lengths, packing)
+    logging.info("packing: %.2f dialogues per row of %d tokens (estimated from %d dialogues)", estimate,
+                 packing.max_length, len(lengths))
+    return estimate
 
 
 class EvalExamples:

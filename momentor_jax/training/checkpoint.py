@@ -194,10 +194,14 @@ def restore_imported_params(path: str, abstract_params: Any) -> Any:
     with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(params_path)
         saved = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
+        # A model on cached features has no vision tower: the imported tower is for data/extract_features.py.
+        skip_vision = "vision" in saved and "vision" not in abstract_params
+        if skip_vision:
+            saved = {k: v for k, v in saved.items() if k != "vision"}
         check_same_tree(saved, abstract_params, str(path))
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
-        return checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(item=abstract_params,
-                                                                               restore_args=restore_args))
+        return checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(
+            item=abstract_params, restore_args=restore_args, partial_restore=skip_vision))
 
 
 def check_same_tree(saved: Any, expected: Any, source: str) -> None:
