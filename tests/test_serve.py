@@ -122,13 +122,13 @@ def _predictor(tiny):
                              system_prompt=SYSTEM_PROMPT, progress=False)
 
 
-def _engine(tiny, tmp_path, generator):
+def _engine(tiny, tmp_path, generator, upload_dir=None):
     previews = tmp_path / "previews"
     previews.mkdir(exist_ok=True)
     truth = annotated.GroundTruth.read(tiny["annotations"], os.path.join(tiny["raw"], "videos"))
     # The annotated videos' directory is allowed, as the command allows its --video_dir.
     return chat.Engine(_predictor(tiny), str(previews), 1 << 20, [tiny["allowed"], truth.video_dir], cache_videos=2,
-                       ground_truth=truth, generator=generator, progress=False)
+                       ground_truth=truth, generator=generator, progress=False, upload_dir=upload_dir)
 
 
 # ------------------------------------------------------------------------------------------------ without a browser
@@ -214,6 +214,9 @@ def test_dialogue_prompt_puts_earlier_answers_back_with_temporal_placeholders(ti
     assert engine.truth(video, first)[1] == tuple(tuple(w) for w in query["relevant_windows"])
     with pytest.raises(media.InputRefused, match="question is empty"):
         engine.ask(video, "   ", dialogue)
+    uploads_only = _engine(tiny, tmp_path, scripted, upload_dir=str(tmp_path / "uploads"))
+    with pytest.raises(media.InputRefused, match="not an upload of this server"):
+        uploads_only.open_video(tiny["videos"][query["vid"]], None)
     long_question = " ".join(["word"] * 300)
     with pytest.raises(media.InputRefused, match="does not fit the model's context"):
         engine.ask(video, long_question)
@@ -331,7 +334,7 @@ def scripted(tiny, tmp_path, monkeypatch):
     from momentor_jax.serve import app as app_lib
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     generator = ScriptedGenerator(tiny["tokenizer"], tiny["config"])
-    engine = _engine(tiny, tmp_path, generator)
+    engine = _engine(tiny, tmp_path, generator, upload_dir=str(tmp_path / "uploads"))
     opened = engine.open_video
 
     def open_video(*args):  # the first thing a request does with the engine

@@ -132,7 +132,7 @@ def serve(predictor, checked: dict, previews: str) -> None:
     predictor.generator  # noqa: B018 (loads the parameters now, with progress lines, not on the first question)
     ground_truth = checked["ground_truth"]
     engine = chat.Engine(predictor, previews, int(FLAGS.max_upload_mb * 2**20), checked["allowed"],
-                         FLAGS.cache_videos, ground_truth)
+                         FLAGS.cache_videos, ground_truth, upload_dir=os.environ["GRADIO_TEMP_DIR"])
     examples = ground_truth.examples(FLAGS.num_examples) if ground_truth else []
     header = f"Checkpoint `{predictor.located.params_dir}`."
     if ground_truth:
