@@ -228,6 +228,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _own_address():
+    """This host's address on its default route (no packet is sent), or None when it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
 def _run_serve(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     return subprocess.run([sys.executable, "-m", "momentor_jax.serve", *args], capture_output=True, text=True,
@@ -472,6 +483,10 @@ def test_the_real_command_answers_in_the_page(tiny, browser, tmp_path):
         line = server.stdout.readline()
         assert line.startswith("serving ") and f"http://127.0.0.1:{port}" in line, (line, server.stderr.read()
                                                                                   if server.poll() is not None else "")
+        own_address = _own_address()
+        if own_address:  # bound to loopback only: this host's other address does not answer
+            with pytest.raises(OSError), socket.create_connection((own_address, port), timeout=5):
+                pass
         p = Page(browser, f"http://127.0.0.1:{port}/")
         query = tiny["queries"][0]
         p.upload(tiny["videos"][query["vid"]])
@@ -487,7 +502,7 @@ def test_the_real_command_answers_in_the_page(tiny, browser, tmp_path):
         p.type("#momentor-path textarea", "/etc/passwd")
         assert "outside the allowed directories" in p.ask("What happens?")
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:

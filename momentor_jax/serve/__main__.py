@@ -19,12 +19,14 @@ directories can be fetched through the page; nothing is unpickled or executed; G
 share tunnel, API page, MCP server and server-side rendering are off, so nothing reaches the internet.
 Videos a browser cannot play (codecs other than H.264/VP8/VP9/AV1) are shown as a transcoded silent copy.
 
-Exit status: 0 after Ctrl-C; 2 on bad flags or input (checkpoint, annotations, directories), before the model loads.
+Exit status: 0 after Ctrl-C or SIGTERM (the server's temporary files, uploads included, are removed); 2 on bad flags
+or input (checkpoint, annotations, directories), before the model loads.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -144,12 +146,14 @@ def serve(predictor, checked: dict, previews: str) -> None:
                      f"(and fetch files under {', '.join(checked['allowed']) or 'no --allowed_dir'})")
     app.launch(**app_lib.launch_settings(host, FLAGS.port, int(FLAGS.max_upload_mb * 2**20),
                                          [*checked["allowed"], previews]))
+    # SIGTERM (a service manager, `kill`) stops the server like Ctrl-C, so its temporary files are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {predictor.checkpoint} at http://{shown}:{FLAGS.port} (Ctrl-C stops)", flush=True)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         print("stopped", file=sys.stderr, flush=True)
     finally:
         app.close()
