@@ -423,6 +423,14 @@ def test_bad_input_shows_a_message_and_the_server_keeps_serving(tiny, scripted, 
     assert p.ask(grounding_question(query["query"])) is None
 
     assert "question is empty" in p.ask("")
+
+    big = tiny["root"] / "big.mp4"  # over the fixture's 1 MiB limit: Gradio refuses it in the page and on the server
+    big.write_bytes(b"\0" * (2 << 20))
+    p.upload(big)
+    p.wait(lambda: "exceed the maximum allowed size" in p.d.find_element(p.by.TAG_NAME, "body").text, 20)
+    post = ("const form = new FormData(); form.append('files', new Blob([new Uint8Array(arguments[0])]), 'big.mp4');"
+            "return fetch('gradio_api/upload', {method: 'POST', body: form}).then(r => r.status)")
+    assert p.d.execute_script(post, 2 << 20) == 413
     for path in (os.path.join(tiny["outside"], "secret.mp4"), os.path.join(tiny["allowed"], "link.mp4"), "/etc/passwd"):
         p.type("#momentor-path textarea", path)
         assert "outside the allowed directories" in p.ask("What happens?")
