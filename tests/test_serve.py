@@ -397,16 +397,25 @@ def test_grounding_answer_links_seek_the_player_and_the_dialogue_goes_on(tiny, s
     # Asking again does not reload the player: it stays where the last click put it.
     assert p.player()["time"] == pytest.approx(query["relevant_windows"][0][0], abs=0.5)
 
-    # Nothing the page loaded came from anywhere but this server.
-    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-    assert loaded and all(url.startswith(scripted["url"]) for url in loaded), loaded
-
-    # For the screenshot: a frame inside the annotated event (a click on the truth bar lands on its first frame).
+    # The screenshot (docs/serve_screenshot.png), with a frame inside the annotated event.
     middle = sum(query["relevant_windows"][0]) / 2
     browser.execute_script(f"document.getElementById('momentor-video').currentTime = {middle}")
     p.wait(lambda: not browser.execute_script("return document.getElementById('momentor-video').seeking"), 10)
     os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
     browser.save_screenshot(SCREENSHOT)
+
+    # "New dialogue" forgets the turns: the next prompt holds only the new question.
+    before = p.handled()
+    p.all("#momentor-new")[0].click()
+    p.outcome(before)
+    assert not p.all(".momentor-turn")
+    assert p.ask("When does the shape appear?") is None and len(p.all(".momentor-turn")) == 1
+    assert tiny["tokenizer"].temp_output_id not in list(scripted["generator"].prompts[-1]["input_ids"])
+    assert scripted["generator"].encoded == 1
+
+    # Nothing the page loaded came from anywhere but this server.
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(scripted["url"]) for url in loaded), loaded
 
 
 def test_bad_input_shows_a_message_and_the_server_keeps_serving(tiny, scripted, browser):
