@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from momentor_jax import demo
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +67,15 @@ def test_quick_demo_end_to_end(tmp_path):
 
 
 def test_tpm_switch_alias_becomes_the_config_key():
-    args, overrides = demo._parse(["--config.model.tpm.enabled=False", "--config.batch_size=4", "--quick"])
-    assert args.quick
-    assert overrides == ["--config.model.tpm_enabled=False", "--config.batch_size=4"]
+    args, overrides = demo._parse(["demo", "--config.model.tpm.enabled=False", "--config.batch_size=4", "--quick"])
+    assert args.quick and not args.config.model.tpm_enabled and args.config.batch_size == 4
+    assert overrides == ["--config.checkpoint_every_steps=1000", "--config.log_every_steps=1",
+                         "--config.model.tpm_enabled=false", "--config.batch_size=4"]
+
+
+def test_bad_flags_are_one_line_usage_errors(capsys):
+    for argv in (["demo", "--config.no_such_key=1"], ["demo", "--workdirs=x"], ["demo", "extra"]):
+        with pytest.raises(SystemExit) as info:
+            demo._parse(argv)
+        assert info.value.code == 2
+        assert capsys.readouterr().err.startswith("error: ")

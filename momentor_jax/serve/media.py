@@ -153,7 +153,7 @@ def _encoder() -> tuple[str, str]:
         try:
             av.codec.Codec(name, "w")
             return name, "mp4"
-        except Exception:  # UnknownCodecError and, in some builds, ValueError
+        except Exception:  # noqa: BLE001 (UnknownCodecError and, in some builds, ValueError)
             continue
     return "libvpx", "webm"
 
