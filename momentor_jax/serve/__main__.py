@@ -160,5 +160,6 @@ def serve(predictor, checked: dict, previews: str) -> None:
 
 
 if __name__ == "__main__":
+    cli.cpu_decode_flags()  # before JAX starts, as predict
     _define_flags()
     cli.run(main)
