@@ -37,6 +37,7 @@ LABELS = "circle,square,star"
 RUN_ELSEWHERE = {
     "make demo": "tests/test_demo.py runs the same pipeline (momentor_jax.demo --quick)",
     "make test": "this suite",
+    "python -m momentor_jax.serve": "tests/test_serve.py (a server that runs until stopped, driven in a browser)",
     "python -m momentor_jax.tools.bench train": "tests/test_bench_train.py",
     "python -m momentor_jax.tools.bench torch": "tests/test_bench_train.py (the torch reference suite)",
     "python -m momentor_jax.tools.bench decode": "tests/test_bench_torch_decode.py",
