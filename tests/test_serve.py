@@ -32,6 +32,8 @@ from momentor_jax.models import config as model_configs
 from momentor_jax.serve import annotated, chat, media, page
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The README shows this test's screenshot: MOMENTOR_UPDATE_SCREENSHOT=1 writes it there, other runs to a temporary
+# folder (a test run leaves the tree as it was).
 SCREENSHOT = os.path.join(REPO, "docs", "serve_screenshot.png")
 SYSTEM_PROMPT = "You are Momentor."
 MAX_NEW_TOKENS = 12
@@ -361,7 +363,7 @@ def scripted(tiny, tmp_path, monkeypatch):
     demo.close()
 
 
-def test_grounding_answer_links_seek_the_player_and_the_dialogue_goes_on(tiny, scripted, browser):
+def test_grounding_answer_links_seek_the_player_and_the_dialogue_goes_on(tiny, scripted, browser, tmp_path):
     query = tiny["queries"][-1]
     video = tiny["videos"][query["vid"]]
     p = Page(browser, scripted["url"])
@@ -397,12 +399,12 @@ def test_grounding_answer_links_seek_the_player_and_the_dialogue_goes_on(tiny, s
     # Asking again does not reload the player: it stays where the last click put it.
     assert p.player()["time"] == pytest.approx(query["relevant_windows"][0][0], abs=0.5)
 
-    # The screenshot (docs/serve_screenshot.png), with a frame inside the annotated event.
+    # The screenshot, with a frame inside the annotated event.
     middle = sum(query["relevant_windows"][0]) / 2
     browser.execute_script(f"document.getElementById('momentor-video').currentTime = {middle}")
     p.wait(lambda: not browser.execute_script("return document.getElementById('momentor-video').seeking"), 10)
-    os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
-    browser.save_screenshot(SCREENSHOT)
+    screenshot = SCREENSHOT if os.environ.get("MOMENTOR_UPDATE_SCREENSHOT") else str(tmp_path / "serve.png")
+    assert browser.save_screenshot(screenshot) and os.path.getsize(screenshot) > 10_000
 
     # "New dialogue" forgets the turns: the next prompt holds only the new question.
     before = p.handled()
