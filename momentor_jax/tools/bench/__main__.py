@@ -19,7 +19,9 @@ import sys
 
 from momentor_jax import cli
 
-SUITES = ("peak", "train", "torch", "decode", "loader", "gpu")
+# Suite name -> module (the `torch` suite's module is not called torch: it imports the real one).
+SUITES = {"peak": "peak", "train": "train", "torch": "pytorch_ref", "decode": "decode", "loader": "loader",
+          "gpu": "gpu"}
 
 
 def main(argv=None) -> int:
@@ -30,7 +32,7 @@ def main(argv=None) -> int:
         return 2
     suite = argv[0]
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read when jax first imports (the suite modules import it)
-    module = importlib.import_module(f"momentor_jax.tools.bench.{suite}")
+    module = importlib.import_module(f"momentor_jax.tools.bench.{SUITES[suite]}")
 
     def define_flags(flag_values, suite_argv):
         from absl import flags  # noqa: PLC0415
