@@ -84,6 +84,12 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.data.use_features = False        # batches carry cached pooled ViT features instead of frames
     c.data.worker_count = 0            # grain worker processes (0: in the main process)
     c.data.synthetic_videos = 0        # >0: with data.dir unset, render and prepare this many videos in the workdir
+    # Packing (data/packing.py): several dialogues per row of max_length, each with its own video; batch_size then
+    # counts rows. max_videos_per_row <= max_segments; a row holds at most the smaller of the two dialogues.
+    c.data.packing = False
+    c.data.max_segments = 8
+    c.data.max_videos_per_row = 8
+    c.data.packing_buffer = 256        # dialogues per packing window (decoded and held in memory together)
 
     c.model = model_section(model_config)
     c.model.num_frames = num_frames_ref

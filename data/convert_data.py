@@ -9,14 +9,13 @@ rejected; 2 when the source file cannot be read.
 import argparse
 import sys
 
-
 from momentor_jax.data import moment10m
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source_path", required=True, help="raw Moment-10M JSON {video_id: {data_type: [items]}}")
-    parser.add_argument("--target_path", required=True, help="output JSONL, one dialogue per line")
+    parser.add_argument("--target_path", required=True, help="output JSONL, one dialogue per line (a file or gs://bucket/key)")
     parser.add_argument("--format", choices=moment10m.FORMATS, default=moment10m.TEMPORAL,
                         help="temporal: <TEMP-INPUT>/<TEMP-OUTPUT> placeholders + times; text: times as text")
     parser.add_argument("--no_filter", action="store_true", help="keep items whatever their score")

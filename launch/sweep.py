@@ -26,7 +26,7 @@ import types
 from typing import Any, Callable, Optional, Sequence
 
 from launch import tpu
-from momentor_jax import cli
+from momentor_jax import cli, fileio
 
 MAX_NAME_LENGTH = 100
 REPO_ROOT = cli.REPO_ROOT
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tpu:
             tpu.execute(commands)
             return 0
-        os.makedirs(args.workdir_root, exist_ok=True) if "://" not in args.workdir_root else None
+        fileio.makedirs(args.workdir_root)  # local, or gs:// (there: the bucket must exist)
         failed = run_local(commands, [name for name, _, _ in runs])
     except tpu.LaunchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
     run(main)                  absl's app.run, except that a bad flag, a --config file that is not there or a
                                UsageError raised by `main` prints one line "error: ..." and a pointer to --help on
-                               stderr and exits with EXIT_USAGE (2), as argparse commands do
+                               stderr and exits with EXIT_USAGE (2), as argparse commands do; a Cloud Storage
+                               failure (gcs.StorageError: missing bucket or object, credentials, permission, the
+                               server unreachable after retries) prints its one line and exits with EXIT_STORAGE (4)
     parse_flags(argv, define)  the same for commands whose main(argv) is called in-process (demo, sweep, bench): a
                                fresh absl FlagValues that `define` fills, argv parsed into it, --help printing the
                                command's docstring and flags
@@ -18,6 +20,9 @@
     skip_absent_tpu()          libtpu is installed for AOT compilation; on a host without TPU chips (and without a
                                jax GPU plugin) jax's TPU probe prints ~5 lines of libtpu errors, so with
                                JAX_PLATFORMS unset such a host is told to use the CPU
+    cpu_decode_flags()         for commands that decode (predict, evaluate, the decode bench): on the CPU, XLA's
+                               small-while-loop hoisting off (the batch-1 decode loop 1.86x faster), unless XLA_FLAGS
+                               already sets backend options
     progress(message)          one timestamped line on stderr (stdout stays for results, e.g. predict --json)
     phase(what)                progress lines when a long phase starts and when it ends, with its seconds
 """
@@ -34,6 +39,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 EXIT_USAGE = 2
+EXIT_STORAGE = 4
 CONFIG_HELP = ("configs/FILE.py[:variant], relative to the working directory or the repository; --config.KEY=VALUE "
                "overrides a key")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +70,18 @@ def _program() -> str:
 def fail_usage(message: str) -> None:
     print(f"error: {message}\n(see {_program()} --help)", file=sys.stderr, flush=True)
     sys.exit(EXIT_USAGE)
+
+
+def fail_storage(error: BaseException) -> None:
+    """Exits with EXIT_STORAGE and the error's one line when `error` is (or was caused by) a Cloud Storage failure;
+    returns otherwise. Local file errors keep their own handling."""
+    gcs = sys.modules.get("momentor_jax.gcs")  # never imported by a run that touched no gs:// path
+    seen = error
+    while gcs is not None and seen is not None:
+        if isinstance(seen, gcs.StorageError):
+            print(f"error: {seen}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_STORAGE)
+        seen = seen.__cause__ or seen.__context__
 
 
 def resolve_config_arg(argv: Sequence[str], flag: str = "config") -> list[str]:
@@ -189,6 +207,32 @@ def skip_absent_tpu() -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+CPU_DECODE_OPTION = "xla_cpu_small_while_loop_byte_threshold=0"
+
+
+def cpu_decode_flags() -> bool:
+    """Adds `--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0` to XLA_FLAGS when JAX will run
+    on the CPU and XLA_FLAGS sets no backend options of its own; returns whether it did. Call before JAX starts
+    its backend (XLA reads the flags then).
+
+    At batch 1 the decode `while_loop` is small enough for XLA:CPU to compile it as one "small call" whose matmuls
+    skip the threaded runtime; with the threshold at 0 a decode step ran 1.86x faster (README, Performance)."""
+    current = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_extra_options" in current:
+        return False
+    skip_absent_tpu()
+    platforms = os.environ.get("JAX_PLATFORMS")
+    if platforms is None:
+        accelerator = any(importlib.util.find_spec(name) for name in (
+            "libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm_plugin"))
+        if accelerator:
+            return False
+    elif platforms.split(",")[0].strip() != "cpu":
+        return False
+    os.environ["XLA_FLAGS"] = f"{current} --xla_backend_extra_options={CPU_DECODE_OPTION}".strip()
+    return True
+
+
 def progress(message: str) -> None:
     name = _program().rsplit(".", 1)[-1].rsplit("/", 1)[-1].removesuffix(".py")
     print(f"[{name} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -222,5 +266,8 @@ def run(main: Callable, flags_argv: Optional[Sequence[str]] = None) -> None:
             return main(argv)
         except app.UsageError as e:
             fail_usage(str(e))
+        except Exception as e:  # noqa: BLE001 (only storage failures are handled; the rest is re-raised)
+            fail_storage(e)
+            raise
 
     app.run(wrapped, argv=flags_argv, flags_parser=parse)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -345,13 +346,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     better = max(results["baseline_random"]["R1@0.5"], results["baseline_fixed"]["R1@0.5"])
     if better > 0:
         print(f"  R1@0.5: {results['model']['R1@0.5'] / better:.1f}x the better baseline")
+    serve = shlex.join([sys.executable, "-m", "momentor_jax.serve", "--checkpoint", stage2, "--annotations",
+                        queries_path])
     print(f"\nworkdir      {workdir}\n"
           f"metrics      {os.path.join(eval_dir, 'metrics.json')}\n"
           f"figure       {figure}\n"
           f"export       {export_dir} (llm/, vision/, momentor_extras)\n"
           f"checkpoint   {stage2} (predict, evaluate and export_hf take the workdir)\n"
           f"tensorboard  tensorboard --logdir {workdir}\n"
-          f"took {(time.time() - started) / 60:.1f} min", flush=True)
+          f"took {(time.time() - started) / 60:.1f} min\n\n"
+          f"Ask the trained model about the held-out videos in your browser (http://127.0.0.1:7860):\n"
+          f"  {serve}",
+          flush=True)
     return 0
 
 

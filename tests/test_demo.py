@@ -1,6 +1,7 @@
 """The demo's --quick path end to end: data, both training stages, evaluation with baselines, figure, export."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -59,6 +60,10 @@ def test_quick_demo_end_to_end(tmp_path):
     config = transformers.AutoConfig.from_pretrained(str(workdir / "export" / "llm"))
     assert config.vocab_size > 0
     assert "held-out temporal grounding" in result.stdout
+    serve = result.stdout.strip().splitlines()[-1].split()  # the last line opens the web demo on the trained model
+    assert serve[1:4] == ["-m", "momentor_jax.serve", "--checkpoint"] and serve[5] == "--annotations"
+    assert (pathlib.Path(serve[4]) / "checkpoints").is_dir() and os.path.isfile(serve[6])
+    assert (pathlib.Path(serve[6]).parent / "videos").is_dir()  # the examples' --video_dir default
 
 
 def test_tpm_switch_alias_becomes_the_config_key():

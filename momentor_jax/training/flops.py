@@ -28,8 +28,9 @@ def peak_flops_per_device(configured: float = 0.0) -> float:
     return PEAK_FLOPS_BY_DEVICE_KIND[max(matches, key=len)] if matches else 0.0
 
 
-def training_flops_per_example(model_config, max_length: int, trainable: str) -> float:
-    """Model FLOPs of one training example (one sequence of `max_length` tokens and its frames).
+def training_flops_per_example(model_config, max_length: int, trainable: str, videos: int = 1) -> float:
+    """Model FLOPs of one training example (one sequence of `max_length` tokens and its frames), or of one packed
+    row with `videos` video slots (the tower and the projector run on every slot).
 
     MaxText's accounting: every matmul costs 2 x params per token forward, 2x for the gradient of its input and 2x
     for the gradient of its weights; attention 2 x L^2 x heads x head_dim per causal layer forward (half of the
@@ -49,7 +50,7 @@ def training_flops_per_example(model_config, max_length: int, trainable: str) ->
     llm_flops = L * ((body + head_text) * (4 + 2 * backward_weights) + head_temporal * (4 + 2 * temporal_trains))
     attention = 3 * llm.num_layers * 2 * L * L * llm.num_heads * hd
 
-    projector = 3 * 2 * model_config.num_frames * vit.hidden_size * d
+    projector = 3 * 2 * model_config.num_frames * vit.hidden_size * d * videos
     vision = 0.0
     if not model_config.use_cached_features:
         patches = (vit.image_size // vit.patch_size) ** 2
@@ -58,6 +59,6 @@ def training_flops_per_example(model_config, max_length: int, trainable: str) ->
         per_layer = 4 * dv * dv + 2 * dv * vit.intermediate_size
         matmul = 2 * (tokens * vit.num_layers * per_layer + patches * 3 * vit.patch_size ** 2 * dv)
         vit_attention = vit.num_layers * 4 * tokens * tokens * dv
-        vision = model_config.num_frames * (matmul * (3 if all_trainable else 1)
-                                            + vit_attention * (3 if all_trainable else 1))
+        vision = videos * model_config.num_frames * (matmul * (3 if all_trainable else 1)
+                                                     + vit_attention * (3 if all_trainable else 1))
     return float(llm_flops + attention + projector + vision)

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 
-from momentor_jax import cli
+from momentor_jax import cli  # imports no jax: the suite sets its environment first
 
 # Suite name -> module (the `torch` suite's module is not called torch: it imports the real one).
 SUITES = {"peak": "peak", "train": "train", "torch": "pytorch_ref", "decode": "decode", "loader": "loader",
@@ -32,6 +32,8 @@ def main(argv=None) -> int:
         return 2
     suite = argv[0]
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read when jax first imports (the suite modules import it)
+    if suite == "decode":
+        cli.cpu_decode_flags()
     module = importlib.import_module(f"momentor_jax.tools.bench.{SUITES[suite]}")
 
     def define_flags(flag_values, suite_argv):

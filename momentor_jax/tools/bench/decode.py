@@ -25,7 +25,8 @@ On XLA:CPU at batch 1 the decode `while_loop` holds no scatter (a one-row cache 
 dynamic-update-slice), so XLA's small-while-loop hoisting compiles the whole loop as one "small call" whose matmuls
 do not run through the threaded dot runtime; this lifts that (timings in docs/measurements.md):
     XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0
-A process-wide flag, so the suite leaves it to the caller; the JSON records XLA_FLAGS under `hardware`.
+`python -m momentor_jax.tools.bench decode`, `predict` and `evaluate` set it before JAX starts on the CPU unless
+XLA_FLAGS already sets backend options (cli.cpu_decode_flags); the JSON records XLA_FLAGS under `hardware`.
 
 The greedy tokens are compared: up to and including the first generated temporal token they must be the same
 ("text part"); after it our decoder feeds the token back at its refined sub-token time (Momentor's decoding), while
