@@ -10,6 +10,17 @@ import jax
 # What the console line shows, in order (TensorBoard gets every scalar).
 _CONSOLE_KEYS = ("loss", "text_loss", "temporal_loss", "temporal_accuracy", "learning_rate", "grad_norm",
                  "tokens_per_sec", "step_time", "mfu", "examples_per_step", "packing_efficiency", "epoch")
+# How a key reads there when not as "key 1.234".
+_CONSOLE_FORMATS = {
+    "learning_rate": lambda v: f"lr {v:.3e}",
+    "temporal_accuracy": lambda v: f"temporal_acc {v:.3f}",
+    "mfu": lambda v: f"mfu {100.0 * v:.2f}%",
+    "step_time": lambda v: f"{v:.3f}s/step",
+    "tokens_per_sec": lambda v: f"tok/s {v:,.0f}",
+    "examples_per_step": lambda v: f"ex/step {v:.1f}",
+    "packing_efficiency": lambda v: f"packed {100.0 * v:.1f}%",
+    "epoch": lambda v: f"epoch {v:.3f}",
+}
 
 
 def format_eta(seconds: float) -> str:
@@ -23,24 +34,7 @@ def format_progress(step: int, total_steps: int, scalars: Mapping[str, float], e
     parts = [f"step {step}/{total_steps} ({100.0 * step / max(total_steps, 1):.1f}%)"]
     for key in (k for k in _CONSOLE_KEYS if k in scalars):
         value = float(scalars[key])
-        if key == "learning_rate":
-            parts.append(f"lr {value:.3e}")
-        elif key == "temporal_accuracy":
-            parts.append(f"temporal_acc {value:.3f}")
-        elif key == "mfu":
-            parts.append(f"mfu {100.0 * value:.2f}%")
-        elif key == "step_time":
-            parts.append(f"{value:.3f}s/step")
-        elif key == "tokens_per_sec":
-            parts.append(f"tok/s {value:,.0f}")
-        elif key == "examples_per_step":
-            parts.append(f"ex/step {value:.1f}")
-        elif key == "packing_efficiency":
-            parts.append(f"packed {100.0 * value:.1f}%")
-        elif key == "epoch":
-            parts.append(f"epoch {value:.3f}")
-        else:
-            parts.append(f"{key} {value:.4g}")
+        parts.append(_CONSOLE_FORMATS[key](value) if key in _CONSOLE_FORMATS else f"{key} {value:.4g}")
     parts.append(f"eta {format_eta(eta_seconds)}")
     return " | ".join(parts)
 
