@@ -54,7 +54,7 @@ def prepare_synthetic_data(config, root: str, mark_ready: bool = True) -> str:
     if summary.failed:
         raise RuntimeError(f"synthetic data: frame extraction failed for {summary.failed[:3]}")
 
-    texts = tokenizer_lib.demo_texts(seed=config.seed)
+    texts = synthetic.tokenizer_texts(seed=config.seed)
     for path in examples.values():
         with open(path) as f:
             for line in f:

@@ -7,6 +7,7 @@ import pytest
 
 from momentor_jax import constants
 from momentor_jax.data import conversation, encode, moment10m
+from momentor_jax.data import synthetic
 from momentor_jax.data import tokenizer as tokenizer_lib
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "moment10m_raw.json")
@@ -18,7 +19,7 @@ MAX_LENGTH = 512
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("sp") / "sp"
-    path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(prefix), 300)
+    path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(), str(prefix), 300)
     return tokenizer_lib.MomentorTokenizer(path, 16)
 
 

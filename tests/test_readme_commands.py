@@ -216,7 +216,7 @@ def world(tmp_path_factory):
     hf = tmp_path_factory.mktemp("hf")
     tiny.tiny_llama(num_kv_heads=2).save_pretrained(hf / "llama")
     tiny.tiny_clip_vision().save_pretrained(hf / "clip")
-    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(hf / "sp"), tiny.VOCAB)
+    model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(), str(hf / "sp"), tiny.VOCAB)
     os.replace(model_path, hf / "llama" / "tokenizer.model")
     models = {"llama": str(hf / "llama"), "clip": str(hf / "clip"),
               "clip_full": hf_tiny_datagen.save_clip(str(hf / "clip_full")),

@@ -65,7 +65,7 @@ def tiny(tmp_path_factory):
     raw = str(root / "raw")
     synthetic.make_dataset(raw, 3, seed=3, num_heldout=2, min_duration=8, max_duration=10, progress=False)
     config = model_configs.tiny()
-    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(200), str(root / "sp"),
+    model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(200), str(root / "sp"),
                                                    vocab_size=config.llm.vocab_size - 5)
     tokenizer = tokenizer_lib.MomentorTokenizer(model_path, config.num_temporal_tokens)
     params = _random_params(config)

@@ -14,7 +14,7 @@ from configs import demo, momentor_7b, tiny
 from momentor_jax.models.config import MomentorConfig
 from momentor_jax.models import config as model_configs
 from momentor_jax.training import checkpoint as checkpoint_lib
-from momentor_jax.training import metrics_writer, optim, sharding, trainer
+from momentor_jax.training import flops, metrics_writer, optim, sharding, trainer
 
 VOCAB, EMBED, B, L = 32, 16, 8, 12
 
@@ -142,9 +142,9 @@ def test_training_flops_match_maxtext_when_all_train():
     attention = 3 * llm.num_layers * 2 * L_ * L_ * llm.num_heads * hd
     projector = 6 * cfg.num_frames * cfg.vision.hidden_size * llm.hidden_size
     expected = 6 * params * L_ + attention + projector
-    assert metrics_writer.training_flops_per_example(cfg, L_, "all") == pytest.approx(expected)
+    assert flops.training_flops_per_example(cfg, L_, "all") == pytest.approx(expected)
     # Frozen LLM body: no weight gradients there, so strictly less work.
-    assert metrics_writer.training_flops_per_example(cfg, L_, "momentor") < expected
+    assert flops.training_flops_per_example(cfg, L_, "momentor") < expected
 
 
 def test_progress_line():
@@ -191,8 +191,9 @@ def test_model_config_names_are_checked():
 
 
 def test_tokenizer_follows_the_model_configs_whitespace_mode(tmp_path):
+    from momentor_jax.data import synthetic
     from momentor_jax.data import tokenizer as tokenizer_lib
-    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(tmp_path / "sp"), 300)
+    model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(), str(tmp_path / "sp"), 300)
     tokenizer_lib.MomentorTokenizer(model_path, 16).save(tmp_path / "tok")
     config = model_configs.tiny(added_token_whitespace="strip")
     for path in (model_path, str(tmp_path / "tok")):

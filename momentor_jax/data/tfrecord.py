@@ -383,9 +383,6 @@ class TFRecordDataSource:
         shard = bisect.bisect_right(self._starts, i) - 1
         return shard, i - self._starts[shard]
 
-    def global_index(self, shard: int, record: int) -> int:
-        return self._starts[shard] + record
-
     def read(self, shard: int, record: int) -> bytes:
         index = self.indexes[shard]
         return read_record_at(self._files, shard, record, index.offsets[record], index.lengths[record])

@@ -287,21 +287,3 @@ def train_sentencepiece(texts: Sequence[str], out_prefix: str, vocab_size: int =
         raise ValueError(f"sentencepiece training for {out_prefix} failed (more or more varied text is needed "
                          f"for {vocab_size} pieces): {e}") from e
     return f"{out_prefix}.model"
-
-
-def demo_texts(num_sentences: int = 400, seed: int = 0) -> list[str]:
-    """Deterministic English-like sentences in the vocabulary of Momentor's prompts, to train small tokenizers."""
-    import random  # noqa: PLC0415
-    from momentor_jax.data import conversation  # noqa: PLC0415 (late import: conversation imports nothing from here)
-
-    rng = random.Random(seed)
-    subjects = ["a man", "the woman", "a dog", "the person", "a child", "the chef", "two people", "the car"]
-    verbs = ["runs", "jumps", "cooks food", "opens the door", "talks", "walks away", "picks up a cup", "waves"]
-    questions = ["What happens in the video?", "When does the event happen?", "Describe the segment.",
-                 "Localize every event in the video.", "Where is the object?", "What does the person do?"]
-    texts = [conversation.SYSTEM_PROMPT, "USER: ASSISTANT:"] + questions
-    for _ in range(num_sentences):
-        start = rng.uniform(0, 200)
-        texts.append(f"{rng.choice(subjects)} {rng.choice(verbs)} from {start:.2f} seconds to "
-                     f"{start + rng.uniform(1, 30):.1f}s, then {rng.choice(subjects)} {rng.choice(verbs)}.")
-    return texts

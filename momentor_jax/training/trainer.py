@@ -30,6 +30,7 @@ from momentor_jax.models import partition
 from momentor_jax.models.loss import compute_loss
 from momentor_jax.models.config import MomentorConfig
 from momentor_jax.training import checkpoint as checkpoint_lib
+from momentor_jax.training import flops as flops_lib
 from momentor_jax.training import metrics_writer as metrics_lib
 from momentor_jax.training import optim, sharding
 
@@ -413,9 +414,9 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
     mesh, max_length = factory.mesh, config.max_length
     buffer, history = _MetricsBuffer(), []
     tokens_per_step = config.batch_size * max_length
-    flops_per_step = config.batch_size * metrics_lib.training_flops_per_example(
+    flops_per_step = config.batch_size * flops_lib.training_flops_per_example(
         model_config, max_length, config.trainable, max(videos_per_row(config), 1))
-    peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device) * jax.device_count()
+    peak = flops_lib.peak_flops_per_device(config.peak_flops_per_device) * jax.device_count()
     timer_start, timer_step = time.perf_counter(), start_step
     stopped_early, step = False, start_step
 
