@@ -81,6 +81,28 @@ def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
             "fmt": "text" if ablate_tpm else "temporal"}
 
 
+# The share of the host's fp32 matmul rate the demo's train step reaches on CPU (bench train --config=configs/demo.py:
+# 45.9% of a 184 GFLOP/s peak; 44% on a ~110 GFLOP/s host, docs/measurements.md), and what runs besides training
+# (data, compilation, evaluation, export).
+DEMO_MFU = 0.45
+DEMO_OTHER_MINUTES = 2.5
+
+
+def host_matmul_flops() -> float:
+    """The host's fp32 matmul FLOP/s (best of a few 2048^3 products, as the bench suites measure it; ~2 s)."""
+    from momentor_jax.tools.bench import peak  # noqa: PLC0415 (imports jax; only the estimate needs it)
+    return peak.matmul_flops(2048, "float32", repeats=4)["best_flops_per_s"]
+
+
+def expected_minutes(model_config, max_length: int, settings: dict, flops_per_s: float) -> float:
+    """Wall minutes the demo should take on a host with this matmul rate: the training FLOPs of both stages at
+    DEMO_MFU, plus the rest."""
+    from momentor_jax.training import flops  # noqa: PLC0415
+    steps = settings["gesm_steps"] + settings["instruct_steps"]
+    per_step = settings["batch_size"] * flops.training_flops_per_example(model_config, max_length, "all")
+    return steps * per_step / (DEMO_MFU * flops_per_s) / 60 + DEMO_OTHER_MINUTES
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 
@@ -297,6 +319,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # --ablate_tpm or the config switch: the data must say times in text
     ablate_tpm = args.ablate_tpm or not model_config.tpm_enabled
     settings = demo_settings(args.quick, ablate_tpm)
+    peak = host_matmul_flops()
+    expected = expected_minutes(model_config, args.config.max_length, settings, peak)
+    _log(f"this host multiplies fp32 matrices at {peak / 1e9:.0f} GFLOP/s: the demo should take about "
+         f"{expected:.0f} min (install not included)")
     data_dir = os.path.join(workdir, "data")
     os.makedirs(data_dir, exist_ok=True)
     prepare_data(data_dir, settings, model_config, args.seed)
@@ -354,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"export       {export_dir} (llm/, vision/, momentor_extras)\n"
           f"checkpoint   {stage2} (predict, evaluate and export_hf take the workdir)\n"
           f"tensorboard  tensorboard --logdir {workdir}\n"
-          f"took {(time.time() - started) / 60:.1f} min\n\n"
+          f"took {(time.time() - started) / 60:.1f} min (expected {expected:.0f} min at {peak / 1e9:.0f} GFLOP/s)\n\n"
           f"Ask the trained model about the held-out videos in your browser (http://127.0.0.1:7860):\n"
           f"  {serve}",
           flush=True)
