@@ -16,7 +16,6 @@ import json
 import math
 import os
 import random
-import time
 import types
 
 import numpy as np
@@ -406,7 +405,8 @@ def _example_mutations(rng):
     for key in ("temporal_input_times", "temporal_output_times"):
         out += [({key: [6.0, 2.0]}, False), ({key: [1.0]}, False), ({key: [1.0, 2.0, 3.0]}, False),
                 ({key: "1.0, 4.0"}, False), ({key: {"a": 1}}, False), ({key: 5}, False)]
-    out += [({"conversations": []}, False), ({"conversations": "x"}, False), ({"conversations": [{"User": "q"}]}, False),
+    out += [({"conversations": []}, False), ({"conversations": "x"}, False),
+            ({"conversations": [{"User": "q"}]}, False),
             ({"conversations": [{"User": "<video> twice", "Assistant": "a"}]}, False)]
     for _ in range(60):
         a, b = sorted(round(rng.uniform(0, bid.DURATION), 2) for _ in range(2))

@@ -148,7 +148,8 @@ def _check_fits(path: str, index: int, offset: int, length: int, file_size: int)
     end = offset + _HEADER + length + _FOOTER
     if end > file_size:
         raise TFRecordCorruptionError(
-            f"{path}: record {index} at byte {offset}: truncated or damaged: length {length} runs past the end of the file "
+            f"{path}: record {index} at byte {offset}: truncated or damaged: length {length} runs past the end of "
+            "the file "
             f"({file_size} bytes; the record would end at byte {end})")
 
 
