@@ -289,5 +289,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    cli.cpu_decode_flags()  # before JAX starts
     _define_flags()
     cli.run(main)

@@ -3,7 +3,8 @@
 Video v goes to shard crc32(v) % S, so a re-run with the same flags finds every finished video where it left it:
 videos already in a shard are skipped, and a shard that gains videos is rewritten atomically (old records copied,
 new ones appended, temp file renamed). Videos that cannot be decoded are skipped and listed in
-`extract_failures.jsonl`; a re-run tries them again.
+`extract_failures.jsonl`; a re-run tries them again. The videos are local files; the output directory may be local
+or gs:// (through momentor_jax/fileio.py: there a shard is uploaded as it is written and appears whole when done).
 
 A shard that fails its checks (a flipped bit, a truncated tail) is repaired, not dropped: its intact records are
 kept, the videos of the damaged ones (named by the old sidecar index where it has them) are extracted again from
@@ -16,7 +17,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import glob
 import itertools
 import json
 import logging
@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from momentor_jax import fileio
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
 from momentor_jax.data import video as video_lib
@@ -95,7 +96,7 @@ def shard_of(video_id: str, num_shards: int) -> int:
 
 
 def shard_paths(out_dir: str, num_shards: int) -> list:
-    return [os.path.join(out_dir, frames_lib.shard_name(SHARD_PREFIX, s, num_shards)) for s in range(num_shards)]
+    return [fileio.join(out_dir, frames_lib.shard_name(SHARD_PREFIX, s, num_shards)) for s in range(num_shards)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,7 @@ def extract_record(task: _Task) -> tuple:
         record = frames_lib.make_frame_record(task.video_id, decoded.duration, decoded.frame_times, decoded.frames,
                                               task.jpeg_quality)
         return task.video_id, record, None
-    except Exception as e:  # any decoder failure is one skipped video, never the end of the run
+    except Exception as e:  # noqa: BLE001 (any decoder failure is one skipped video, never the end of the run)
         return task.video_id, None, f"{type(e).__name__}: {e}"
 
 
@@ -167,16 +168,14 @@ def run_ordered(fn: Callable, tasks: Iterable, workers: int) -> Iterator:
 
 def _check_config(out_dir: str, config: dict) -> None:
     """Refuses to mix records made with other frame counts, sizes or shard counts in one directory."""
-    path = os.path.join(out_dir, CONFIG_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+    path = fileio.join(out_dir, CONFIG_FILE)
+    if fileio.exists(path):
+        previous = json.loads(fileio.read_text(path))
         for key in ("num_frames", "size", "num_shards"):
             if previous.get(key) != config[key]:
                 raise ValueError(f"{path}: {out_dir} holds records made with {key}={previous.get(key)}, "
                                  f"not {config[key]}; use another --out_dir")
-    with open(path, "w") as f:
-        json.dump(config, f, indent=1)
+    fileio.write_text(path, json.dumps(config, indent=1))
 
 
 @dataclasses.dataclass
@@ -190,7 +189,7 @@ class _Existing:
 
 def _existing(path: str) -> _Existing:
     """What a finished shard holds; a shard that fails its checks is salvaged record by record."""
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         return _Existing([], [], [], [])
     try:
         index = tfrecord.load_index(path, key_fn=frames_lib.record_video_id)
@@ -219,8 +218,10 @@ def _existing(path: str) -> _Existing:
 
 
 def _remove_stale_temps(out_dir: str) -> None:
-    for tmp in glob.glob(os.path.join(out_dir, f"{SHARD_PREFIX}-*{frames_lib.SHARD_SUFFIX}.tmp-*")):
-        os.remove(tmp)
+    if fileio.is_remote(out_dir):  # remote shards are written in place and appear whole: no temp files
+        return
+    for tmp in fileio.glob(fileio.join(out_dir, f"{SHARD_PREFIX}-*{frames_lib.SHARD_SUFFIX}.tmp-*")):
+        fileio.remove(tmp)
 
 
 def _open_shard(path: str, existing: _Existing) -> tfrecord.TFRecordWriter:
@@ -229,9 +230,12 @@ def _open_shard(path: str, existing: _Existing) -> tfrecord.TFRecordWriter:
     if not existing.ids:
         return writer
     if existing.keep:  # a salvaged shard: copy the intact records one by one
-        with open(path, "rb") as f:
+        reader = fileio.RangeReader([path])
+        try:
             for offset, length, video_id in existing.keep:
-                writer.write(tfrecord.read_record_at(f.fileno(), path, 0, offset, length), key=video_id)
+                writer.write(tfrecord.read_record_at(reader, 0, 0, offset, length), key=video_id)
+        finally:
+            reader.close()
     else:
         for data in tfrecord.iter_records(path):
             writer.write(data, key=frames_lib.record_video_id(data))
@@ -244,7 +248,7 @@ def extract_frames(video_dir: str, out_dir: str, num_frames: int = 300, size: in
     if num_frames < 1 or size < 1 or num_shards < 1 or not 1 <= jpeg_quality <= 100:
         raise ValueError("num_frames, size and num_shards must be positive and jpeg_quality in [1, 100]")
     videos = list_videos(video_dir)  # before anything is written: an id collision stops the run here
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     _check_config(out_dir, {"num_frames": num_frames, "size": size, "num_shards": num_shards,
                             "jpeg_quality": jpeg_quality})
     _remove_stale_temps(out_dir)
@@ -296,12 +300,12 @@ def extract_frames(video_dir: str, out_dir: str, num_frames: int = 300, size: in
     for shard in [s for s, still in enumerate(damaged) if still]:  # damaged shards with nothing to redo
         _open_shard(paths[shard], existing[shard]).close()
 
-    failures_path = os.path.join(out_dir, FAILURES_FILE)
+    failures_path = fileio.join(out_dir, FAILURES_FILE)
     for repair in repairs.values():
         failed.extend((v, f"its record in {repair.path} was damaged and --video_dir has no file for it")
                       for v in repair.lost)
-    with open(failures_path, "w") as f:
-        for video_id, reason in failed:
-            f.write(json.dumps({"video_id": video_id, "path": videos.get(video_id), "reason": reason}) + "\n")
-    return ExtractSummary(extracted, already_done, failed, [p for p in paths if os.path.exists(p)], failures_path,
+    fileio.write_text(failures_path, "".join(
+        json.dumps({"video_id": video_id, "path": videos.get(video_id), "reason": reason}) + "\n"
+        for video_id, reason in failed))
+    return ExtractSummary(extracted, already_done, failed, [p for p in paths if fileio.exists(p)], failures_path,
                           list(repairs.values()))

@@ -6,10 +6,11 @@ Frame records (written by `extract.py`):
   so within half a frame interval of it (one interval for the last, which is the last decodable frame).
 Cached-feature records (pooled ViT features instead of pixels):
     video_id | duration | frame_times (float x M) | features (float x M*F, row major) | feature_dim (int F)
+Records are serialized deterministically (the Example's feature map in key order; protobuf's default order
+differs between processes), so one video gives the same bytes in any process or on any worker.
 """
 from __future__ import annotations
 
-import glob
 import io
 import logging
 import math
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 
+from momentor_jax import fileio
 from momentor_jax.data import tfrecord
 
 SHARD_SUFFIX = ".tfrecord"
@@ -61,7 +63,7 @@ def make_frame_record(video_id: str, duration: float, frame_times: Sequence[floa
     feature["frames"].bytes_list.value.extend(encode_jpeg(f, jpeg_quality) for f in frames)
     feature["height"].int64_list.value.append(frames.shape[1])
     feature["width"].int64_list.value.append(frames.shape[2])
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # the same bytes wherever they are written
 
 
 def make_feature_record(video_id: str, duration: float, frame_times: Sequence[float], features: np.ndarray) -> bytes:
@@ -73,7 +75,7 @@ def make_feature_record(video_id: str, duration: float, frame_times: Sequence[fl
     feature = example.features.feature
     feature["features"].float_list.value.extend(features.reshape(-1).tolist())
     feature["feature_dim"].int64_list.value.append(features.shape[1])
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -203,13 +205,14 @@ def shard_name(prefix: str, shard: int, num_shards: int) -> str:
 
 
 def expand_paths(paths: Union[str, Sequence[str]]) -> list:
-    """A directory (all its *.tfrecord), a glob pattern, a comma-separated list or a list of paths -> sorted paths."""
+    """A directory (all its *.tfrecord), a glob pattern, a comma-separated list or a list of paths -> sorted paths
+    (local or gs://)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = os.fspath(paths)
-        if os.path.isdir(paths):
-            found = sorted(glob.glob(os.path.join(paths, f"*{SHARD_SUFFIX}")))
-        elif any(c in paths for c in "*?["):
-            found = sorted(glob.glob(paths))
+        if any(c in paths for c in "*?["):
+            found = fileio.glob(paths)
+        elif "," not in paths and fileio.isdir(paths):
+            found = fileio.glob(fileio.join(paths, f"*{SHARD_SUFFIX}"))
         else:
             found = [p for p in paths.split(",") if p]
     else:
@@ -217,7 +220,7 @@ def expand_paths(paths: Union[str, Sequence[str]]) -> list:
     if not found:
         raise FileNotFoundError(f"no TFRecord shards found at {paths!r}")
     for path in found:
-        if not os.path.isfile(path):
+        if not fileio.isfile(path):
             raise FileNotFoundError(f"TFRecord shard {path} does not exist")
     return found
 

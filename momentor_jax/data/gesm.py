@@ -8,13 +8,14 @@ temporal_output_times accordingly. Format "text" writes the times with one publi
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from typing import Any, Callable
 
 from tqdm import tqdm
 
-from momentor_jax import constants, outputs
+from momentor_jax import constants, fileio, outputs
 from momentor_jax.data import video_ids
 from momentor_jax.data.moment10m import (FORMATS, MOMENT_TEMPLATE_POOL, TEMPORAL, ConversionCounts, DuplicateKeys,
                                          MalformedItem, check_no_repeated_keys, load_json, log_to_stderr,
@@ -76,8 +77,9 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, seed: 
     rng = random.Random(seed)
     counts = ConversionCounts()
     type_counts = counts.by_type[DATA_TYPE]
+    fileio.makedirs(os.path.dirname(target_path) or ".")
     repeated = raw.repeated if isinstance(raw, DuplicateKeys) else {}
-    with open(target_path, "w", encoding="utf-8") as out:
+    with fileio.atomic_open(target_path, "w") as out:  # local or gs://; whole or not at all
         for index, (video_id, entry) in enumerate(tqdm(raw.items(), desc="Converting", unit="video",
                                                        file=sys.stderr)):
             type_counts.read += 1

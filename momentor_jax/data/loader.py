@@ -41,7 +41,6 @@ train for a step count with `num_epochs=None`.
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -52,9 +51,10 @@ import numpy as np
 import tqdm
 from absl import flags
 
+from momentor_jax import fileio
 from momentor_jax.data import frames as frames_lib
+from momentor_jax.data import packing as packing_lib
 from momentor_jax.data import tfrecord
-from momentor_jax.data.open_files import OpenFiles
 
 SKIPPED_KEY = "_num_skipped"
 CLIPPED_KEY = "_num_clipped_times"
@@ -67,17 +67,18 @@ _SHOW_IDS = 5
 
 
 def expand_example_paths(patterns: Union[str, Sequence[str]]) -> list:
-    """JSONL paths or globs (a list, or one string with commas) -> paths, in the given order, globs sorted."""
+    """JSONL paths or globs (a list, or one string with commas; local or gs://) -> paths, in the given order, globs
+    sorted."""
     if isinstance(patterns, (str, os.PathLike)):
         patterns = [p for p in os.fspath(patterns).split(",") if p]
     paths = []
     for pattern in patterns:
         pattern = os.fspath(pattern)
-        found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        found = fileio.glob(pattern) if any(c in pattern for c in "*?[") else [pattern]
         if not found:
             raise FileNotFoundError(f"no example files match {pattern!r}")
         for path in found:
-            if not os.path.isfile(path):
+            if not fileio.isfile(path):
                 raise FileNotFoundError(f"example file {path} does not exist")
         paths.extend(found)
     if not paths:
@@ -86,7 +87,8 @@ def expand_example_paths(patterns: Union[str, Sequence[str]]) -> list:
 
 
 class JsonlExamples:
-    """Random access to JSONL examples by number: each line's file, byte offset and length, read with `pread`.
+    """Random access to JSONL examples by number: each line's file, byte offset and length, read with one positional
+    read (`pread` locally, a ranged GET on gs://).
 
     Compact (a few bytes per example), picklable (files reopen lazily in each process, so grain workers can use it).
     Build with `scan_jsonl`.
@@ -97,7 +99,7 @@ class JsonlExamples:
         self.file_ids = np.asarray(file_ids, np.int32)
         self.offsets = np.asarray(offsets, np.int64)
         self.lengths = np.asarray(lengths, np.int32)
-        self._files = OpenFiles(self.paths)
+        self._files = fileio.RangeReader(self.paths)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -110,7 +112,7 @@ class JsonlExamples:
 
     def __getitem__(self, i: int) -> dict:
         file_id = int(self.file_ids[i])
-        line = os.pread(self._files.fd(file_id), int(self.lengths[i]), int(self.offsets[i]))
+        line = self._files.read(file_id, int(self.offsets[i]), int(self.lengths[i]))
         return json.loads(line)
 
 
@@ -120,13 +122,13 @@ def scan_jsonl(patterns: Union[str, Sequence[str]]) -> tuple:
     paths = expand_example_paths(patterns)
     file_ids, offsets, lengths, video_numbers = [], [], [], []
     video_number: dict = {}
-    total = sum(os.path.getsize(p) for p in paths)
+    total = sum(fileio.size(p) for p in paths)
     bad = []
     with tqdm.tqdm(total=total, unit="B", unit_scale=True, desc="scanning examples", mininterval=5,
                    disable=total < (64 << 20)) as progress:
         for file_id, path in enumerate(paths):
             offset = 0
-            with open(path, "rb") as f:
+            with fileio.open(path, "rb") as f:
                 for line_number, line in enumerate(f, start=1):
                     progress.update(len(line))
                     start, offset = offset, offset + len(line)
@@ -235,7 +237,7 @@ class LoadExample:
             return Skipped(reason)
 
     def load(self, example: dict) -> dict:
-        from momentor_jax.data.encode import encode_example  # written alongside; imported where it is used
+        from momentor_jax.data.encode import encode_example  # noqa: PLC0415 (written alongside; imported where it is used)
 
         from momentor_jax.data.encode import count_past_end  # noqa: PLC0415
 
@@ -363,6 +365,8 @@ class LoaderIterator(grain.DatasetIterator):
         self.num_missing_videos = 0  # examples dropped at startup for want of a frame record
         self.num_bad_frame_records = 0  # frame records unreadable at startup (listed in the warnings)
         self.num_examples = 0        # examples (with a video) this loader draws from, all processes together
+        self.num_examples_seen = 0   # dialogues this process has handed on (packed rows hold several)
+        self.examples_per_row = 1.0  # packed: the estimate `make_train_loader` made for step counts
 
     def __next__(self) -> dict:
         while True:
@@ -374,20 +378,23 @@ class LoaderIterator(grain.DatasetIterator):
                 raise
             self.num_skipped_records += int(np.sum(batch.pop(SKIPPED_KEY)))
             self.num_clipped_times += int(np.sum(batch.pop(CLIPPED_KEY, 0)))
-            rows = len(batch["durations"])
-            self.num_loaded += rows
-            if self.batch_size is None or rows == self.batch_size:
+            examples = packing_lib.batch_examples(batch["segment_ids"])
+            self.num_loaded += examples
+            if self.batch_size is None or len(batch["segment_ids"]) == self.batch_size:
+                self.num_examples_seen += examples
                 return batch
 
     def get_state(self) -> dict:
         return {"parent": self._parent.get_state(), "num_skipped_records": self.num_skipped_records,
-                "num_clipped_times": self.num_clipped_times, "num_loaded": self.num_loaded}
+                "num_clipped_times": self.num_clipped_times, "num_loaded": self.num_loaded,
+                "num_examples_seen": self.num_examples_seen}
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["parent"])
         self.num_skipped_records = int(state["num_skipped_records"])
         self.num_clipped_times = int(state.get("num_clipped_times", 0))
         self.num_loaded = int(state.get("num_loaded", 0))
+        self.num_examples_seen = int(state.get("num_examples_seen", 0))
 
     def __str__(self) -> str:
         return "LoaderIterator"
@@ -443,7 +450,8 @@ def _ensure_flags_parsed() -> None:
 def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_length: int, global_batch_size: int,
                       seed: int, process_index: int = 0, process_count: int = 1, num_epochs: Optional[int] = None,
                       worker_count: int = 0, use_features: bool = False, read_threads: Optional[int] = None,
-                      worker_buffer_size: int = 2, image_size: Optional[int] = None) -> LoaderIterator:
+                      worker_buffer_size: int = 2, image_size: Optional[int] = None,
+                      packing: Optional[packing_lib.PackingOptions] = None) -> LoaderIterator:
     """Shuffled, repeated per-process batches for training.
 
     data_config: has `examples` (JSONL paths or globs) and `frames` (glob, directory or list of TFRecord shards);
@@ -453,6 +461,9 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     float32 [B, M, F] when use_features) and `durations` float32 [B]. num_epochs None repeats forever.
     worker_count > 0 decodes in that many processes (grain mp_prefetch), 0 in this process with threads.
     image_size: the model's frame side; records of another size are skipped and counted (None: not checked).
+    packing: rows of several dialogues (data/packing.py; `frames` / `features` gain a per-row video axis and
+    `num_videos` [B] comes along); the batch size then counts rows, and the iterator's `examples_per_row` is
+    estimated from up to PACKING_SAMPLE dialogues' lengths (text only, seeded) for step counts.
     """
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
@@ -480,6 +491,10 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size,
                                                                                          read_threads, 1))
     it_ds = SkipBadRecordsIterDataset(ds.to_iter_dataset(read_options))
+    if packing is not None:
+        if packing.max_length != max_length:
+            raise ValueError(f"packing rows of {packing.max_length} tokens, but max_length is {max_length}")
+        it_ds = packing_lib.PackIterDataset(it_ds, packing)
     it_ds = it_ds.batch(batch_size, drop_remainder=False)  # LoaderIterator drops the remainder after counting it
     if worker_count > 0:
         _ensure_flags_parsed()
@@ -489,7 +504,36 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     iterator.num_missing_videos = dropped
     iterator.num_bad_frame_records = videos.num_bad_records
     iterator.num_examples = len(examples)
+    if packing is not None:
+        iterator.examples_per_row = estimate_examples_per_row(load, packing, seed)
     return iterator
+
+
+PACKING_SAMPLE = 2048
+
+
+def estimate_examples_per_row(load: LoadExample, packing: packing_lib.PackingOptions, seed: int) -> float:
+    """Dialogues per packed row over a seeded sample of the examples, encoded without their videos."""
+    from momentor_jax.data.encode import encode_example  # noqa: PLC0415
+
+    extra = {} if load.system_prompt is None else {"system_prompt": load.system_prompt}
+
+    def length(index: int) -> Optional[int]:
+        try:
+            encoded = encode_example(load.examples[index], load.tokenizer, 1.0, load.num_frames, load.max_length,
+                                     **extra)
+        except (ValueError, KeyError, TypeError):
+            return None  # counted when the loader reaches it
+        return packing_lib.real_length(encoded)
+
+    count = min(PACKING_SAMPLE, len(load.examples))
+    lengths = packing_lib.sample_lengths(length, count, len(load.examples), seed)
+    if not lengths:
+        raise RuntimeError(f"none of {count} sampled examples could be encoded; see the examples' format")
+    estimate = packing_lib.estimate_examples_per_row(lengths, packing)
+    logging.info("packing: %.2f dialogues per row of %d tokens (estimated from %d dialogues)", estimate,
+                 packing.max_length, len(lengths))
+    return estimate
 
 
 class EvalExamples:

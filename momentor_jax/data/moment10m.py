@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import math
 import random
 import string
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from tqdm import tqdm
 
-from momentor_jax import constants, outputs
+from momentor_jax import constants, fileio, outputs
 from momentor_jax.data import video_ids
 
 # Per-type score thresholds of the public convert_data.py: keep an item if match_score or clip_similarity > it.
@@ -163,8 +164,7 @@ def load_json(path: str) -> Any:
         return DuplicateKeys(pairs)
 
     try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8-sig")
+        text = fileio.read_bytes(path).decode("utf-8-sig")  # local or gs://
         return json.loads(text, object_pairs_hook=pairs_hook)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e})") from e
@@ -391,7 +391,8 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, apply_
     raw = load_json(source_path)
     rng = random.Random(seed)
     counts = ConversionCounts()
-    with open(target_path, "w", encoding="utf-8") as out:
+    fileio.makedirs(os.path.dirname(target_path) or ".")
+    with fileio.atomic_open(target_path, "w") as out:  # local or gs://; whole or not at all
         for video_id, data_type, index, item in iter_raw_items(raw, source_path, counts, log):
             type_counts = counts.by_type[data_type]
             type_counts.read += 1

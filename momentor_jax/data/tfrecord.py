@@ -16,6 +16,10 @@ CRC, or whose key cannot be read, is kept in the index with key None and listed 
 record, byte, reason); a damaged header ends the scan there (the bytes after it cannot be framed) and is listed too.
 Without salvage every problem raises TFRecordCorruptionError. A length field is checked against the file size
 before anything is read, so a damaged length never allocates it.
+
+Paths go through momentor_jax/fileio.py, so shards and indexes may live on gs:// (there "mtime" is the object's
+generation). A record is one ranged read (header, data and footer together), a GET on gs://. A remote shard is
+uploaded as it is written and appears whole on a clean close; an aborted writer discards the upload.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import google_crc32c
 
-from momentor_jax.data.open_files import OpenFiles
+from momentor_jax import fileio
 
 INDEX_SUFFIX = ".index"
 INDEX_VERSION = 1
@@ -71,8 +75,10 @@ class TFRecordWriter:
         self.path = os.fspath(path)
         self.atomic = atomic
         self.write_index = write_index
-        self._write_path = f"{self.path}.tmp-{os.getpid()}" if atomic else self.path
-        self._file = open(self._write_path, "wb")
+        self.remote = fileio.is_remote(self.path)
+        # A remote object appears only when its upload finishes: writing it directly is already atomic.
+        self._write_path = f"{self.path}.tmp-{os.getpid()}" if atomic and not self.remote else self.path
+        self._file = fileio.open(self._write_path, "wb")
         self._offsets: list[int] = []
         self._lengths: list[int] = []
         self._keys: list[Optional[str]] = []
@@ -94,18 +100,24 @@ class TFRecordWriter:
     def close(self) -> None:
         if self._file.closed:
             return
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        if self.atomic:
-            os.replace(self._write_path, self.path)
+        if self.remote:
+            self._file.close()
+        else:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if self.atomic:
+                os.replace(self._write_path, self.path)
         if self.write_index:
             keys = self._keys if all(k is not None for k in self._keys) else None
-            stat = os.stat(self.path)
-            save_index(self.path, ShardIndex(self._offsets, self._lengths, stat.st_size, stat.st_mtime_ns, keys))
+            size, version = fileio.stat(self.path)
+            save_index(self.path, ShardIndex(self._offsets, self._lengths, size, version, keys))
 
     def abort(self) -> None:
-        """Drops what was written (the temp file of an atomic writer; nothing is renamed)."""
+        """Drops what was written (the temp file of an atomic writer, or the upload; nothing is renamed)."""
+        if self.remote:
+            fileio.abort_upload(self._file)
+            return
         if not self._file.closed:
             self._file.close()
         if self.atomic and os.path.exists(self._write_path):
@@ -148,9 +160,8 @@ def _check_fits(path: str, index: int, offset: int, length: int, file_size: int)
     end = offset + _HEADER + length + _FOOTER
     if end > file_size:
         raise TFRecordCorruptionError(
-            f"{path}: record {index} at byte {offset}: truncated or damaged: length {length} runs past the end of "
-            "the file "
-            f"({file_size} bytes; the record would end at byte {end})")
+            f"{path}: record {index} at byte {offset}: truncated or damaged: length {length} runs past the end of the "
+            f"file ({file_size} bytes; the record would end at byte {end})")
 
 
 def iter_records(path: str) -> Iterator[bytes]:
@@ -167,8 +178,8 @@ def scan_records(path: str, salvage: bool = True) -> Iterator[tuple]:
     reason): nothing after it can be framed. Without salvage the first problem raises TFRecordCorruptionError."""
     path = os.fspath(path)
     offset = 0
-    with open(path, "rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
+    file_size = fileio.size(path)
+    with fileio.open(path, "rb") as f:
         for index in range(1 << 62):
             header = f.read(_HEADER)
             if not header:
@@ -192,14 +203,16 @@ def scan_records(path: str, salvage: bool = True) -> Iterator[tuple]:
             offset += _HEADER + length + _FOOTER
 
 
-def read_record_at(fd: int, path: str, index: int, offset: int, length: int) -> bytes:
-    """Reads and verifies the record that the index places at `offset` (thread-safe: positional reads)."""
-    header = os.pread(fd, _HEADER, offset)
-    stored_length = _check_header(path, index, offset, header)
+def read_record_at(reader: fileio.RangeReader, shard: int, index: int, offset: int, length: int) -> bytes:
+    """Reads and verifies the record that the index places at `offset` of `reader.paths[shard]`: one positional
+    read (thread-safe) of header, data and footer."""
+    path = reader.paths[shard]
+    framed = reader.read(shard, offset, _HEADER + length + _FOOTER)
+    stored_length = _check_header(path, index, offset, framed[:_HEADER])
     if stored_length != length:
         raise TFRecordCorruptionError(
             f"{path}: record {index} at byte {offset}: length {stored_length} but the index says {length}")
-    return _check_payload(path, index, offset, length, os.pread(fd, length + _FOOTER, offset + _HEADER))
+    return _check_payload(path, index, offset, length, framed[_HEADER:])
 
 
 # ------------------------------------------------------------------------------------------------ index
@@ -231,11 +244,11 @@ def index_path(path: str) -> str:
 def scan_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None, salvage: bool = False) -> ShardIndex:
     """Reads a whole shard (verifying every CRC) and returns its index; see the module doc for `salvage`."""
     path = os.fspath(path)
-    stat = os.stat(path)
+    size, version = fileio.stat(path)
     offsets, lengths, keys, problems = [], [], [], []
     for index, offset, length, data, problem in scan_records(path, salvage=salvage):
         if length is None:  # an unframeable header: the scan ends here
-            problems.append(f"{problem} (the {stat.st_size - offset} bytes from there on are skipped)")
+            problems.append(f"{problem} (the {size - offset} bytes from there on are skipped)")
             break
         key = None
         if data is None:
@@ -250,8 +263,7 @@ def scan_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None, salva
         offsets.append(offset)
         lengths.append(length)
         keys.append(key)
-    return ShardIndex(offsets, lengths, stat.st_size, stat.st_mtime_ns, keys if key_fn is not None else None,
-                      problems)
+    return ShardIndex(offsets, lengths, size, version, keys if key_fn is not None else None, problems)
 
 
 def save_index(path: str, index: ShardIndex) -> None:
@@ -261,11 +273,8 @@ def save_index(path: str, index: ShardIndex) -> None:
                "offsets": list(index.offsets), "lengths": list(index.lengths)}
     if index.keys is not None:
         payload["keys"] = list(index.keys)
-    tmp = f"{target}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, target)
+        fileio.write_text(target, json.dumps(payload))
     except OSError as e:
         logging.warning("could not write index %s: %s", target, e)
 
@@ -300,8 +309,7 @@ def _read_saved_index(path: str) -> Optional[ShardIndex]:
     """The sidecar, or None when there is none or it is malformed (with a warning naming it: it is rebuilt)."""
     target = index_path(path)
     try:
-        with open(target, "rb") as f:
-            payload = json.loads(f.read().decode("utf-8"))
+        payload = json.loads(fileio.read_text(target))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON, nested absurdly deep
@@ -328,19 +336,19 @@ def load_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None, salva
     With `salvage`, damaged records are listed in `problems` instead of raising (module doc); a sidecar that marks
     records unreadable (key None) lists them again."""
     path = os.fspath(path)
-    stat = os.stat(path)
+    size, version = fileio.stat(path)
     index = _read_saved_index(path)
-    current = (index is not None and index.size == stat.st_size and index.mtime_ns == stat.st_mtime_ns
-               and index.end() == stat.st_size and (key_fn is None or index.keys is not None))
+    current = (index is not None and index.size == size and index.mtime_ns == version
+               and index.end() == size and (key_fn is None or index.keys is not None))
     if current and (salvage or key_fn is None or None not in index.keys):
         index.problems = [f"{path}: record {i} at byte {index.offsets[i]}: unreadable (marked in {index_path(path)})"
                           for i, key in enumerate(index.keys or ()) if key is None and key_fn is not None]
         return index
     shrank = None
-    if index is not None and stat.st_size < index.end():  # records the sidecar knew are gone: truncation
+    if index is not None and size < index.end():  # records the sidecar knew are gone: truncation
         cut = next(i for i, (o, n) in enumerate(zip(index.offsets, index.lengths))
-                   if o + _HEADER + n + _FOOTER > stat.st_size)
-        shrank = (f"{path}: record {cut} at byte {index.offsets[cut]}: truncated: the shard is {stat.st_size} bytes, "
+                   if o + _HEADER + n + _FOOTER > size)
+        shrank = (f"{path}: record {cut} at byte {index.offsets[cut]}: truncated: the shard is {size} bytes, "
                   f"but {index_path(path)} records {len(index)} records ending at byte {index.end()} (delete the "
                   "index if the shard was replaced on purpose)")
         if not salvage:
@@ -373,7 +381,7 @@ class TFRecordDataSource:
         self._starts = [0]
         for index in self.indexes:
             self._starts.append(self._starts[-1] + len(index))
-        self._files = OpenFiles(self.paths)
+        self._files = fileio.RangeReader(self.paths)
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -393,8 +401,7 @@ class TFRecordDataSource:
 
     def read(self, shard: int, record: int) -> bytes:
         index = self.indexes[shard]
-        return read_record_at(self._files.fd(shard), self.paths[shard], record, index.offsets[record],
-                              index.lengths[record])
+        return read_record_at(self._files, shard, record, index.offsets[record], index.lengths[record])
 
     def __getitem__(self, i: int) -> bytes:
         return self.read(*self.locate(i))

@@ -314,7 +314,7 @@ def run(video_dir: str, out_dir: str, models: Models, config: EngineConfig = Eng
             result = generate_video(video_id, local, models, config)
             fileio.write_text(fileio.join(per_video, f"{video_id}.json"), json.dumps(result, ensure_ascii=False))
             generated += 1
-        except Exception as e:  # one bad video is listed and skipped, never the end of the run
+        except Exception as e:  # noqa: BLE001 (one bad video is listed and skipped, never the end of the run)
             reason = f"{type(e).__name__}: {e}"
             failed.append((video_id, reason))
             log(f"failed {video_id} ({path}): {reason}")

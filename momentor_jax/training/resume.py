@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any, Optional
 
-from etils import epath
+from momentor_jax import fileio
 
 CONFIG_FILE = "config.json"
 IDENTITY_KEY = "run_identity"
@@ -23,16 +23,15 @@ RESUME_KEYS = ("variant", "batch_size", "grad_accum_steps", "seed", "max_length"
 
 def has_checkpoint(workdir: str) -> bool:
     """True when WORKDIR/checkpoints holds a step directory (a resume, not a fresh start)."""
-    directory = epath.Path(workdir) / "checkpoints"
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+    directory = fileio.join(workdir, "checkpoints")
+    return fileio.isdir(directory) and any(name.isdigit() for name in fileio.listdir(directory))
 
 
 def tokenizer_sha256(tokenizer_path: str) -> Optional[str]:
     """sha256 of the sentencepiece model behind a tokenizer directory or .model file (None if there is none)."""
     from momentor_jax.data.tokenizer import MODEL_FILENAME  # noqa: PLC0415
-    path = epath.Path(tokenizer_path)
-    model = path / MODEL_FILENAME if path.is_dir() else path
-    return hashlib.sha256(model.read_bytes()).hexdigest() if model.is_file() else None
+    model = fileio.join(tokenizer_path, MODEL_FILENAME) if fileio.isdir(tokenizer_path) else tokenizer_path
+    return hashlib.sha256(fileio.read_bytes(model)).hexdigest() if fileio.isfile(model) else None
 
 
 def _flat(value: Any, prefix: str = "") -> dict:
@@ -62,11 +61,11 @@ def check_resume(workdir: str, current: dict, identity: dict) -> None:
     """ValueError when WORKDIR has a checkpoint and its config.json records other values for RESUME_KEYS."""
     if not has_checkpoint(workdir):
         return
-    path = epath.Path(workdir) / CONFIG_FILE
-    if not path.exists():
+    path = fileio.join(workdir, CONFIG_FILE)
+    if not fileio.exists(path):
         return
     try:
-        previous = json.loads(path.read_text())
+        previous = json.loads(fileio.read_text(path))
     except (ValueError, RecursionError) as e:
         raise ValueError(f"{path}: unreadable ({e}); it records the run this workdir's checkpoints belong to") from None
     if not isinstance(previous, dict):
