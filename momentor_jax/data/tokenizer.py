@@ -62,7 +62,13 @@ class MomentorTokenizer:
         self.model_path = os.fspath(model_path)  # local or gs://
         if not fileio.exists(self.model_path):
             raise FileNotFoundError(f"sentencepiece model not found: {self.model_path}")
-        self._setup(fileio.read_bytes(self.model_path), num_temporal_tokens, added_token_whitespace)
+        try:
+            self._setup(fileio.read_bytes(self.model_path), num_temporal_tokens, added_token_whitespace)
+        except ValueError:
+            raise
+        except Exception as e:  # sentencepiece and protobuf raise RuntimeError / DecodeError on foreign bytes
+            raise ValueError(f"{self.model_path}: not a sentencepiece model ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
     def _setup(self, model_bytes: bytes, num_temporal_tokens: int, added_token_whitespace: str) -> None:
         self.added_token_whitespace = added_token_whitespace
@@ -245,7 +251,7 @@ class MomentorTokenizer:
         try:
             info = json.loads(fileio.read_text(info_path))
             num_temporal_tokens = int(info["num_temporal_tokens"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
             raise ValueError(f"{info_path}: not a Momentor added-token file ({e})") from e
         tokenizer = cls(fileio.join(directory, MODEL_FILENAME), num_temporal_tokens, added_token_whitespace)
         if info.get("added_tokens") != tokenizer.added_tokens:
