@@ -30,18 +30,8 @@ def get_config(arg=None):
     frames = variant.endswith("_frames")
     variant = variant.removesuffix("_frames")
     c = base_config(model_configs.momentor_7b(), num_frames=300, max_length=2048, remat_policy="nothing_saveable")
-    c.variant = variant
-    c.batch_size = 32
-    c.num_epochs = 2
-    c.learning_rate = 2e-5
-    c.warmup_fraction = 0.01
-    c.weight_decay = 0.0
-    c.trainable = "momentor"
+    c.variant = variant                      # base_config's optimisation settings are the paper's; FSDP over the slice
     c.requires_init_from = True              # a frozen random LLaMA would teach nothing
-    c.mesh = (1, -1, 1)                      # FSDP over the whole slice
-    c.checkpoint_every_steps = 1000
-    c.keep_checkpoints = 3
-    c.log_every_steps = 10
     c.data.worker_count = 8
     # Packed rows: Moment-10M dialogues are >= ~390 tokens (302 of them the video span), so at most 5 fit in 2048
     # tokens; the length model averages 4.2 (python -m momentor_jax.tools.length_model).

@@ -7,18 +7,15 @@ Prints read / filtered / written / rejected per data type. Exit status: 0; 1 wit
 rejected; 2 when the source file cannot be read.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from momentor_jax.data import moment10m  # noqa: E402
+from momentor_jax.data import moment10m
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source_path", required=True, help="raw Moment-10M JSON {video_id: {data_type: [items]}}")
-    parser.add_argument("--target_path", required=True, help="output JSONL, one dialogue per line")
+    parser.add_argument("--target_path", required=True, help="output JSONL, one dialogue per line (a file or gs://bucket/key)")
     parser.add_argument("--format", choices=moment10m.FORMATS, default=moment10m.TEMPORAL,
                         help="temporal: <TEMP-INPUT>/<TEMP-OUTPUT> placeholders + times; text: times as text")
     parser.add_argument("--no_filter", action="store_true", help="keep items whatever their score")

@@ -7,18 +7,16 @@ Prints read / written / rejected. Exit status: 0; 1 with --strict when any video
 file cannot be read.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from momentor_jax.data import gesm, moment10m  # noqa: E402
+from momentor_jax.data import gesm, moment10m
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source_path", required=True, help="raw GESM JSON {video_id: {timestamps, captions}}")
-    parser.add_argument("--target_path", required=True, help="output JSONL, one video per line")
+    parser.add_argument("--target_path", required=True, help="output JSONL, one video per line (a file or gs://bucket/key)")
     parser.add_argument("--format", choices=moment10m.FORMATS, default=moment10m.TEMPORAL,
                         help="temporal: <TEMP-OUTPUT> placeholders + times; text: times as text")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompt phrasing and text templates")

@@ -2,7 +2,8 @@
 
 This is what `python -m momentor_jax.convert import_hf` writes and what training (`init_from`) and inference load.
 The tree holds plain arrays (no logical-partitioning boxes): {'vision', 'projector', 'tpm', 'llm'} as in
-models/momentor.py ('vision' absent when no CLIP weights were imported).
+models/momentor.py ('vision' absent when no CLIP weights were imported). PATH may be local or gs:// (the params
+through orbax/tensorstore, the JSON through momentor_jax/fileio.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from momentor_jax import fileio
 from momentor_jax.models.config import MomentorConfig
 
 PARAMS_DIR = "params"
@@ -24,20 +26,26 @@ def save_params(path: str, params: Any, config: MomentorConfig) -> None:
     """Writes `params` (numpy or jax arrays) and the config JSON under `path` (created; must not hold params yet)."""
     import orbax.checkpoint as ocp  # noqa: PLC0415 (keeps `import momentor_jax` light)
 
-    path = os.path.abspath(path)
-    os.makedirs(path, exist_ok=True)
+    path = _absolute(path)
+    fileio.makedirs(path)
+    fileio.configure_for(path)
     with ocp.PyTreeCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(path, PARAMS_DIR), jax.tree.map(np.asarray, params))
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        checkpointer.save(fileio.join(path, PARAMS_DIR), jax.tree.map(np.asarray, params))
+    fileio.write_text(fileio.join(path, CONFIG_FILE), json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+
+def _absolute(path: str) -> str:
+    path = os.fspath(path)
+    return path.rstrip("/") if fileio.is_remote(path) else os.path.abspath(path)
 
 
 def load_config(path: str) -> MomentorConfig:
-    config_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.exists(config_path):
+    config_path = fileio.join(path, CONFIG_FILE)
+    fileio.configure_for(path)
+    if not fileio.exists(config_path):
+        fileio.check_bucket(path)
         raise FileNotFoundError(f"{config_path}: not a Momentor parameter checkpoint (written by convert import_hf)")
-    with open(config_path) as f:
-        return MomentorConfig.from_dict(json.load(f))
+    return MomentorConfig.from_dict(json.loads(fileio.read_text(config_path)))
 
 
 def load_params(path: str) -> tuple[Any, MomentorConfig]:
@@ -45,7 +53,7 @@ def load_params(path: str) -> tuple[Any, MomentorConfig]:
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
     config = load_config(path)
-    params_path = os.path.join(os.path.abspath(path), PARAMS_DIR)
+    params_path = fileio.join(_absolute(path), PARAMS_DIR)
     with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(params_path)
         tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata

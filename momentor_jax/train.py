@@ -18,18 +18,10 @@ import os
 import sys
 
 from absl import app, flags
-from etils import epath
-from ml_collections import config_flags
 
-from momentor_jax import cli
+from momentor_jax import cli, fileio
 
-# configs/ sits next to the package; make `from configs import ...` work whatever the current directory is.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FILE.py[:variant], relative to the working "
-                                          "directory or the repository", lock_config=True)
+_CONFIG = cli.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints/, tensorboard/, config.json")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
@@ -39,8 +31,9 @@ READY_MARKER = "READY"
 SYNTHETIC_HELDOUT = 2
 
 
-def prepare_synthetic_data(config, root: str) -> str:
-    """Renders, converts and extracts a synthetic dataset into `root` (once; later calls reuse it)."""
+def prepare_synthetic_data(config, root: str, mark_ready: bool = True) -> str:
+    """Renders, converts and extracts a synthetic dataset into the local directory `root` (once; later calls reuse
+    it)."""
     from momentor_jax.data import extract, gesm, moment10m, synthetic  # noqa: PLC0415
     from momentor_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415
     from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
@@ -70,8 +63,8 @@ def prepare_synthetic_data(config, root: str) -> str:
     base_vocab = model_config.llm.vocab_size - constants.NUM_ADDED_TOKENS
     model_path = tokenizer_lib.train_sentencepiece(texts, os.path.join(root, "sentencepiece"), vocab_size=base_vocab)
     tokenizer_lib.MomentorTokenizer(model_path, model_config.num_temporal_tokens).save(os.path.join(root, "tokenizer"))
-    with open(os.path.join(root, READY_MARKER), "w") as f:
-        f.write("ok\n")
+    if mark_ready:
+        fileio.write_text(os.path.join(root, READY_MARKER), "ok\n")
     return root
 
 
@@ -82,9 +75,15 @@ def _resolve_data(config, workdir: str) -> None:
         raise app.UsageError("set --config.data.dir=PREPARED_DATA (or data.examples, data.frames and tokenizer)")
     import jax  # noqa: PLC0415
     from jax.experimental import multihost_utils  # noqa: PLC0415
-    root = os.path.join(workdir, "data")
-    if jax.process_index() == 0:
+    root = fileio.join(workdir, "data")
+    if jax.process_index() == 0 and not fileio.is_remote(root):
         prepare_synthetic_data(config, root)
+    elif jax.process_index() == 0 and not fileio.exists(fileio.join(root, READY_MARKER)):
+        import tempfile  # noqa: PLC0415
+        with tempfile.TemporaryDirectory(prefix="momentor-synthetic-") as local:  # rendered here, then uploaded
+            prepare_synthetic_data(config, local, mark_ready=False)
+            fileio.put_tree(local, root)
+        fileio.write_text(fileio.join(root, READY_MARKER), "ok\n")
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("synthetic data ready")
     config.data.dir = root
@@ -101,10 +100,10 @@ def main(argv) -> None:
     from momentor_jax.training import trainer  # noqa: PLC0415
 
     config, workdir = _CONFIG.value, _WORKDIR.value
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
+    fileio.makedirs(workdir)  # local or gs:// (there: the bucket must exist)
     _resolve_data(config, workdir)
     if jax.process_index() == 0:
-        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1, sort_keys=True))
+        fileio.write_text(fileio.join(workdir, "config.json"), config.to_json_best_effort(indent=1, sort_keys=True))
     logging.info("process %d of %d, %d devices (%s)", jax.process_index(), jax.process_count(), jax.device_count(),
                  jax.devices()[0].device_kind)
     try:
@@ -114,7 +113,7 @@ def main(argv) -> None:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(3)
     status = "stopped early" if result.stopped_early else "done"
-    logging.info("%s at step %d; checkpoints in %s", status, result.step, os.path.join(workdir, "checkpoints"))
+    logging.info("%s at step %d; checkpoints in %s", status, result.step, fileio.join(workdir, "checkpoints"))
     print(f"{status} at step {result.step}", flush=True)
 
 

@@ -216,3 +216,33 @@ def test_full_clip_model_dir_gives_its_vision_tower(hf_dirs, tmp_path):
     assert main(["import_hf", "--llama", hf_dirs["llama"], "--clip", str(tmp_path / "clip_full"), "--out", out]) == 0
     assert main(["check_logits", "--checkpoint", out, "--hf_llama", hf_dirs["llama"], "--hf_clip",
                  hf_dirs["clip"], "--length", "4"]) == 0
+
+
+def test_import_to_gcs_then_export_from_it_round_trips_bit_identically(hf_dirs, imported, exported, gcs_bucket,
+                                                                        capsys):
+    """import_hf --out gs://... then export_hf from it (to gs:// too): the same parameters and the same bytes as
+    the local import and export."""
+    from momentor_jax import fileio
+    remote = f"{gcs_bucket}/momentor"
+    assert main(["import_hf", "--llama", hf_dirs["llama"], "--clip", hf_dirs["clip"], "--out", remote,
+                 "--num_temporal_tokens", str(N_TEMPORAL), "--num_frames", "8"]) == 0
+    (local_params, local_config), (remote_params, remote_config) = load_params(imported), load_params(remote)
+    _assert_trees_equal(local_params, remote_params)
+    assert local_config == remote_config
+    assert fileio.read_bytes(fileio.join(remote, TOKENIZER_FILE)) == fileio.read_bytes(
+        os.path.join(imported, TOKENIZER_FILE))
+    assert main(["export_hf", "--checkpoint", remote, "--out", f"{gcs_bucket}/export"]) == 0
+    files = sorted(os.path.relpath(os.path.join(root, name), exported)
+                   for root, _, names in os.walk(exported) for name in names)
+    assert files and fileio.glob(f"{gcs_bucket}/export/llm/*")
+    for relative in files:
+        with open(os.path.join(exported, relative), "rb") as f:
+            assert fileio.read_bytes(f"{gcs_bucket}/export/{relative}") == f.read(), relative
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["export_hf", "--checkpoint", remote, "--out", "gs://no-such-bucket-for-export/out"])
+    assert info.value.code == 4
+    assert capsys.readouterr().err.strip() == ("error: gs://no-such-bucket-for-export/out: bucket "
+                                               "gs://no-such-bucket-for-export does not exist (check the name, or "
+                                               "create it: gcloud storage buckets create "
+                                               "gs://no-such-bucket-for-export)")

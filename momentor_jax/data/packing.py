@@ -35,6 +35,8 @@ import numpy as np
 TEXT_KEYS = ("input_ids", "targets", "loss_mask", "token_times", "target_times")
 VIDEO_KEYS = ("frames", "features")
 SKIPPED_KEY = "_num_skipped"  # = loader.SKIPPED_KEY (not imported: the loader imports this module)
+CLIPPED_KEY = "_num_clipped_times"  # = loader.CLIPPED_KEY
+COUNT_KEYS = (SKIPPED_KEY, CLIPPED_KEY)  # per-example counts: a row carries their sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,10 +187,10 @@ def pack_row(elements: Sequence[Mapping[str, Any]], options: PackingOptions,
     row["positions"] = np.zeros(length, np.int32)
     videos, durations = [], []
     template = video_template
-    skipped = 0
+    counts = dict.fromkeys(COUNT_KEYS, 0)
     at = 0
     for k, element in enumerate(elements):
-        unknown = set(element) - set(TEXT_KEYS) - {"segment_ids", "positions", "durations", SKIPPED_KEY,
+        unknown = set(element) - set(TEXT_KEYS) - {"segment_ids", "positions", "durations", *COUNT_KEYS,
                                                    *VIDEO_KEYS}
         if unknown:
             raise ValueError(f"packing: unexpected example keys {sorted(unknown)}")
@@ -208,7 +210,8 @@ def pack_row(elements: Sequence[Mapping[str, Any]], options: PackingOptions,
                 raise ValueError(f"packing: a {key} {video.shape} {video.dtype} in a stream of {template}")
             videos.append(video)
             durations.append(float(element.get("durations", 0.0)))
-        skipped += int(element.get(SKIPPED_KEY, 0))
+        for key in COUNT_KEYS:
+            counts[key] += int(element.get(key, 0))
         at += n
     if len(videos) > max_videos:
         raise ValueError(f"packing: {len(videos)} videos for a row of at most {max_videos}")
@@ -221,8 +224,9 @@ def pack_row(elements: Sequence[Mapping[str, Any]], options: PackingOptions,
     row["num_videos"] = np.int32(len(videos))
     row["durations"] = np.zeros(max_videos, np.float32)
     row["durations"][:len(durations)] = durations
-    if any(SKIPPED_KEY in e for e in elements):
-        row[SKIPPED_KEY] = np.int32(skipped)
+    for key in COUNT_KEYS:
+        if any(key in e for e in elements):
+            row[key] = np.int32(counts[key])
     return row
 
 

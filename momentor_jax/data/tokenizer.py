@@ -29,14 +29,14 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import os
 import re
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
-from etils import epath
 from sentencepiece import sentencepiece_model_pb2
 
-from momentor_jax import constants
+from momentor_jax import constants, fileio
 from momentor_jax.models.config import CHOICES
 
 MODEL_FILENAME = "tokenizer.model"
@@ -53,16 +53,16 @@ class MomentorTokenizer:
     added_token_whitespace: "keep" (transformers >= 4.34) or "strip" (transformers 4.33; see the module docstring).
     """
 
-    def __init__(self, model_path: str | epath.PathLike, num_temporal_tokens: int,
+    def __init__(self, model_path: str | os.PathLike, num_temporal_tokens: int,
                  added_token_whitespace: str = "keep"):
         if num_temporal_tokens < 1:
             raise ValueError(f"num_temporal_tokens must be >= 1, got {num_temporal_tokens}")
         if added_token_whitespace not in WHITESPACE_MODES:
             raise ValueError(f"added_token_whitespace={added_token_whitespace!r}; choose one of {WHITESPACE_MODES}")
-        self.model_path = epath.Path(model_path)
-        if not self.model_path.exists():
+        self.model_path = os.fspath(model_path)  # local or gs://
+        if not fileio.exists(self.model_path):
             raise FileNotFoundError(f"sentencepiece model not found: {self.model_path}")
-        self._setup(self.model_path.read_bytes(), num_temporal_tokens, added_token_whitespace)
+        self._setup(fileio.read_bytes(self.model_path), num_temporal_tokens, added_token_whitespace)
 
     def _setup(self, model_bytes: bytes, num_temporal_tokens: int, added_token_whitespace: str) -> None:
         self.added_token_whitespace = added_token_whitespace
@@ -88,12 +88,12 @@ class MomentorTokenizer:
 
     # Data-loader workers receive the tokenizer by pickling: ship the model bytes, rebuild the processors.
     def __getstate__(self) -> dict:
-        return {"model_path": str(self.model_path), "model_bytes": self._model_bytes,
+        return {"model_path": self.model_path, "model_bytes": self._model_bytes,
                 "num_temporal_tokens": self.num_temporal_tokens,
                 "added_token_whitespace": self.added_token_whitespace}
 
     def __setstate__(self, state: dict) -> None:
-        self.model_path = epath.Path(state["model_path"])
+        self.model_path = state["model_path"]
         self._setup(state["model_bytes"], state["num_temporal_tokens"], state["added_token_whitespace"])
 
     # ---- sizes and ids ----
@@ -229,25 +229,25 @@ class MomentorTokenizer:
         return tuple(self._sp.encode(text))
 
     # ---- persistence ----
-    def save(self, directory: str | epath.PathLike) -> None:
+    def save(self, directory: str | os.PathLike) -> None:
         """Writes tokenizer.model (byte-identical copy) and a JSON of the added tokens into `directory`."""
-        directory = epath.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / MODEL_FILENAME).write_bytes(self._model_bytes)
+        directory = os.fspath(directory)
+        fileio.makedirs(directory)
+        fileio.write_bytes(fileio.join(directory, MODEL_FILENAME), self._model_bytes)
         info = {"base_vocab_size": self.base_vocab_size, "vocab_size": self.vocab_size,
                 "num_temporal_tokens": self.num_temporal_tokens, "added_tokens": self.added_tokens}
-        (directory / ADDED_TOKENS_FILENAME).write_text(json.dumps(info, indent=1))
+        fileio.write_text(fileio.join(directory, ADDED_TOKENS_FILENAME), json.dumps(info, indent=1))
 
     @classmethod
-    def load(cls, directory: str | epath.PathLike, added_token_whitespace: str = "keep") -> "MomentorTokenizer":
-        directory = epath.Path(directory)
-        info_path = directory / ADDED_TOKENS_FILENAME
+    def load(cls, directory: str | os.PathLike, added_token_whitespace: str = "keep") -> "MomentorTokenizer":
+        directory = os.fspath(directory)
+        info_path = fileio.join(directory, ADDED_TOKENS_FILENAME)
         try:
-            info = json.loads(info_path.read_text())
+            info = json.loads(fileio.read_text(info_path))
             num_temporal_tokens = int(info["num_temporal_tokens"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{info_path}: not a Momentor added-token file ({e})") from e
-        tokenizer = cls(directory / MODEL_FILENAME, num_temporal_tokens, added_token_whitespace)
+        tokenizer = cls(fileio.join(directory, MODEL_FILENAME), num_temporal_tokens, added_token_whitespace)
         if info.get("added_tokens") != tokenizer.added_tokens:
             raise ValueError(f"{info_path}: added tokens differ from this code's layout (constants.ADDED_TOKENS)")
         return tokenizer
@@ -291,8 +291,8 @@ def train_sentencepiece(texts: Sequence[str], out_prefix: str, vocab_size: int =
 
 def demo_texts(num_sentences: int = 400, seed: int = 0) -> list[str]:
     """Deterministic English-like sentences in the vocabulary of Momentor's prompts, to train small tokenizers."""
-    import random
-    from momentor_jax.data import conversation  # late import: conversation imports nothing from here
+    import random  # noqa: PLC0415
+    from momentor_jax.data import conversation  # noqa: PLC0415 (late import: conversation imports nothing from here)
 
     rng = random.Random(seed)
     subjects = ["a man", "the woman", "a dog", "the person", "a child", "the chef", "two people", "the car"]

@@ -1,9 +1,9 @@
 """Momentor training loss: next-token cross-entropy over V + N columns with soft labels at temporal targets.
 
 Where `targets[i]` is the <TEMP-OUTPUT> placeholder, the target distribution puts (1 - r) on temporal column V + f
-and r on V + c for the time `target_times[i]` (docs/DESIGN.md, section 1), as the public code's in-place writes do; where
-f == c it puts 1 on the token (MomentorConfig.on_token_target="zeros": the public code's all-zero row). Every other
-supervised position is an ordinary one-hot target. The loss is the sum of per-token cross-entropies over the batch
+and r on V + c for the time `target_times[i]` (docs/DESIGN.md, section 1), as the public code's in-place writes do;
+where f == c it puts 1 on the token (MomentorConfig.on_token_target="zeros": the public code's all-zero row). Every
+other supervised position is an ordinary one-hot target. The loss is the sum of per-token cross-entropies over the batch
 divided by the number of supervised tokens (a token mean); the public code averages per sample and sums the samples.
 """
 from __future__ import annotations

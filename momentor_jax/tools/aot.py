@@ -333,8 +333,8 @@ def main(argv) -> int:
 
 def _define_flags():
     from absl import flags  # noqa: PLC0415
-    from ml_collections import config_flags  # noqa: PLC0415
-    config_flags.DEFINE_config_file("config", None, "configs/FILE.py[:variant]", lock_config=False)
+    from momentor_jax import cli  # noqa: PLC0415
+    cli.define_config(lock_config=False)
     flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-64, v5e-256, v4-128, v6e-8")
     flags.DEFINE_bool("find_max_batch", False, "binary-search the largest global batch that fits")
     flags.DEFINE_integer("max_batch_limit", 4096, "upper bound for --find_max_batch")
@@ -345,8 +345,6 @@ def _define_flags():
 
 def run() -> None:
     from momentor_jax import cli  # noqa: PLC0415
-    if cli.REPO_ROOT not in sys.path:              # config files import `configs` as a package from the repository
-        sys.path.insert(0, cli.REPO_ROOT)
     _define_flags()
     cli.run(lambda argv: sys.exit(main(argv)))
 

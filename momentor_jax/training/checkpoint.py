@@ -14,11 +14,14 @@ import base64
 import dataclasses
 import json
 import logging
+import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+from momentor_jax import fileio
 
 PARAMS, TRAIN, DATA = "params", "train", "data"
 
@@ -91,13 +94,19 @@ def _plain_transfers_on_cpu() -> None:
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
+def _absolute(path: str) -> str:
+    """orbax finds no metadata under a relative directory and refuses to save under one: absolute paths."""
+    return path if fileio.is_remote(path) else os.path.abspath(path)
+
+
 class Checkpointer:
     """Every process calls every method (orbax synchronizes the processes internally)."""
 
     def __init__(self, directory: str, *, save_every_steps: int, keep: Optional[int] = None,
                  async_save: bool = True):
         _plain_transfers_on_cpu()
-        self.directory = epath.Path(directory)
+        fileio.configure_for(directory)  # local or gs:// (orbax: tensorstore for arrays, etils.epath for the rest)
+        self.directory = epath.Path(_absolute(directory))
         self.save_every_steps = max(int(save_every_steps), 1)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=self.save_every_steps,
@@ -162,7 +171,8 @@ class Checkpointer:
 
 def restore_params_from_workdir(workdir: str, abstract_params: Any, step: Optional[int] = None) -> tuple[Any, int]:
     """Parameters of a previous run (its latest step unless `step`), e.g. the GESM stage for instruction tuning."""
-    directory = epath.Path(workdir) / "checkpoints"
+    fileio.configure_for(workdir)
+    directory = epath.Path(_absolute(workdir)) / "checkpoints"
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
                                     item_handlers={PARAMS: ocp.StandardCheckpointHandler()})
     try:
@@ -179,8 +189,8 @@ def restore_imported_params(path: str, abstract_params: Any) -> Any:
     """Parameters of a `convert import_hf` checkpoint (momentor_jax/checkpoint_io.py layout), each process reading
     only its shards; names and shapes are checked against the model first."""
     from momentor_jax import checkpoint_io  # noqa: PLC0415
-    checkpoint_io.load_config(path)  # a clear error when `path` is not an imported checkpoint
-    params_path = epath.Path(path) / checkpoint_io.PARAMS_DIR
+    checkpoint_io.load_config(path)  # a clear error when `path` is not an imported checkpoint (and gs:// set up)
+    params_path = epath.Path(_absolute(path)) / checkpoint_io.PARAMS_DIR
     with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(params_path)
         saved = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
@@ -214,7 +224,7 @@ def _flat(tree: Any) -> dict:
 
 def is_run_workdir(path: str) -> bool:
     """True if `path` looks like a training workdir (has a checkpoints/ folder)."""
-    return (epath.Path(path) / "checkpoints").is_dir()
+    return fileio.isdir(fileio.join(path, "checkpoints"))
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import datetime
+import io
 from typing import Mapping, Optional
 
 import jax
-from etils import epath
 
 # What the console line shows, in order (TensorBoard gets every scalar).
 _CONSOLE_KEYS = ("loss", "text_loss", "temporal_loss", "temporal_accuracy", "learning_rate", "grad_norm",
@@ -53,7 +53,10 @@ class MetricsWriter:
         self._writer = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # noqa: PLC0415 (only process 0 needs it)
-            epath.Path(logdir).mkdir(parents=True, exist_ok=True)  # local or gs://
+            from momentor_jax import fileio  # noqa: PLC0415
+            fileio.makedirs(logdir)  # local or gs://
+            if fileio.is_remote(logdir):
+                _events_through_fileio(logdir.split("://", 1)[0])
             self._writer = SummaryWriter(logdir=logdir, flush_secs=30)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -79,6 +82,38 @@ class MetricsWriter:
         if self._writer:
             self._writer.close()
             self._writer = None
+
+
+class _RemoteEventsFile:
+    """An events file on gs:// (or any fileio scheme): each flush rewrites the whole object through fileio (events
+    files of scalars stay small), so TensorBoard's gs:// writes get our retries and error messages."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer = path, io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        from momentor_jax import fileio  # noqa: PLC0415
+        fileio.write_bytes(self.path, self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _RemoteEventsFactory:
+    def open(self, path: str) -> _RemoteEventsFile:
+        return _RemoteEventsFile(path)
+
+    def directory_check(self, path: str) -> None:
+        pass  # object stores have no directories
+
+
+def _events_through_fileio(scheme: str) -> None:
+    """tensorboardX's own gs:// writer needs google-cloud-storage and its own client; ours uses fileio."""
+    from tensorboardX import record_writer  # noqa: PLC0415
+    record_writer.register_writer_factory(scheme, _RemoteEventsFactory())
 
 
 # ----------------------------------------------------------------------------------------- model FLOPs for MFU

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any, Callable, Mapping, Optional
@@ -24,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from etils import epath
 
+from momentor_jax import fileio
 from momentor_jax.models import momentor as momentor_lib
 from momentor_jax.models import partition
 from momentor_jax.models.loss import compute_loss
@@ -370,10 +369,10 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
     started = time.perf_counter()
     logging.info("creating the train state (shapes and shardings; restore, warm start or a compiled random init) ...")
     factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
-    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+    ckpt = checkpoint_lib.Checkpointer(fileio.join(workdir, "checkpoints"),
                                        save_every_steps=config.checkpoint_every_steps,
                                        keep=config.keep_checkpoints, async_save=config.async_checkpointing)
-    writer = metrics_lib.MetricsWriter(os.path.join(workdir, "tensorboard"))
+    writer = metrics_lib.MetricsWriter(fileio.join(workdir, "tensorboard"))
     stop = StopSignal()
     try:
         state, start_step = _initial_state(config, factory, ckpt, data_iterator)
@@ -457,6 +456,9 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
                 timer_start, timer_step = now, step
             else:
                 eta = None
+            for name in ("num_skipped_records", "num_clipped_times"):  # bad input met so far (data/loader.py)
+                if isinstance(getattr(data_iterator, name, None), int):
+                    scalars[name.removeprefix("num_")] = float(getattr(data_iterator, name))
             epoch = _epoch(data_iterator)
             if epoch is not None:
                 scalars["epoch"] = epoch
@@ -499,18 +501,17 @@ def data_paths(config) -> dict:
             if not data_dir:
                 raise ValueError(f"set data.dir (prepared data) or the explicit path for {key!r} "
                                  f"(config key {'tokenizer' if key == 'tokenizer' else 'data.' + key})")
-            paths[key] = os.path.join(data_dir, name)
+            paths[key] = fileio.join(data_dir, name)
     return paths
 
 
 def load_tokenizer(path: str, model_config: MomentorConfig):
     """A MomentorTokenizer directory (tokenizer.save) or a bare sentencepiece .model; checked against the model."""
     from momentor_jax.data.tokenizer import ADDED_TOKENS_FILENAME, MomentorTokenizer  # noqa: PLC0415
-    location = epath.Path(path)  # local or gs://
     whitespace = model_config.added_token_whitespace  # the model is trained and prompted with one tokenization
-    if location.is_dir() and (location / ADDED_TOKENS_FILENAME).exists():
+    if fileio.exists(fileio.join(path, ADDED_TOKENS_FILENAME)):  # local or gs://
         tokenizer = MomentorTokenizer.load(path, whitespace)
-    elif location.is_file():
+    elif fileio.isfile(path):
         tokenizer = MomentorTokenizer(path, model_config.num_temporal_tokens, whitespace)
     else:
         raise FileNotFoundError(f"tokenizer {path}: neither a MomentorTokenizer directory nor a sentencepiece model "
@@ -602,7 +603,8 @@ def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
         data_config, tokenizer=tokenizer, num_frames=model_config.num_frames, max_length=config.max_length,
         global_batch_size=config.batch_size, seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), num_epochs=None, worker_count=config.data.worker_count,
-        use_features=config.data.use_features, packing=packing_options(config))
+        use_features=config.data.use_features, image_size=model_config.vision.image_size,
+        packing=packing_options(config))
     total_steps = resolve_total_steps(config, loader.num_examples, loader.examples_per_row)
     init_batch = momentor_lib.example_batch(model_config, 1, config.max_length, videos_per_row=videos_per_row(config))
     return run_loop(config=config, workdir=workdir, fns=fns or momentor_fns(model_config), model_config=model_config,

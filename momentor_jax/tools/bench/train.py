@@ -18,7 +18,7 @@ lowered with its layer stacks unrolled (a compiled scan is counted as one layer)
 """
 from __future__ import annotations
 
-import argparse
+from absl import flags
 import dataclasses
 import os
 import statistics
@@ -408,26 +408,24 @@ def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[
 
 
 # ---------------------------------------------------------------------------------------------- the suite
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=common.DEFAULT_CONFIG,
-                        help="configs/FILE.py[:variant]; --config.KEY=VALUE overrides a key (repeatable)")
-    parser.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    parser.add_argument("--peak_size", type=int, default=2048, help="side of the peak matmul")
-    parser.add_argument("--length_model", action="store_true",
-                        help="packed vs unpacked rows of Moment-10M length-model dialogues (useful tokens/s)")
+def define_flags(flag_values, argv) -> None:
+    common.define_config(flag_values, argv)
+    flags.DEFINE_integer("batch_size", None, "global batch (default: the config's)", flag_values=flag_values)
+    flags.DEFINE_integer("steps", 5, "timed steps after warm-up", flag_values=flag_values)
+    flags.DEFINE_integer("warmup", 2, "untimed steps after compilation", flag_values=flag_values)
+    flags.DEFINE_integer("peak_size", 2048, "side of the peak matmul", flag_values=flag_values)
+    flags.DEFINE_bool("length_model", False, "packed vs unpacked rows of Moment-10M length-model dialogues (useful "
+                      "tokens/s)", flag_values=flag_values)
 
 
-def run(args: argparse.Namespace) -> dict:
-    config = common.load_config(args.config, args.overrides)
+def run(args) -> dict:
     if args.length_model:
-        result = measure_packing(config, args.steps, args.warmup, args.batch_size)
-        result = {"config": args.config, "overrides": list(args.overrides), **result}
+        result = {**common.config_record(args), **measure_packing(args.config, args.steps, args.warmup,
+                                                                  args.batch_size)}
         print_packing_table(result)
         return result
-    result = measure_with_peak(config, args.steps, args.warmup, args.batch_size, args.peak_size)
-    result = {"config": args.config, "overrides": list(args.overrides), **result}
+    result = measure_with_peak(args.config, args.steps, args.warmup, args.batch_size, args.peak_size)
+    result = {**common.config_record(args), **result}
     print_train_table("train step", result)
     return result
 
