@@ -149,15 +149,18 @@ def length_model_batches(model_config, batch_size: int, max_length: int, options
 
     rng = np.random.default_rng(seed)
     temp_output = constants.special_token_ids(model_config.llm.vocab_size)["temp_output"]
+    # One random video for every dialogue: the step's cost does not depend on the pixels, and hundreds of distinct
+    # 32-frame videos would take gigabytes.
+    if model_config.use_cached_features:
+        video_key = "features"
+        video = rng.standard_normal((model_config.num_frames, model_config.vision_feature_dim), dtype=np.float32)
+    else:
+        video_key, size = "frames", model_config.vision.image_size
+        video = rng.integers(0, 256, (model_config.num_frames, size, size, 3), dtype=np.uint8)
     elements, rows = [], []
     for n in lengths:
         element = _encoded(*_dialogue(rng, int(n), model_config), max_length, temp_output)
-        if model_config.use_cached_features:
-            element["features"] = rng.standard_normal((model_config.num_frames, model_config.vision_feature_dim),
-                                                      dtype=np.float32)
-        else:
-            size = model_config.vision.image_size
-            element["frames"] = rng.integers(0, 256, (model_config.num_frames, size, size, 3), dtype=np.uint8)
+        element[video_key] = video
         element["durations"] = np.float32(rng.uniform(30.0, 900.0))
         elements.append(element)
         if len(elements) % options.buffer_size == 0 or len(elements) == len(lengths):
