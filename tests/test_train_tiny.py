@@ -339,7 +339,7 @@ def test_resuming_with_another_configuration_is_refused_by_name(reference_run, t
     for words, process in processes.items():
         _, err = process.communicate(timeout=600)
         assert process.returncode == 2, (words, err[-3000:])
-        [line] = [l for l in err.splitlines() if l.startswith("error: ")]
+        [line] = [x for x in err.splitlines() if x.startswith("error: ")]
         assert "holds checkpoints of another run configuration" in line and words in line, (words, line)
         assert "Traceback" not in err
     assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]

@@ -66,7 +66,7 @@ class MomentorTokenizer:
             self._setup(fileio.read_bytes(self.model_path), num_temporal_tokens, added_token_whitespace)
         except ValueError:
             raise
-        except Exception as e:  # sentencepiece and protobuf raise RuntimeError / DecodeError on foreign bytes
+        except Exception as e:  # noqa: BLE001 (sentencepiece and protobuf raise RuntimeError / DecodeError on foreign bytes)
             raise ValueError(f"{self.model_path}: not a sentencepiece model ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
