@@ -111,7 +111,7 @@ def test_loss_mask_covers_exactly_the_replies(examples, tokenizer):
 
 def test_fixed_shapes_padding_and_positions(examples, tokenizer):
     out = encode.encode_example(examples[0], tokenizer, DURATION, NUM_FRAMES, MAX_LENGTH)
-    assert set(out) == set(constants.BATCH_KEYS) - {"frames", "features", "durations"}
+    assert set(out) == set(constants.BATCH_KEYS) - {"frames", "features", "durations", "num_videos"}
     for key, value in out.items():
         assert value.shape == (MAX_LENGTH,), key
     assert out["input_ids"].dtype == np.int32 and out["loss_mask"].dtype == np.float32
