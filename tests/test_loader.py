@@ -434,3 +434,31 @@ def test_two_workers_cover_the_epoch_and_resume(data, tokenizer):
         assert_same_batches(take(resumed, 2), expected)
     finally:
         resumed.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_gcs_loader_gives_the_local_batches_and_stops_when_storage_is_gone(data, tokenizer, gcs_server, gcs_bucket,
+                                                                           monkeypatch, workers):
+    """Examples and shards on gs:// (indexes built there): the same batches as local files, with and without a
+    worker process. Storage unreachable after retries is no bad record: the loader raises, it does not skip."""
+    from momentor_jax import fileio, gcs
+    monkeypatch.setenv(gcs.ENV_RETRIES, "1")
+    examples = [f"{gcs_bucket}/{os.path.basename(p)}" for p in data["examples"]]
+    for local, remote in zip(data["examples"], examples):
+        fileio.copy(local, remote)
+    for shard in sorted(fileio.glob(data["frames"])):
+        fileio.copy(shard, f"{gcs_bucket}/frames/{os.path.basename(shard)}")
+    remote = config(data, examples=examples, frames=f"{gcs_bucket}/frames")
+    local_batches = take(train_loader(data, tokenizer, worker_count=workers), 3)
+    iterator = train_loader(data, tokenizer, data_config=remote, worker_count=workers, num_epochs=None)
+    assert_same_batches(take(iterator, 3), local_batches)
+    assert fileio.exists(f"{gcs_bucket}/frames/{os.path.basename(fileio.glob(data['frames'])[0])}.index")
+    gcs_server.proxy.down_after(0)
+    with pytest.raises(Exception) as info:
+        take(iterator, 20)
+    seen, chain = info.value, []
+    while seen is not None:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    assert any(isinstance(e, gcs.StorageUnavailableError) for e in chain), repr(info.value)  # also from a worker
+    assert iterator.num_skipped_records == 0
