@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: install test demo clean
+.PHONY: install test lint demo clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ $(STAMP): setup.py Makefile
 
 test: install
 	$(VENV)/bin/python -m pytest -q -n 2 --durations=15 tests
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 demo: install
 	$(VENV)/bin/python -m momentor_jax.demo --workdir=$(WORKDIR)

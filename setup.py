@@ -10,7 +10,8 @@ CORE = [
     "ml-collections>=1.1",
     "tensorflow-datasets>=4.9.10",  # only for tf.train.Example protos: TensorFlow itself is not needed
     "av>=19",
-    "sentencepiece>=0.2,<0.2.3",  # 0.2.3 ships protobuf-7 generated code; apache-beam (the [beam] extra) pins protobuf < 7
+    # sentencepiece 0.2.3 ships protobuf-7 generated code; apache-beam (the [beam] extra) pins protobuf < 7.
+    "sentencepiece>=0.2,<0.2.3",
     "numpy>=2",
     "pillow>=11",
     "matplotlib>=3.9",
@@ -37,7 +38,7 @@ setup(
     name="momentor_jax",
     version="0.1.0",
     description="Momentor video LLM in JAX/Flax: temporal perception module, sharded training, HF conversion",
-    packages=find_packages(include=["momentor_jax", "momentor_jax.*"]),
+    packages=find_packages(include=["momentor_jax", "momentor_jax.*", "configs"]),  # configs: `from configs import ...`
     python_requires=">=3.12",
     install_requires=CORE,
     extras_require={

@@ -2,9 +2,10 @@
 
     python -m momentor_jax.train --config=configs/momentor_7b.py:gesm --workdir=DIR [--config.key=value ...]
 
-`base_config` holds the keys every config shares (the trainer, tools and tests rely on these names); values that
-must agree are tied with FieldReferences: `num_frames` (model and data), `max_length` (data and the model's
-position table floor), `remat_policy` (trainer key and model.llm).
+`base_config` holds the keys every config shares (the trainer, tools and tests rely on these names) with the paper's
+optimisation settings; a config file states only what differs. Values that must agree are tied with
+FieldReferences: `num_frames` (top level and model), `remat_policy` (top level and model.llm), `data.use_features`
+(and model.use_cached_features).
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     """Keys shared by all configs, with the paper's optimisation settings as defaults."""
     c = ml_collections.ConfigDict()
     num_frames_ref = ml_collections.FieldReference(num_frames)
-    max_length_ref = ml_collections.FieldReference(max_length)
     remat_ref = ml_collections.FieldReference(remat_policy)
 
     c.variant = "gesm"                 # 'gesm' (stage 1) | 'instruct' (stage 2)
@@ -71,7 +71,7 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.peak_flops_per_device = 0.0      # for MFU; 0: look up jax.devices()[0].device_kind (unknown: no MFU)
 
     c.num_frames = num_frames_ref
-    c.max_length = max_length_ref
+    c.max_length = max_length          # tokens per example (the model's position table must hold it)
 
     c.data = ml_collections.ConfigDict()
     # Prepared data: <dir>/<variant>_train.jsonl (data/convert_data*.py), <dir>/frames/ (data/extract_frames.py),
@@ -81,11 +81,15 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.data.frames = config_dict.placeholder(str)
     c.data.system_prompt = config_dict.placeholder(str)  # unset: Momentor's; tiny models need a shorter one
     c.data.read_threads = 4
-    c.data.num_frames = num_frames_ref
-    c.data.max_length = max_length_ref
     c.data.use_features = False        # batches carry cached pooled ViT features instead of frames
     c.data.worker_count = 0            # grain worker processes (0: in the main process)
     c.data.synthetic_videos = 0        # >0: with data.dir unset, render and prepare this many videos in the workdir
+    # Packing (data/packing.py): several dialogues per row of max_length, each with its own video; batch_size then
+    # counts rows. max_videos_per_row <= max_segments; a row holds at most the smaller of the two dialogues.
+    c.data.packing = False
+    c.data.max_segments = 8
+    c.data.max_videos_per_row = 8
+    c.data.packing_buffer = 256        # dialogues per packing window (decoded and held in memory together)
 
     c.model = model_section(model_config)
     c.model.num_frames = num_frames_ref

@@ -33,12 +33,9 @@ def get_config(arg=None):
     c.mesh = (-1, 1, 1)
     c.learning_rate = 5e-4
     c.warmup_fraction = 0.05
-    c.weight_decay = 0.0
     c.trainable = "all"
     c.checkpoint_every_steps = 100
     c.keep_checkpoints = 2
-    c.log_every_steps = 10
-    c.data.worker_count = 0
     c.data.read_threads = 2            # decode threads; XLA wants both cores of the demo machine
     c.data.synthetic_videos = 64
     # The paper's system prompt is ~60 tokens; this small model trains (and evaluates) faster with a short one.

@@ -22,12 +22,9 @@ def get_config(arg=None):
     c.mesh = (-1, 1, 1)
     c.learning_rate = 1e-3
     c.warmup_steps = 1
-    c.grad_clip_norm = 1.0
-    c.trainable = "momentor"
     c.checkpoint_every_steps = 2
     c.keep_checkpoints = 2
     c.log_every_steps = 1
-    c.data.worker_count = 0
     c.data.synthetic_videos = 16
     c.data.system_prompt = "You are Momentor, a video assistant."  # the paper's prompt alone fills ~200 tokens
     return c

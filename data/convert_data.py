@@ -7,12 +7,9 @@ Prints read / filtered / written / rejected per data type. Exit status: 0; 1 wit
 rejected; 2 when the source file cannot be read.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from momentor_jax.data import moment10m  # noqa: E402
+from momentor_jax.data import moment10m
 
 
 def main(argv=None) -> int:

@@ -7,12 +7,10 @@ Prints read / written / rejected. Exit status: 0; 1 with --strict when any video
 file cannot be read.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from momentor_jax.data import gesm, moment10m  # noqa: E402
+from momentor_jax.data import gesm, moment10m
 
 
 def main(argv=None) -> int:

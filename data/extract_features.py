@@ -7,13 +7,21 @@ CKPT is a Momentor parameter checkpoint (`python -m momentor_jax.convert import_
 tower. On a multi-host TPU slice run it on every host: each host takes the shards i with i % hosts == host index.
 Train on the output with `use_features=True` (model config `use_cached_features`). Exit status: 0; 2 on bad
 arguments or when no record could be read.
+
+Apache Beam mode (momentor_jax/data/beam_pipelines.py): give a runner, and any other Beam pipeline option after it.
+Each input shard is one step on a worker that loads the vision tower once; the output shards are those of the
+single-machine mode, plus OUT/features_failures.jsonl and OUT/features_summary.json (exit status 1 when some record
+could not be read). OUT must be local (or mounted) until the TFRecord writer goes through momentor_jax/fileio.py
+(issue #15).
+
+    python data/extract_features.py --frames "gs://B/frames/frames-*.tfrecord" --checkpoint gs://B/ckpt \
+        --out_dir gs://B/features --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp \
+        --setup_file=./setup.py
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
@@ -25,7 +33,13 @@ def main(argv=None) -> int:
                         "multiple of the local device count)")
     parser.add_argument("--threads", type=int, default=4, help="JPEG decoding threads")
     parser.add_argument("--overwrite", action="store_true", help="redo output shards that already exist")
-    args = parser.parse_args(argv)
+    parser.add_argument("--runner", default=None, help="run as an Apache Beam pipeline on this runner "
+                        "(DirectRunner, DataflowRunner, FlinkRunner, ...); other Beam options follow it")
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not args.runner:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam options need --runner)")
+    if args.runner:
+        return _run_beam(args, beam_args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     import jax  # noqa: PLC0415 (after argument parsing: --help stays fast)
@@ -49,6 +63,23 @@ def main(argv=None) -> int:
     print(f"{stats.videos} videos ({stats.frames} frames) written in {stats.shards_written} shards, "
           f"{stats.shards_kept} shards kept from an earlier run, {stats.skipped_records} unreadable records skipped")
     return 0
+
+
+def _run_beam(args, beam_args) -> int:
+    from momentor_jax.data import beam_pipelines  # noqa: PLC0415 (apache_beam only in Beam mode)
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("momentor_jax.data.beam_pipelines").setLevel(logging.INFO)  # the launcher's plan
+    try:
+        run = beam_pipelines.extract_features(args.frames, args.out_dir, args.checkpoint,
+                                              [f"--runner={args.runner}", *beam_args],
+                                              batch_frames=args.batch_frames, threads=args.threads,
+                                              overwrite=args.overwrite)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(run.line())
+    return 1 if run.summary.failed else 0
 
 
 if __name__ == "__main__":

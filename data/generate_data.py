@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the CLIP tower is small next to the torch models; override to move it
 
 from momentor_jax.datagen import engine, events, instances, shots  # noqa: E402

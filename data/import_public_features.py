@@ -1,4 +1,5 @@
-"""The public code's cached CLIP features (<video_id>.npy) -> feature records (see momentor_jax/data/public_features.py).
+"""The public code's cached CLIP features (<video_id>.npy) -> feature records
+(see momentor_jax/data/public_features.py).
 
     python data/import_public_features.py --feature_dir DIR --out_dir OUT [--num_shards S] [--num_frames 300]
         [--overwrite]
@@ -9,10 +10,8 @@ and named. Exit status: 0; 1 when some file was skipped; 2 on bad arguments or w
 """
 import argparse
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:

@@ -12,9 +12,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from momentor_jax.data import synthetic, synthetic_cuts  # noqa: E402
+from momentor_jax.data import synthetic, synthetic_cuts
 
 
 def main(argv=None) -> int:

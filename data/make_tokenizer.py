@@ -11,10 +11,8 @@ Exit status: 0; 2 on bad arguments, a file that is not a sentencepiece model, or
 different tokenizer.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:

@@ -4,76 +4,64 @@ r"""Expand a config's `sweep()` into one training run per override set, run loca
     python launch/sweep.py --config=configs/momentor_7b.py:stage2 --workdir_root=gs://BUCKET/sweeps/s2 \
         --tpu=NAME [--tpu=NAME2 ...] [--zone=Z --project=P] [--dry_run] [--config.data.dir=gs://BUCKET/data ...]
 
-`sweep()` (or `sweep(variant)`) in the config file returns a list of dicts {dotted.config.key: value}. Each run gets
+`sweep()` (or `sweep(variant)`) next to `get_config()` in the config (a module of the configs package) returns a list
+of dicts {dotted.config.key: value}. Each run gets
 workdir DIR/<name>, the name built from its overrides (e.g. `learning_rate=2e-05,batch_size=64`). Locally the runs
 go one after another and a failed run is counted, not fatal. With --tpu the runs are dealt round-robin to the TPU
 VMs; each VM runs its share one after another in the background (see `launch/tpu.py logs`). Extra
-`--config.key=value` flags go to every run, before the run's own overrides.
+`--config.key=value` flags, checked against the config as the trainer checks them, go to every run, before the
+run's own overrides. Exit status: 0; 1 when a local run failed; 2 on bad flags or a config without sweep().
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import importlib.util
+import importlib
 import inspect
+import os
 import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any, Callable, Sequence
+import types
+from typing import Any, Callable, Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python launch/sweep.py` puts launch/ on sys.path, not the repo root
-    sys.path.insert(0, str(REPO_ROOT))
-
-from launch import tpu  # noqa: E402
-from momentor_jax import fileio  # noqa: E402
+from launch import tpu
+from momentor_jax import cli, fileio
 
 MAX_NAME_LENGTH = 100
+REPO_ROOT = cli.REPO_ROOT
 
 
-def split_config_arg(config: str) -> tuple[str, str | None]:
-    path, _, variant = config.partition(":")
-    return path, (variant or None)
+def config_module(path: str):
+    """The module of the `configs` package that the config file `path` is (its sweep() sits next to get_config())."""
+    import configs  # noqa: PLC0415
+
+    package = os.path.dirname(os.path.abspath(configs.__file__))
+    name = os.path.basename(path).removesuffix(".py")
+    if not (path.endswith(".py") and os.path.isfile(path)
+            and os.path.samefile(os.path.dirname(os.path.abspath(path)), package)):
+        raise tpu.LaunchError(f"--config={path}: a sweep runs a config of the configs package ({package}/NAME.py)")
+    return importlib.import_module(f"configs.{name}")
 
 
-def load_sweep(config: str) -> list[dict[str, Any]]:
-    """Import the config file and call its `sweep()`; one dict of overrides per run."""
-    path, variant = split_config_arg(config)
-    file = Path(path) if Path(path).is_absolute() else REPO_ROOT / path
-    if not file.exists():
-        file = Path(path)
-    if not file.exists():
-        raise tpu.LaunchError(f"--config={config!r}: no such file {path}")
-    spec = importlib.util.spec_from_file_location(f"_sweep_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sweep_fn = getattr(module, "sweep", None)
+def load_sweep(path: str, variant: Optional[str] = None) -> list[dict[str, Any]]:
+    """The config's `sweep()` (or `sweep(variant)`): one dict of overrides per run."""
+    sweep_fn = getattr(config_module(path), "sweep", None)
     if sweep_fn is None:
-        raise tpu.LaunchError(f"{file} has no sweep() function")
+        raise tpu.LaunchError(f"{path} has no sweep() function")
     runs = sweep_fn(variant) if inspect.signature(sweep_fn).parameters else sweep_fn()
     runs = [dict(run) for run in runs]
     if not runs:
-        raise tpu.LaunchError(f"{file}: sweep() returned no runs")
+        raise tpu.LaunchError(f"{path}: sweep() returned no runs")
     for i, run in enumerate(runs):
         for key in run:
             if not isinstance(key, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", key):
-                raise tpu.LaunchError(f"{file}: sweep() run {i} has a bad config key {key!r}")
+                raise tpu.LaunchError(f"{path}: sweep() run {i} has a bad config key {key!r}")
     return runs
 
 
-def format_value(value: Any) -> str:
-    """How a value is written after `--config.key=` (ml_collections parses it by the field's type)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def override_flags(overrides: dict[str, Any]) -> list[str]:
-    return [f"--config.{key}={format_value(value)}" for key, value in overrides.items()]
+    return [f"--config.{key}={cli.format_override(value)}" for key, value in overrides.items()]
 
 
 def run_name(overrides: dict[str, Any]) -> str:
@@ -82,7 +70,7 @@ def run_name(overrides: dict[str, Any]) -> str:
         return "base"
     short = [key.rsplit(".", 1)[-1] for key in overrides]
     keys = short if len(set(short)) == len(short) else list(overrides)
-    name = ",".join(f"{key}={format_value(value)}" for key, value in zip(keys, overrides.values()))
+    name = ",".join(f"{key}={cli.format_override(value)}" for key, value in zip(keys, overrides.values()))
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name).lstrip("._=,+-") or "run"
     if len(name) > MAX_NAME_LENGTH:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -90,7 +78,7 @@ def run_name(overrides: dict[str, Any]) -> str:
     return name
 
 
-def plan(config: str, workdir_root: str, sweep: Sequence[dict[str, Any]], common: Sequence[str] = ()
+def plan(workdir_root: str, sweep: Sequence[dict[str, Any]], common: Sequence[str] = ()
          ) -> list[tuple[str, str, list[str]]]:
     """(name, workdir, override flags) per run; names made unique with a numeric suffix.
 
@@ -118,14 +106,14 @@ def run_local(commands: Sequence[Sequence[str]], names: Sequence[str],
     failed = []
     for i, (name, command) in enumerate(zip(names, commands), 1):
         print(f"[sweep {i}/{len(commands)}] {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
-        status = runner(list(command), cwd=str(REPO_ROOT)).returncode
+        status = runner(list(command), cwd=REPO_ROOT).returncode
         if status != 0:
             print(f"[sweep {i}/{len(commands)}] {name}: FAILED (exit {status})", file=sys.stderr, flush=True)
             failed.append(name)
     return failed
 
 
-def tpu_commands(args, runs, sweep_name: str) -> list[list[str]]:
+def tpu_commands(args, config: str, runs, sweep_name: str) -> list[list[str]]:
     """One ssh per TPU VM starting its round-robin share of the runs as a sequential background chain."""
     if not args.workdir_root.startswith("gs://"):
         raise tpu.LaunchError(f"--workdir_root={args.workdir_root!r}: TPU workers need a gs:// path")
@@ -134,40 +122,42 @@ def tpu_commands(args, runs, sweep_name: str) -> list[list[str]]:
         share = runs[t::len(args.tpu)]
         if not share:
             continue
-        chain = [(run, tpu.train_argv(args.config, workdir, flags)) for run, workdir, flags in share]
-        vm = argparse.Namespace(name=name, zone=args.zone, project=args.project)
+        chain = [(run, tpu.train_argv(config, workdir, flags)) for run, workdir, flags in share]
+        vm = types.SimpleNamespace(name=name, zone=args.zone, project=args.project)
         commands.append(tpu.ssh(vm, tpu.remote_train_script(chain, sweep_name, args.remote_dir)))
     return commands
 
 
-def default_sweep_name(config: str) -> str:
-    path, variant = split_config_arg(config)
-    return "sweep-" + Path(path).stem + (f"-{variant}" if variant else "")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="configs/FILE.py[:variant] with a sweep() function")
-    parser.add_argument("--workdir_root", required=True, help="each run writes to WORKDIR_ROOT/<run name>")
-    parser.add_argument("--tpu", action="append", default=[], help="TPU VM name (repeat to spread runs)")
-    parser.add_argument("--sweep_name", help="names the remote log folder ~/logs/<sweep_name> (TPU mode)")
-    parser.add_argument("--remote_dir", default="momentor_jax", help="project directory on the TPU workers")
-    tpu.add_gcloud_flags(parser)
-    return parser
+def _define_flags(flag_values, argv) -> None:
+    from absl import flags  # noqa: PLC0415
+    cli.define_config(flag_values, argv)
+    flags.mark_flag_as_required("config", flag_values=flag_values)
+    flags.DEFINE_string("workdir_root", None, "each run writes to WORKDIR_ROOT/<run name>", required=True,
+                        flag_values=flag_values)
+    flags.DEFINE_multi_string("tpu", [], "TPU VM name (repeat to spread runs)", flag_values=flag_values)
+    flags.DEFINE_string("sweep_name", None, "names the remote log folder ~/logs/<sweep_name> (TPU mode)",
+                        flag_values=flag_values)
+    flags.DEFINE_string("remote_dir", "momentor_jax", "project directory on the TPU workers", flag_values=flag_values)
+    flags.DEFINE_string("project", None, f"GCP project (default ${tpu.ENV_PROJECT})", flag_values=flag_values)
+    flags.DEFINE_string("zone", None, f"zone, e.g. us-east5-a (default ${tpu.ENV_ZONE})", flag_values=flag_values)
+    flags.DEFINE_bool("dry_run", False, "print the commands instead of running them", flag_values=flag_values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, common = build_parser().parse_known_args(argv)
+    args, positional = cli.parse_flags(sys.argv if argv is None else ["sweep", *argv], _define_flags, __doc__)
+    if positional:
+        cli.fail_usage(f"unexpected arguments {positional}: only --config.key=value flags pass through")
+    path, _, variant = args["config"].config_filename.partition(":")
+    # The runs name the config as the package has it, so the command works in the repository on any machine.
+    config = f"configs/{os.path.basename(path)}" + (f":{variant}" if variant else "")
     try:
-        for flag in common:
-            if not flag.startswith("--config."):
-                raise tpu.LaunchError(f"unexpected argument {flag!r}: only --config.key=value flags pass through")
-        runs = plan(args.config, args.workdir_root, load_sweep(args.config), common)
+        runs = plan(args.workdir_root, load_sweep(path, variant or None), cli.override_args(args["config"]))
         if args.tpu:
-            sweep_name = tpu.check_safe(args.sweep_name or default_sweep_name(args.config), "--sweep_name")
-            commands = tpu_commands(args, runs, sweep_name)
+            default_name = "sweep-" + os.path.basename(path).removesuffix(".py") + (f"-{variant}" if variant else "")
+            sweep_name = tpu.check_safe(args.sweep_name or default_name, "--sweep_name")
+            commands = tpu_commands(args, config, runs, sweep_name)
         else:
-            commands = local_commands(args.config, runs)
+            commands = local_commands(config, runs)
         if args.dry_run:
             tpu.print_commands(commands)
             return 0

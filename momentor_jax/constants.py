@@ -37,16 +37,17 @@ def special_token_ids(vocab_size: int) -> dict:
 
 
 # One training / inference batch. Every array has a fixed shape so a step jits once per configuration.
-# B = batch, L = max length, M = frames per video.
+# B = batch, L = max length, M = frames per video; V = video slots per packed row (data/packing.py).
 BATCH_KEYS = {
     "input_ids": "int32 [B, L]: token ids; pads are 0; temporal placeholders are <TEMP-INPUT>/<TEMP-OUTPUT> ids",
     "targets": "int32 [B, L]: next-token id for position i (input_ids[i + 1]); 0 where loss_mask is 0",
     "loss_mask": "float32 [B, L]: 1 where targets[i] is supervised (assistant replies and their </s>)",
-    "segment_ids": "int32 [B, L]: 1 for real tokens, 0 for padding",
-    "positions": "int32 [B, L]: position ids 0, 1, 2, ...",
+    "segment_ids": "int32 [B, L]: k = 1..K for the k-th dialogue of the row (1 unpacked), 0 for padding",
+    "positions": "int32 [B, L]: position ids 0, 1, 2, ..., restarting at each dialogue of a packed row",
     "token_times": "float32 [B, L]: normalized time p in [0, 1] at each placeholder position, 0 elsewhere",
     "target_times": "float32 [B, L]: normalized time where targets[i] is <TEMP-OUTPUT>, 0 elsewhere",
-    "frames": "uint8 [B, M, H, W, 3]: RGB frames, CLIP geometry (resized + center-cropped), not normalized",
-    "features": "float32 [B, M, F]: cached pooled ViT features instead of frames (cached-features mode)",
-    "durations": "float32 [B]: video duration in seconds",
+    "frames": "uint8 [B, M, H, W, 3] (packed: [B, V, M, H, W, 3]): RGB frames, CLIP geometry, not normalized",
+    "features": "float32 [B, M, F] (packed: [B, V, M, F]): cached pooled ViT features instead of frames",
+    "durations": "float32 [B] (packed: [B, V], 0 for empty slots): video duration in seconds",
+    "num_videos": "int32 [B], packed rows only: real videos in the row, in segment order, the rest zeros",
 }

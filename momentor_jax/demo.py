@@ -1,6 +1,7 @@
 """The end-to-end CPU demo: a small Momentor trained from scratch learns to localize events in synthetic videos.
 
-    python -m momentor_jax.demo [--workdir=demo_workdir] [--quick] [--ablate_tpm] [--config.KEY=VALUE ...]
+    python -m momentor_jax.demo [--workdir=demo_workdir] [--quick] [--ablate_tpm] [--config=configs/demo.py]
+                                [--config.KEY=VALUE ...]
 
 Every step runs the project's real command in a subprocess (argument lists, never shell strings):
   1. data/make_synthetic.py      training + held-out videos with known events
@@ -12,20 +13,23 @@ Every step runs the project's real command in a subprocess (argument lists, neve
   5. momentor_jax.convert export_hf of the trained model
 `--ablate_tpm` (or `--config.model.tpm.enabled=False`, an alias of `--config.model.tpm_enabled=False`) trains and
 evaluates with times written as plain text.
-`--config.KEY=VALUE` flags are passed to both training stages. Re-running on the same workdir reuses finished steps.
+`--config.KEY=VALUE` flags are passed to both training stages (the config's variant is the stage's: gesm, then
+instruct). Re-running on the same workdir reuses finished steps. Exit status: 0; 1 when a step fails; 2 on bad flags.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import time
 from typing import Optional, Sequence
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from momentor_jax import cli
+
+REPO_ROOT = cli.REPO_ROOT
 CONFIG_FILE = os.path.join(REPO_ROOT, "configs", "demo.py")
 DONE_MARKER = "DEMO_STEP_DONE"
 # The ablation switch is the config key model.tpm_enabled; `--config.model.tpm.enabled=` (the name the demo issue
@@ -79,20 +83,6 @@ def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
                 "fmt": "text" if ablate_tpm else "temporal"}
     return {"train_videos": 400, "heldout_videos": 200, "gesm_steps": 400, "instruct_steps": 800, "batch_size": 16,
             "fmt": "text" if ablate_tpm else "temporal"}
-
-
-def load_model_config(overrides: Sequence[str]):
-    """The demo config's MomentorConfig with the `--config.KEY=VALUE` overrides applied (frames, vocabulary)."""
-    import importlib.util  # noqa: PLC0415
-    sys.path.insert(0, REPO_ROOT)
-    from momentor_jax.config_overrides import apply_overrides  # noqa: PLC0415
-    from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
-
-    spec = importlib.util.spec_from_file_location("demo_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = apply_overrides(module.get_config(), overrides)
-    return config, MomentorConfig.from_dict(config.model)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -186,9 +176,9 @@ def prepare_data(data_dir: str, settings: dict, model_config, seed: int) -> None
 # ------------------------------------------------------------------------------------------------ training
 
 
-def train_stage(variant: str, run_dir: str, data_dir: str, steps: int, batch_size: int,
+def train_stage(config_file: str, variant: str, run_dir: str, data_dir: str, steps: int, batch_size: int,
                 overrides: Sequence[str], init_from: Optional[str] = None) -> None:
-    args = _python("-m", "momentor_jax.train", f"--config={CONFIG_FILE}:{variant}", f"--workdir={run_dir}",
+    args = _python("-m", "momentor_jax.train", f"--config={config_file}:{variant}", f"--workdir={run_dir}",
                    f"--config.data.dir={data_dir}", f"--config.total_steps={steps}",
                    f"--config.batch_size={batch_size}")
     if init_from:
@@ -274,40 +264,50 @@ def plot_heldout(queries: Sequence[dict], eval_dir: str, path: str, max_videos: 
 # ------------------------------------------------------------------------------------------------ main
 
 
+def _define_flags(flag_values, argv) -> None:
+    from absl import flags  # noqa: PLC0415
+    cli.define_config(flag_values, argv, default=CONFIG_FILE)
+    flags.DEFINE_string("workdir", "demo_workdir", "where the data, runs, evaluation and export go",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("quick", False, "tiny data and a few steps (smoke test)", flag_values=flag_values)
+    flags.DEFINE_bool("ablate_tpm", False, "times as plain text, no temporal tokens", flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "seed of the data, the tokenizer and the random baseline", flag_values=flag_values)
+
+
 def _parse(argv: Sequence[str]) -> tuple:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="demo_workdir")
-    parser.add_argument("--quick", action="store_true", help="tiny data and a few steps (smoke test)")
-    parser.add_argument("--ablate_tpm", action="store_true", help="times as plain text, no temporal tokens")
-    parser.add_argument("--seed", type=int, default=0)
-    args, rest = parser.parse_known_args(argv)
-    rest = [TPM_SWITCH + a.removeprefix(TPM_SWITCH_ALIAS) if a.startswith(TPM_SWITCH_ALIAS) else a for a in rest]
-    bad = [a for a in rest if not a.startswith("--config.")]
-    if bad:
-        parser.error(f"unknown arguments {bad} (training overrides are written --config.KEY=VALUE)")
-    return args, rest
+    """(flag values, the `--config.KEY=VALUE` arguments for the training stages); argv[0] is the program."""
+    argv = [TPM_SWITCH + a.removeprefix(TPM_SWITCH_ALIAS) if a.startswith(TPM_SWITCH_ALIAS) else a for a in argv]
+    args, positional = cli.parse_flags(argv, _define_flags, __doc__)
+    if positional:
+        cli.fail_usage(f"unexpected arguments {positional} (training overrides are written --config.KEY=VALUE)")
+    overrides = cli.override_args(args["config"])
+    if args.ablate_tpm:
+        overrides = [TPM_SWITCH + "false", *overrides]
+    if args.quick:
+        overrides = ["--config.checkpoint_every_steps=1000", "--config.log_every_steps=1", *overrides]
+    return args, overrides
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+    from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
+
+    args, overrides = _parse(sys.argv if argv is None else argv)
     started = time.time()
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    if args.ablate_tpm:
-        overrides = [TPM_SWITCH + "False", *overrides]
-    if args.quick:
-        overrides = ["--config.checkpoint_every_steps=1000", "--config.log_every_steps=1", *overrides]
-    _, model_config = load_model_config(overrides)
-    ablate_tpm = not model_config.tpm_enabled  # --ablate_tpm or the config switch: the data must say times in text
+    config_file = os.path.abspath(args["config"].config_filename.partition(":")[0])
+    model_config = MomentorConfig.from_dict(args.config.model)
+    # --ablate_tpm or the config switch: the data must say times in text
+    ablate_tpm = args.ablate_tpm or not model_config.tpm_enabled
     settings = demo_settings(args.quick, ablate_tpm)
     data_dir = os.path.join(workdir, "data")
     os.makedirs(data_dir, exist_ok=True)
     prepare_data(data_dir, settings, model_config, args.seed)
 
     stage1, stage2 = os.path.join(workdir, "stage1_gesm"), os.path.join(workdir, "stage2_instruct")
-    train_stage("gesm", stage1, data_dir, settings["gesm_steps"], settings["batch_size"], overrides)
-    train_stage("instruct", stage2, data_dir, settings["instruct_steps"], settings["batch_size"], overrides,
-                init_from=stage1)
+    train_stage(config_file, "gesm", stage1, data_dir, settings["gesm_steps"], settings["batch_size"], overrides)
+    train_stage(config_file, "instruct", stage2, data_dir, settings["instruct_steps"], settings["batch_size"],
+                overrides, init_from=stage1)
 
     eval_dir = os.path.join(workdir, "eval")
     queries_path = os.path.join(data_dir, "raw", "grounding_heldout.jsonl")
@@ -349,13 +349,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     better = max(results["baseline_random"]["R1@0.5"], results["baseline_fixed"]["R1@0.5"])
     if better > 0:
         print(f"  R1@0.5: {results['model']['R1@0.5'] / better:.1f}x the better baseline")
+    serve = shlex.join([sys.executable, "-m", "momentor_jax.serve", "--checkpoint", stage2, "--annotations",
+                        queries_path])
     print(f"\nworkdir      {workdir}\n"
           f"metrics      {os.path.join(eval_dir, 'metrics.json')}\n"
           f"figure       {figure}\n"
           f"export       {export_dir} (llm/, vision/, momentor_extras)\n"
           f"checkpoint   {stage2} (predict, evaluate and export_hf take the workdir)\n"
           f"tensorboard  tensorboard --logdir {workdir}\n"
-          f"took {(time.time() - started) / 60:.1f} min", flush=True)
+          f"took {(time.time() - started) / 60:.1f} min\n\n"
+          f"Ask the trained model about the held-out videos in your browser (http://127.0.0.1:7860):\n"
+          f"  {serve}",
+          flush=True)
     return 0
 
 

@@ -93,15 +93,11 @@ class VideoSource:
         return self._cache[vid]
 
     def video_files(self) -> dict:
-        """{vid: [paths]} of the video files in --video_dir (listed once)."""
+        """{vid: [paths]} of the video files in --video_dir (listed once; ids by data/video_ids.py's rule)."""
         if self._files is None:
-            from momentor_jax.data.video import VIDEO_EXTENSIONS  # noqa: PLC0415
-            self._files = {}
-            for name in fileio.listdir(self.video_dir):
-                lower = name.lower()
-                ext = next((e for e in VIDEO_EXTENSIONS if lower.endswith(e)), None)
-                if ext and not name.startswith("."):
-                    self._files.setdefault(name[:-len(ext)], []).append(fileio.join(self.video_dir, name))
+            from momentor_jax.data.video_ids import group_video_files  # noqa: PLC0415
+            self._files = {vid: [fileio.join(self.video_dir, name) for name in names]
+                           for vid, names in group_video_files(fileio.listdir(self.video_dir)).items()}
         return self._files
 
     def _load(self, vid: str):
@@ -293,5 +289,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    cli.cpu_decode_flags()  # before JAX starts
     _define_flags()
     cli.run(main)

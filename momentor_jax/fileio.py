@@ -237,7 +237,7 @@ def abort_upload(f) -> None:
     try:
         if hasattr(f, "discard"):
             f.discard()
-    except Exception:  # the server may be the reason we are aborting
+    except Exception:  # noqa: BLE001 (the server may be the reason we are aborting)
         pass
     f.closed = True
 
@@ -320,5 +320,5 @@ class RangeReader:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # interpreter shutdown
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
             pass

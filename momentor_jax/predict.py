@@ -207,6 +207,8 @@ def predict_batch(checkpoint: str, questions_path: str, out_path: str, max_new_t
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     sampling = generate.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    from momentor_jax import outputs  # noqa: PLC0415
+    outputs.check_not_input(out_path, {"--questions": questions_path}, "--out")
     records = read_questions(questions_path)
     predictor = Predictor(checkpoint, sampling, seed, system_prompt, progress)
     annotations.check_prompts(((f"{questions_path}, question {r['key'] + 1}", r["question"]) for r in records),
@@ -286,5 +288,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    cli.cpu_decode_flags()  # before JAX starts
     _define_flags()
     cli.run(main)

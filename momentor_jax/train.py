@@ -18,17 +18,10 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from momentor_jax import cli, fileio
 
-# configs/ sits next to the package; make `from configs import ...` work whatever the current directory is.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FILE.py[:variant], relative to the working "
-                                          "directory or the repository", lock_config=True)
+_CONFIG = cli.define_config()
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints/, tensorboard/, config.json")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")

@@ -37,7 +37,6 @@ def test_parse_topology_rejects(name):
 
 
 def tiny_config():
-    sys.path.insert(0, REPO)
     from configs import tiny  # noqa: PLC0415
     return tiny.get_config()
 

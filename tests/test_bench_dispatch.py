@@ -1,27 +1,49 @@
-"""tools.bench dispatcher: `--config.KEY=VALUE` overrides reach the suites that take a config, and one
-`common.load_config` applies them."""
+"""tools.bench dispatcher: the suites take `--config` and `--config.KEY=VALUE` as every command does (config_flags);
+the suites without a config refuse them; bad flags are one-line usage errors; the gpu scaling yields to overrides."""
 import pytest
 
+from momentor_jax import cli
 from momentor_jax.tools.bench import __main__ as bench
-from momentor_jax.tools.bench import common
+from momentor_jax.tools.bench import common, gpu
 
 
-def test_config_overrides_are_split_from_the_suite_options():
-    rest, overrides = bench.split_config_overrides(
-        ["--config", "configs/tiny.py", "--config.batch_size=4", "--steps", "2", "--config.mesh", "(1, 1, 1)"])
-    assert rest == ["--config", "configs/tiny.py", "--steps", "2"]
-    assert overrides == ["batch_size=4", "mesh=(1, 1, 1)"]
+def _parse(argv):
+    return cli.parse_flags(["bench", *argv], lambda flag_values, a: common.define_config(flag_values, a))[0]
 
 
-def test_load_config_applies_overrides_as_literals_or_strings():
-    config = common.load_config("configs/tiny.py", ["batch_size=4", "model.llm.num_layers=3", "mesh=(1, 1, 1)",
-                                                    "trainable=all"])
+def test_config_overrides_are_applied_and_recorded():
+    args = _parse(["--config", "configs/tiny.py", "--config.batch_size=4", "--config.model.llm.num_layers=3",
+                   "--config.mesh", "(1, 1, 1)", "--config.trainable=all"])
+    config = args.config
     assert config.batch_size == 4 and config.model.llm.num_layers == 3
     assert tuple(config.mesh) == (1, 1, 1) and config.trainable == "all"
-    with pytest.raises(KeyError, match="no key"):
-        common.load_config("configs/tiny.py", ["model.llm.no_such_key=1"])
+    assert common.config_record(args) == {
+        "config": "configs/tiny.py",
+        "overrides": ["batch_size=4", "model.llm.num_layers=3", "mesh=(1, 1, 1)", "trainable=all"]}
+    assert common.config_record(_parse([]))["config"] == "configs/bench.py"
 
 
-def test_a_suite_without_a_config_refuses_overrides(tmp_path):
-    with pytest.raises(SystemExit):
-        bench.main(["peak", "--config.batch_size=4", "--out", str(tmp_path)])
+def test_gpu_scaling_then_the_command_line_overrides():
+    args = _parse(["--config.batch_size=2"])
+    config = gpu.gpu_config(args.config, "1b", {"batch_size": 2})
+    assert config.model.llm.num_layers == 16 and config.batch_size == 2
+    assert config.model.llm.remat_policy == "none"  # tied to remat_policy by a FieldReference
+
+
+@pytest.mark.parametrize("argv", [["peak", "--config.batch_size=4"], ["train", "--config.no_such_key=1"],
+                                  ["train", "--no_such_flag=1"], ["train", "extra"]])
+def test_bad_flags_exit_2_in_one_line(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main([*argv, "--out", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 2
+    assert not list(tmp_path.iterdir())
+
+
+def test_help_shows_the_suite_and_its_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(["train", "--help"])
+    assert info.value.code == 0
+    shown = capsys.readouterr().out
+    assert "`train`" in shown and "--steps" in shown and "--config" in shown

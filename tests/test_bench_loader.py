@@ -4,8 +4,8 @@ only; no timing thresholds."""
 import argparse
 import json
 
+from configs import tiny
 from momentor_jax.tools.bench import __main__ as bench_main
-from momentor_jax.tools.bench import common
 from momentor_jax.tools.bench import loader as loader_suite
 
 NUM_VIDEOS = 3
@@ -13,7 +13,7 @@ NUM_VIDEOS = 3
 
 def test_loader_suite_writes_every_figure(tmp_path):
     out = tmp_path / "results"
-    status = bench_main.main(["loader", "--config", "configs/tiny.py", "--out", str(out), "--workers", "0", "1",
+    status = bench_main.main(["loader", "--config", "configs/tiny.py", "--out", str(out), "--workers=0,1",
                               "--num_videos", str(NUM_VIDEOS), "--video_size", "48", "--num_batches", "2",
                               "--warmup_batches", "1", "--rounds", "1", "--extract_repeats", "1",
                               "--stage_examples", "3", "--train_steps", "1", "--train_warmup", "1", "--gcs"])
@@ -60,7 +60,7 @@ def test_without_the_train_suite_the_real_train_step_is_timed(monkeypatch):
     from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
 
     monkeypatch.setattr(loader_suite, "_train_suite_measure", lambda: None)
-    config = common.load_config("configs/tiny.py")
+    config = tiny.get_config()
     batch = momentor.example_batch(MomentorConfig.from_dict(config.model), config.batch_size, config.max_length)
     args = argparse.Namespace(train_json=None, train_steps=1, train_warmup=1)
     train = loader_suite.train_consumption(args, config, batch)

@@ -131,10 +131,15 @@ def test_token_times_line_up_with_placeholders(tokenizer):
         {"User": "From <TEMP-INPUT> to <TEMP-INPUT>, and at <TEMP-INPUT>?",
          "Assistant": "<TEMP-OUTPUT> to <TEMP-OUTPUT>."},
         {"User": "Again?", "Assistant": "Yes, <TEMP-OUTPUT> to <TEMP-OUTPUT>."}],
-        "temporal_input_times": [3.0, 6.0, 90.0], "temporal_output_times": [0.0, 15.0, 30.0, 45.0]}
+        "temporal_input_times": [3.0, 6.0, 62.0], "temporal_output_times": [0.0, 15.0, 30.0, 45.0]}
     out = encode.encode_example(example, tokenizer, DURATION, NUM_FRAMES, MAX_LENGTH)
     ids = out["input_ids"]
-    np.testing.assert_allclose(out["token_times"][ids == tokenizer.temp_input_id], [0.05, 0.1, 1.0])  # clipped
+    # 2 s past the 60 s end is within the tolerance: clipped (and counted by the loader)
+    np.testing.assert_allclose(out["token_times"][ids == tokenizer.temp_input_id], [0.05, 0.1, 1.0])
+    assert encode.count_past_end(example, DURATION) == 1
+    with pytest.raises(ValueError, match=r"example v: temporal_input_times\[2\] = 90.0 s is past the video's end"):
+        encode.encode_example(dict(example, temporal_input_times=[3.0, 6.0, 90.0]), tokenizer, DURATION, NUM_FRAMES,
+                              MAX_LENGTH)
     np.testing.assert_allclose(out["token_times"][ids == tokenizer.temp_output_id], [0.0, 0.25, 0.5, 0.75])
     assert not out["token_times"][(ids != tokenizer.temp_input_id) & (ids != tokenizer.temp_output_id)].any()
     is_output_target = out["targets"] == tokenizer.temp_output_id

@@ -147,7 +147,8 @@ def test_malformed_structures_are_rejected_not_fatal(tmp_path):
     joined = "\n".join(messages)
     for expected in ("v1 type qa_data item 0: item is str", "item 1: conversations[0] lacks 'User' or 'Assistant'",
                      "item 2: User text has unknown placeholder {moment}", "item 3: User text has unbalanced braces",
-                     "item 4: click_position [1, 2] is not [t, [x, y]]", "item 5: match_score 'high' is not a number",
+                     "item 4: click_position [1, 2] is not [t, [x, y]]",
+                     "item 5: match_score 'high' is not a finite number",
                      "v1 type mystery_data item 0: unknown data type", "rejected video v2"):
         assert expected in joined, expected
 

@@ -1,8 +1,11 @@
 """The demo's --quick path end to end: data, both training stages, evaluation with baselines, figure, export."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
+
+import pytest
 
 from momentor_jax import demo
 
@@ -57,9 +60,22 @@ def test_quick_demo_end_to_end(tmp_path):
     config = transformers.AutoConfig.from_pretrained(str(workdir / "export" / "llm"))
     assert config.vocab_size > 0
     assert "held-out temporal grounding" in result.stdout
+    serve = result.stdout.strip().splitlines()[-1].split()  # the last line opens the web demo on the trained model
+    assert serve[1:4] == ["-m", "momentor_jax.serve", "--checkpoint"] and serve[5] == "--annotations"
+    assert (pathlib.Path(serve[4]) / "checkpoints").is_dir() and os.path.isfile(serve[6])
+    assert (pathlib.Path(serve[6]).parent / "videos").is_dir()  # the examples' --video_dir default
 
 
 def test_tpm_switch_alias_becomes_the_config_key():
-    args, overrides = demo._parse(["--config.model.tpm.enabled=False", "--config.batch_size=4", "--quick"])
-    assert args.quick
-    assert overrides == ["--config.model.tpm_enabled=False", "--config.batch_size=4"]
+    args, overrides = demo._parse(["demo", "--config.model.tpm.enabled=False", "--config.batch_size=4", "--quick"])
+    assert args.quick and not args.config.model.tpm_enabled and args.config.batch_size == 4
+    assert overrides == ["--config.checkpoint_every_steps=1000", "--config.log_every_steps=1",
+                         "--config.model.tpm_enabled=false", "--config.batch_size=4"]
+
+
+def test_bad_flags_are_one_line_usage_errors(capsys):
+    for argv in (["demo", "--config.no_such_key=1"], ["demo", "--workdirs=x"], ["demo", "extra"]):
+        with pytest.raises(SystemExit) as info:
+            demo._parse(argv)
+        assert info.value.code == 2
+        assert capsys.readouterr().err.startswith("error: ")

@@ -1,5 +1,4 @@
 """The Grain training/eval loaders on tiny rendered data: determinism, process slices, resume, bad records, workers."""
-import collections
 import json
 import logging
 import os

@@ -33,8 +33,6 @@ def free_port() -> int:
 
 
 def tiny_config(data_dir: str, total_steps: int):
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     from configs import tiny  # noqa: PLC0415
     config = tiny.get_config()
     config.data.dir = data_dir
@@ -97,8 +95,6 @@ def run_two_processes(workdir: str, data_dir: str, total_steps: int, use_env: bo
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """The tiny synthetic dataset, prepared once (what `train` does by itself when data.dir is unset)."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     from momentor_jax import train  # noqa: PLC0415
     root = str(tmp_path_factory.mktemp("mp_data"))
     return train.prepare_synthetic_data(tiny_config(None, 2), root)

@@ -133,9 +133,12 @@ def test_index_that_lies_about_offsets_is_caught(tmp_path):
     saved["lengths"] = [10, 20]  # the last record no longer ends at the end of the file: rescanned
     open(path + ".index", "w").write(json.dumps(saved))
     assert tfrecord.TFRecordDataSource([path])[1] == b"b" * 30
-    saved["lengths"] = [30, 30]  # same size, mtime and end, wrong first record
+    saved = json.loads(open(path + ".index").read())
+    saved["lengths"] = [30, 30]  # same size, mtime and end, but offsets that do not follow the lengths: rebuilt
     open(path + ".index", "w").write(json.dumps(saved))
     source = tfrecord.TFRecordDataSource([path])
+    assert source[0] == b"a" * 10 and json.loads(open(path + ".index").read())["lengths"] == [10, 30]
+    source.indexes[0].lengths[0] = 30  # an index that lies anyway is caught when the record is read
     with pytest.raises(tfrecord.TFRecordCorruptionError, match=r"record 0 .*index says 30"):
         source[0]
 

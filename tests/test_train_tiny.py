@@ -234,23 +234,33 @@ def test_kill_and_resume_is_bitwise_identical(reference_run, tmp_path, storage, 
     """SIGKILL after a checkpoint, then the same command again: the final parameters equal an uninterrupted run's.
     On "gcs" data.dir (examples, frames, tokenizer), init_from and the workdir are all on a GCS server on loopback,
     and the uninterrupted run is a local one with the same inputs."""
-    if storage == "gcs":
-        bucket = request.getfixturevalue("gcs_bucket")  # first: the server's address goes into the environment
-    env = _env(reference_run["cache"])
     if storage == "local":
-        workdir = str(tmp_path / "killed")
-        command = _command(workdir, f"--config.data.dir={reference_run['data']}")
-        reference = _saved_params(reference_run["workdir"], TOTAL_STEPS)
-    else:
-        inputs = _gcs_inputs(reference_run, bucket, tmp_path)
-        uninterrupted = str(tmp_path / "uninterrupted")
-        proc = subprocess.run(_command(uninterrupted, f"--config.data.dir={reference_run['data']}",
-                                       f"--config.init_from={inputs['local_init']}"),
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-5000:]
-        reference = _saved_params(uninterrupted, TOTAL_STEPS)
-        workdir = f"{bucket}/run"
-        command = _command(workdir, f"--config.data.dir={inputs['data']}", f"--config.init_from={inputs['remote_init']}")
+        _kill_and_resume(tmp_path, reference_run)
+        return
+    bucket = request.getfixturevalue("gcs_bucket")  # first: the server's address goes into the environment
+    inputs = _gcs_inputs(reference_run, bucket, tmp_path)
+    uninterrupted = str(tmp_path / "uninterrupted")
+    proc = subprocess.run(_command(uninterrupted, f"--config.data.dir={reference_run['data']}",
+                                   f"--config.init_from={inputs['local_init']}"),
+                          cwd=REPO, env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    workdir = f"{bucket}/run"
+    _kill_and_resume(tmp_path, reference_run, (f"--config.init_from={inputs['remote_init']}",),
+                     workdir=workdir, data_dir=inputs["data"], reference=_saved_params(uninterrupted, TOTAL_STEPS))
+    # The frame index was built and written next to the shards; events and config are there.
+    shards = fileio.glob(f"{inputs['data']}/frames/*{frames_lib.SHARD_SUFFIX}")
+    assert shards and all(fileio.exists(s + tfrecord.INDEX_SUFFIX) for s in shards)
+    assert fileio.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
+    assert fileio.exists(f"{workdir}/config.json")
+
+
+def _kill_and_resume(tmp_path, reference_run, overrides=(), workdir=None, data_dir=None, reference=None):
+    """The command with `overrides`, killed (-9) mid-run after a checkpoint, resumed: the same final parameters as
+    `reference` (default: the reference run's)."""
+    workdir = str(tmp_path / "killed") if workdir is None else workdir
+    command = _command(workdir, f"--config.data.dir={data_dir or reference_run['data']}", *overrides)
+    env = _env(reference_run["cache"])
+    reference = _saved_params(reference_run["workdir"], TOTAL_STEPS) if reference is None else reference
     with open(tmp_path / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
         try:
@@ -278,8 +288,51 @@ def test_kill_and_resume_is_bitwise_identical(reference_run, tmp_path, storage, 
     assert set(result) == set(reference)
     for name in reference:
         np.testing.assert_array_equal(result[name], reference[name], err_msg=name)
-    if storage == "gcs":  # the frame index was built and written next to the shards; events and config are there
-        shards = fileio.glob(f"{inputs['data']}/frames/*{frames_lib.SHARD_SUFFIX}")
-        assert shards and all(fileio.exists(s + tfrecord.INDEX_SUFFIX) for s in shards)
-        assert fileio.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
-        assert fileio.exists(f"{workdir}/config.json")
+
+
+# ------------------------------------------------------------------------------------------ packed rows
+# Rows of 512 tokens hold two to three of the tiny data's ~220-token dialogues (positions restart per dialogue, so the
+# position limit only has to cover one).
+PACKED = ("--config.data.packing=True", "--config.data.max_segments=3", "--config.data.max_videos_per_row=3",
+          "--config.max_length=512", "--config.model.llm.max_position_embeddings=512")
+
+
+def _packed_config(data_dir, **overrides):
+    c = _config(data_dir, **overrides)
+    c.data.packing, c.data.max_segments, c.data.max_videos_per_row = True, 3, 3
+    c.max_length = 512
+    c.model.llm.max_position_embeddings = 512
+    return c
+
+
+@pytest.fixture(scope="session")
+def packed_reference_run(reference_run):
+    """The reference run's command and data with packing on, mesh (2, 2, 2)."""
+    workdir = reference_run["root"] / "packed_reference"
+    proc = subprocess.run(_command(workdir, f"--config.data.dir={reference_run['data']}", *PACKED), cwd=REPO,
+                          env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return {"workdir": str(workdir), "stdout": proc.stdout, "cache": reference_run["cache"],
+            "data": reference_run["data"]}
+
+
+def test_packed_run_logs_packing_and_matches_single_device(packed_reference_run, tmp_path):
+    examples = _tensorboard_scalars(packed_reference_run["workdir"], "train/examples_per_step")
+    efficiency = _tensorboard_scalars(packed_reference_run["workdir"], "train/packing_efficiency")
+    epochs = _tensorboard_scalars(packed_reference_run["workdir"], "train/epoch")
+    assert sorted(examples) == list(range(1, TOTAL_STEPS + 1))
+    assert all(v > 8 for v in examples.values())  # batch 8 rows, more than one dialogue each
+    assert all(0.5 < v <= 1.0 for v in efficiency.values())
+    assert epochs[TOTAL_STEPS] > epochs[1] > 0
+    assert "ex/step" in packed_reference_run["stdout"] and "packed " in packed_reference_run["stdout"]
+
+    result = trainer.train(_packed_config(packed_reference_run["data"], mesh=(1, 1, 1)), str(tmp_path))
+    single = np.array([m["loss"] for _, m in result.history])
+    reference = _tensorboard_scalars(packed_reference_run["workdir"], "train/loss")
+    np.testing.assert_allclose(single, [reference[s] for s in range(1, TOTAL_STEPS + 1)], rtol=1e-5)
+    np.testing.assert_allclose([m["examples_per_step"] for _, m in result.history],
+                               [examples[s] for s in range(1, TOTAL_STEPS + 1)])
+
+
+def test_packed_kill_and_resume_is_bitwise_identical(packed_reference_run, tmp_path):
+    _kill_and_resume(tmp_path, packed_reference_run, PACKED)

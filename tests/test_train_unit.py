@@ -159,11 +159,11 @@ def test_progress_line():
 def test_configs_build_model_and_tie_values(module, variant):
     c = module.get_config(variant)
     model = MomentorConfig.from_dict(c.model)
-    assert model.num_frames == c.data.num_frames == c.num_frames
+    assert model.num_frames == c.num_frames
     assert model.llm.remat_policy == c.remat_policy
     assert c.max_length <= model.llm.max_position_embeddings
     c.num_frames = 4
-    assert c.model.num_frames == c.data.num_frames == 4
+    assert c.model.num_frames == 4
     assert isinstance(module.sweep(), list) and all(isinstance(run, dict) for run in module.sweep())
     for key in ("total_steps", "batch_size", "seed", "mesh", "checkpoint_every_steps", "log_every_steps",
                 "init_from", "trainable", "learning_rate", "warmup_steps", "weight_decay", "grad_clip_norm",
@@ -263,3 +263,32 @@ def test_data_state_round_trip(tmp_path, state):
 def test_fresh_run_that_needs_pretrained_weights_refuses_random_init(tmp_path):
     with pytest.raises(ValueError, match="init_from to the GESM run's workdir"):
         run_toy(tmp_path, ToyIterator(), requires_init_from=True, variant="instruct")
+
+
+def test_packing_and_features_settings_of_the_7b_config():
+    c = momentor_7b.get_config("gesm")
+    assert c.data.packing and c.data.use_features and c.model.use_cached_features
+    assert trainer.packing_options(c).max_items == 5 and trainer.videos_per_row(c) == 5
+    c.data.dir = "prepared"
+    assert trainer.data_paths(c)["frames"] == os.path.join("prepared", "features")
+    frames = momentor_7b.get_config("instruct_frames")
+    assert frames.variant == "instruct" and not frames.data.use_features and not frames.model.use_cached_features
+    frames.data.dir = "prepared"
+    assert trainer.data_paths(frames)["frames"] == os.path.join("prepared", "frames")
+
+    bad = momentor_7b.get_config("gesm")
+    bad.data.max_videos_per_row = 6
+    with pytest.raises(ValueError, match="data.max_videos_per_row 6 > data.max_segments 5"):
+        trainer.packing_options(bad)
+    bad.data.max_videos_per_row, bad.data.packing_buffer = 5, 0
+    with pytest.raises(ValueError, match="data.packing_buffer must be an integer >= 1"):
+        trainer.packing_options(bad)
+    bad.data.packing = False
+    assert trainer.packing_options(bad) is None and trainer.videos_per_row(bad) == 0
+
+
+def test_steps_per_epoch_count_dialogues_when_packed():
+    c = tiny.get_config()
+    c.total_steps, c.num_epochs, c.batch_size = -1, 2, 8
+    assert trainer.resolve_total_steps(c, 100) == 2 * 12                  # 8 dialogues per step, remainder dropped
+    assert trainer.resolve_total_steps(c, 100, examples_per_row=4.0) == 2 * 4   # 32 per step: ceil(100 / 32)

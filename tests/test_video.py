@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from momentor_jax.data import extract
+from momentor_jax.data import extract, tfrecord
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import synthetic
 from momentor_jax.data import video
@@ -221,17 +221,33 @@ def test_extract_resumes(dataset, video_dir, tmp_path):
     assert index.get(extra.video_id)["duration"] == pytest.approx(12.0)
 
     damaged = index.source.paths[index.locate(extra.video_id)[0]]
-    with open(damaged, "r+b") as f:  # a flipped byte in a finished shard: its videos are extracted again
+    in_damaged = tfrecord.load_index(damaged, key_fn=frames_lib.record_video_id).keys
+    assert len(in_damaged) >= 2  # the fixture's seed puts several videos in this shard
+    with open(damaged, "r+b") as f:  # a flipped byte inside record 0's data: only that video is redone
         f.seek(40)
         byte = f.read(1)
         f.seek(40)
         f.write(bytes([byte[0] ^ 1]))
-    intact = [p for p in shards if p != damaged and os.path.exists(p)]
-    redone = len(frames_lib.FrameRecordIndex(intact)) if intact else 0
-    assert 0 < redone < 5  # the fixture's seed spreads the videos over both shards
     fourth = extract.extract_frames(video_dir, out, num_frames=5, size=16, num_shards=2, progress=False)
-    assert fourth.extracted == 5 - redone and fourth.already_done == redone
+    assert fourth.extracted == 1 and fourth.already_done == 4
+    [repair] = fourth.repaired
+    assert repair.path == damaged and repair.redone == [in_damaged[0]] and repair.kept == len(in_damaged) - 1
+    assert not repair.lost and "record 0 at byte 0: data CRC mismatch" in repair.problems[0]
+    assert "1 damaged shards repaired (1 videos redone)" in fourth.line()
     assert len(frames_lib.FrameRecordIndex(out)) == 5
+    assert list(tfrecord.iter_records(damaged))  # the rewritten shard checks out
+
+    # Damaged again, with its video gone: the intact records stay, the lost one is a failure.
+    with open(damaged, "r+b") as f:
+        f.seek(40)
+        byte = f.read(1)
+        f.seek(40)
+        f.write(bytes([byte[0] ^ 1]))
+    lost_id = tfrecord.saved_index(damaged).keys[0]
+    os.remove(os.path.join(video_dir, f"{lost_id}.mp4"))
+    fifth = extract.extract_frames(video_dir, out, num_frames=5, size=16, num_shards=2, progress=False)
+    assert fifth.repaired[0].lost == [lost_id] and lost_id in [v for v, _ in fifth.failed]
+    assert len(frames_lib.FrameRecordIndex(out)) == 4
 
     with pytest.raises(ValueError, match="num_frames=5, not 6"):
         extract.extract_frames(video_dir, out, num_frames=6, size=16, num_shards=2, progress=False)

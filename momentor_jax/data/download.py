@@ -104,7 +104,7 @@ def _one_line(message: str) -> str:
 def download_one(video_id: str, video_path: str, url_template: str = DEFAULT_URL_TEMPLATE,
                  fmt: str = DEFAULT_FORMAT, retries: int = 3, socket_timeout: float = 30.0) -> tuple:
     """Downloads one video; returns (status, detail) with status 'downloaded' (detail: the file) or 'failed'."""
-    import yt_dlp  # heavy import, only where downloading happens
+    import yt_dlp  # noqa: PLC0415 (heavy import, only where downloading happens)
 
     temp_dir = os.path.join(video_path, TEMP_DIR, video_id)
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -134,7 +134,7 @@ def download_one(video_id: str, video_path: str, url_template: str = DEFAULT_URL
         target = os.path.join(video_path, produced[0])
         os.replace(os.path.join(temp_dir, produced[0]), target)
         return "downloaded", target
-    except Exception as e:  # yt_dlp.utils.DownloadError and anything its extractors raise
+    except Exception as e:  # noqa: BLE001 (yt_dlp.utils.DownloadError and anything its extractors raise)
         return "failed", _one_line(e) or type(e).__name__
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -4,16 +4,43 @@ An example is a line of data/convert_data.py's output: {id, data_type, conversat
 temporal_input_times, temporal_output_times} with times in seconds. The k-th <TEMP-INPUT> in the dialogue (in
 reading order) takes temporal_input_times[k], the k-th <TEMP-OUTPUT> takes temporal_output_times[k]; times are
 divided by the video's duration here and clipped to [0, 1].
+
+Times are checked first (ValueError naming the example, the list and the index): each must be a finite number of
+seconds >= 0, a window written "<P> to <P>" must not start after it ends, and no time may pass the video's end by
+more than `past_end_tolerance(duration)` (decoders and annotators disagree about a video's last second; within the
+tolerance a time is clipped to the end, and `count_past_end` tells the loader how many were, so it can count them).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
+
+import math
+import re
 
 import numpy as np
 
 from momentor_jax import constants
 from momentor_jax.data import conversation
 from momentor_jax.data.tokenizer import MomentorTokenizer
+
+PAST_END_TOLERANCE_SECONDS = 1.0
+PAST_END_TOLERANCE_FRACTION = 0.05
+
+
+def past_end_tolerance(duration: float) -> float:
+    """How far past the video's end a time may be and still be clipped to it (seconds)."""
+    return max(PAST_END_TOLERANCE_SECONDS, PAST_END_TOLERANCE_FRACTION * float(duration))
+
+
+def count_past_end(example: Mapping[str, Any], duration: float) -> int:
+    """How many of the example's times lie past `duration` (they are clipped to it when encoded)."""
+    count = 0
+    for key in ("temporal_input_times", "temporal_output_times"):
+        for t in example.get(key) or ():
+            if isinstance(t, (int, float)) and not isinstance(t, bool) and t > duration:
+                count += 1
+    return count
+
 
 _VIDEO_TEXT_TOKENS = (constants.VIDEO_TOKEN, constants.VID_START_TOKEN, constants.VID_PATCH_TOKEN,
                       constants.VID_END_TOKEN)
@@ -101,15 +128,39 @@ def _times(example: Mapping[str, Any], turns, example_id: Any) -> tuple[list[flo
     result = []
     for key, token in (("temporal_input_times", constants.TEMP_INPUT_TOKEN),
                        ("temporal_output_times", constants.TEMP_OUTPUT_TOKEN)):
-        try:
-            times = [float(t) for t in example.get(key) or ()]
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"example {example_id}: {key} must be a list of seconds ({e})") from e
+        raw = example.get(key) or ()
+        if isinstance(raw, (str, bytes, Mapping)) or not hasattr(raw, "__iter__"):
+            raise ValueError(f"example {example_id}: {key} must be a list of seconds, got {type(raw).__name__}")
+        times = []
+        for i, t in enumerate(raw):
+            if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)):
+                raise ValueError(f"example {example_id}: {key}[{i}] = {t!r} is not a number of seconds")
+            if not math.isfinite(t) or t < 0:
+                raise ValueError(f"example {example_id}: {key}[{i}] = {t!r} is not a time >= 0 s")
+            times.append(float(t))
         count = _count_in(turns, token)
         if count != len(times):
             raise ValueError(f"example {example_id}: {count} {token} placeholders but {len(times)} {key}")
+        for first in _window_starts(turns, token):
+            if times[first] > times[first + 1]:
+                raise ValueError(f"example {example_id}: {key}[{first}:{first + 2}] = {times[first:first + 2]} is "
+                                 "a window that starts after it ends")
         result.append(times)
     return result[0], result[1]
+
+
+def _window_starts(turns, token: str) -> list[int]:
+    """Indices k where placeholder k and k + 1 are written as one window, "<P> to <P>" (reading order)."""
+    pattern = re.compile(re.escape(token) + r"\s+to\s+" + re.escape(token))
+    starts, seen = [], 0
+    for turn in turns:
+        for text in turn:
+            if not text:
+                continue
+            for match in pattern.finditer(text):
+                starts.append(seen + text[:match.start()].count(token))
+            seen += text.count(token)
+    return starts
 
 
 def _count_in(turns, token: str) -> int:
@@ -139,8 +190,14 @@ def _encode_turns(turns, tokenizer: MomentorTokenizer, num_frames: int, example_
 
 def _place_times(ids: np.ndarray, tokenizer: MomentorTokenizer, input_times: Sequence[float],
                  output_times: Sequence[float], duration: float, example_id: Any) -> np.ndarray:
-    if not duration > 0:
+    if not duration > 0 or not math.isfinite(duration):
         raise ValueError(f"example {example_id}: video duration must be > 0, got {duration}")
+    limit = duration + past_end_tolerance(duration)
+    for key, seconds in (("temporal_input_times", input_times), ("temporal_output_times", output_times)):
+        late = [i for i, t in enumerate(seconds) if t > limit]
+        if late:
+            raise ValueError(f"example {example_id}: {key}[{late[0]}] = {seconds[late[0]]} s is past the video's end "
+                             f"({duration:g} s, tolerance {past_end_tolerance(duration):g} s)")
     times = np.zeros(ids.shape, np.float32)
     for token_id, seconds in ((tokenizer.temp_input_id, input_times), (tokenizer.temp_output_id, output_times)):
         where = np.flatnonzero(ids == token_id)

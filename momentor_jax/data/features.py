@@ -57,7 +57,7 @@ def make_encoder(vision_config: VisionConfig, devices: Optional[Sequence[Any]] =
 
 def _unbox(params: Any) -> Any:
     """Plain arrays whether or not the tree still holds flax logical-partitioning boxes."""
-    import flax.linen as nn
+    import flax.linen as nn  # noqa: PLC0415
     return nn.meta.unbox(params)
 
 

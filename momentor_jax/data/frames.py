@@ -6,6 +6,8 @@ Frame records (written by `extract.py`):
   so within half a frame interval of it (one interval for the last, which is the last decodable frame).
 Cached-feature records (pooled ViT features instead of pixels):
     video_id | duration | frame_times (float x M) | features (float x M*F, row major) | feature_dim (int F)
+Records are serialized deterministically (the Example's feature map in key order; protobuf's default order
+differs between processes), so one video gives the same bytes in any process or on any worker.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from momentor_jax import fileio
 from momentor_jax.data import tfrecord
 
 SHARD_SUFFIX = ".tfrecord"
+MAX_SIDE = 8192  # a frame side beyond this is a damaged height/width field, not a video
 
 
 class RecordError(ValueError):
@@ -97,7 +100,14 @@ def _scalar(feature, name: str, kind: str, video_id: str):
 def _video_id(feature) -> str:
     if "video_id" not in feature or len(feature["video_id"].bytes_list.value) != 1:
         raise RecordError("record has no video_id")
-    return feature["video_id"].bytes_list.value[0].decode("utf-8")
+    raw = feature["video_id"].bytes_list.value[0]
+    try:
+        video_id = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecordError(f"record's video_id {raw[:40]!r} is not UTF-8") from None
+    if not video_id:
+        raise RecordError("record has an empty video_id")
+    return video_id
 
 
 def record_video_id(data: bytes) -> str:
@@ -115,12 +125,30 @@ def _common_fields(feature, num_frames: Optional[int]) -> dict:
     frame_times = np.asarray(feature["frame_times"].float_list.value, np.float32)
     if len(frame_times) == 0:
         raise RecordError(f"video {video_id}: no frames")
+    problem = frame_times_problem(frame_times)
+    if problem:
+        raise RecordError(f"video {video_id}: {problem}")
     if num_frames is not None and len(frame_times) != num_frames:
         raise RecordError(f"video {video_id}: {len(frame_times)} frames, expected {num_frames}")
     # float32 storage rounds; a frame time may not precede 0 nor pass the duration.
     if np.any(frame_times < -1e-3) or np.any(frame_times > duration * (1 + 1e-6) + 1e-3):
         raise RecordError(f"video {video_id}: frame times outside [0, {duration}]")
     return {"video_id": video_id, "duration": duration, "frame_times": frame_times}
+
+
+def frame_times_problem(frame_times: np.ndarray) -> Optional[str]:
+    """Why frame times cannot be a record's, or None. They must be finite and non-decreasing, and not all equal when
+    there are several (equal neighbours are fine: a video with fewer decodable frames than M repeats frames)."""
+    if not np.all(np.isfinite(frame_times)):
+        return "frame_times hold NaN or infinity"
+    steps = np.diff(frame_times)
+    if np.any(steps < 0):
+        first = int(np.flatnonzero(steps < 0)[0])
+        return (f"frame_times decrease (frame {first + 1} at {frame_times[first + 1]} s after frame {first} at "
+                f"{frame_times[first]} s)")
+    if len(frame_times) > 1 and frame_times[-1] == frame_times[0]:
+        return f"all {len(frame_times)} frame_times are {frame_times[0]} s"
+    return None
 
 
 def parse_frame_record(data: bytes, num_frames: Optional[int] = None) -> dict:
@@ -130,6 +158,8 @@ def parse_frame_record(data: bytes, num_frames: Optional[int] = None) -> dict:
     video_id, count = out["video_id"], len(out["frame_times"])
     height = int(_scalar(feature, "height", "int64_list", video_id))
     width = int(_scalar(feature, "width", "int64_list", video_id))
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+        raise RecordError(f"video {video_id}: frame size {height} x {width} is outside 1..{MAX_SIDE}")
     jpegs = feature["frames"].bytes_list.value if "frames" in feature else []
     if len(jpegs) != count:
         raise RecordError(f"video {video_id}: {len(jpegs)} frames for {count} frame times")
@@ -203,12 +233,19 @@ class FrameRecordIndex:
     """
 
     def __init__(self, paths: Union[str, Sequence[str]], num_frames: Optional[int] = None):
-        self.source = tfrecord.TFRecordDataSource(expand_paths(paths), key_fn=record_video_id)
+        self.source = tfrecord.TFRecordDataSource(expand_paths(paths), key_fn=record_video_id, salvage=True)
         self.num_frames = num_frames
         self._where: dict[str, tuple[int, int]] = {}
+        self.problems = [p for index in self.source.indexes for p in index.problems]
+        if self.problems:
+            logging.warning("FrameRecordIndex: %d damaged frame records skipped (their videos count as missing): %s",
+                            len(self.problems), "; ".join(self.problems[:5]))
+        self.num_bad_records = len(self.problems)
         duplicates = 0
         for shard, index in enumerate(self.source.indexes):
             for record, video_id in enumerate(index.keys):
+                if video_id is None:
+                    continue
                 if video_id in self._where:
                     duplicates += 1
                     continue

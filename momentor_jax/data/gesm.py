@@ -8,15 +8,18 @@ temporal_output_times accordingly. Format "text" writes the times with one publi
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from typing import Any, Callable
 
 from tqdm import tqdm
 
-from momentor_jax import constants, fileio
-from momentor_jax.data.moment10m import (FORMATS, MOMENT_TEMPLATE_POOL, TEMPORAL, ConversionCounts, MalformedItem,
-                                         load_json, log_to_stderr, parse_window, placeholder_window)
+from momentor_jax import constants, fileio, outputs
+from momentor_jax.data import video_ids
+from momentor_jax.data.moment10m import (FORMATS, MOMENT_TEMPLATE_POOL, TEMPORAL, ConversionCounts, DuplicateKeys,
+                                         MalformedItem, check_no_repeated_keys, load_json, log_to_stderr,
+                                         parse_window, placeholder_window, reserved_text_problem)
 
 DATA_TYPE = "event_sequence_decoding"
 PROMPT_POOL = (
@@ -43,6 +46,9 @@ def convert_video(video_id: str, entry: Any, fmt: str, rng: random.Random) -> di
     for i, (window, caption) in enumerate(zip(timestamps, captions)):
         if not isinstance(caption, str) or not caption.strip():
             raise MalformedItem(f"captions[{i}] is not a non-empty string")
+        problem = reserved_text_problem(caption)
+        if problem:
+            raise MalformedItem(f"captions[{i}] {problem}")
         events.append((parse_window(window, f"timestamps[{i}]"), caption))
     events.sort(key=lambda event: event[0])  # stable: equal windows keep their order
 
@@ -64,21 +70,32 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, seed: 
     """Converts a raw GESM JSON file into JSONL, streaming the output; malformed videos are logged and counted."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    outputs.check_not_input(target_path, {"--source_path": source_path}, "--target_path")
     raw = load_json(source_path)
     if not isinstance(raw, dict):
         raise ValueError(f"{source_path}: expected an object {{video_id: {{timestamps, captions}}}} at the top level")
     rng = random.Random(seed)
     counts = ConversionCounts()
     type_counts = counts.by_type[DATA_TYPE]
+    fileio.makedirs(os.path.dirname(target_path) or ".")
+    repeated = raw.repeated if isinstance(raw, DuplicateKeys) else {}
     with fileio.atomic_open(target_path, "w") as out:  # local or gs://; whole or not at all
         for index, (video_id, entry) in enumerate(tqdm(raw.items(), desc="Converting", unit="video",
                                                        file=sys.stderr)):
             type_counts.read += 1
             try:
+                problem = video_ids.id_problem(video_id)
+                if problem:
+                    raise MalformedItem(problem)
+                if video_id in repeated:
+                    raise MalformedItem(f"occurs {len(repeated[video_id])} times in the file; which event list is "
+                                        "right is unknown")
+                check_no_repeated_keys(entry, "entry")
                 record = convert_video(video_id, entry, fmt, rng)
             except MalformedItem as e:
                 type_counts.rejected += 1
-                log(f"rejected video {video_id} type {DATA_TYPE} item {index}: {e}")
+                shown = video_id if video_ids.id_problem(video_id) is None else repr(video_id)
+                log(f"rejected video {shown} type {DATA_TYPE} item {index}: {e}")
                 continue
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             type_counts.written += 1

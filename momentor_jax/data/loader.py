@@ -28,7 +28,14 @@ from the in-process ones (still deterministic for a given worker count); one wor
 
 Bad records (CRC errors, unreadable JPEGs, examples the encoder rejects) are skipped in the process that reads
 them, with a warning naming the shard, record and video; each batch carries how many were skipped before it, and
-the returned iterator sums them in `num_skipped_records`. Many consecutive failures, or an epoch where nothing loads,
+the returned iterator sums them in `num_skipped_records` (exact: a finite run reconciles it at its end with the
+examples it was given, so skips before a dropped remainder are counted too). Skipped too: examples whose times are
+not finite, negative, reversed or past the video's end by more than encode.past_end_tolerance; records with fewer
+frames than num_frames, frame_times that are not finite and non-decreasing, or frames of another size than
+`image_size`. Times past the end within the tolerance are clipped and counted in `num_clipped_times`. Frame records
+that cannot be framed or carry no readable video id are listed at start-up (`num_bad_frame_records`). Start-up
+stops with a ValueError when the first record already has fewer frames than num_frames or frames of another size
+(the whole extraction does not fit the model). Many consecutive failures, or an epoch where nothing loads,
 raise. A skipped record shifts later batches by one example, so processes may end a finite run a batch apart:
 train for a step count with `num_epochs=None`.
 """
@@ -46,9 +53,11 @@ from absl import flags
 
 from momentor_jax import fileio, gcs
 from momentor_jax.data import frames as frames_lib
+from momentor_jax.data import packing as packing_lib
 from momentor_jax.data import tfrecord
 
 SKIPPED_KEY = "_num_skipped"
+CLIPPED_KEY = "_num_clipped_times"
 ENCODED_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "token_times", "target_times")
 MAX_CONSECUTIVE_BAD = 1000
 _SHOW_IDS = 5
@@ -129,7 +138,7 @@ def scan_jsonl(patterns: Union[str, Sequence[str]]) -> tuple:
                         video_id = json.loads(line)["id"]
                         if not isinstance(video_id, str):
                             raise TypeError(f"id is {type(video_id).__name__}, not a string")
-                    except (ValueError, KeyError, TypeError) as e:
+                    except (ValueError, KeyError, TypeError, RecursionError) as e:
                         bad.append(f"{path}:{line_number} ({type(e).__name__}: {e})")
                         continue
                     file_ids.append(file_id)
@@ -195,7 +204,8 @@ class LoadExample:
 
     def __init__(self, examples: JsonlExamples, videos: frames_lib.FrameRecordIndex, tokenizer, num_frames: int,
                  max_length: int, use_features: bool = False, keep_ids: bool = False,
-                 system_prompt: Optional[str] = None):
+                 system_prompt: Optional[str] = None, image_size: Optional[int] = None):
+        self.image_size = image_size  # None: frames of any size (batching then needs them all alike)
         self.examples = examples
         self.videos = videos
         self.tokenizer = tokenizer
@@ -221,7 +231,7 @@ class LoadExample:
             return self.load(example)
         except gcs.StorageError:
             raise  # storage that cannot be reached after retries is no bad record: the run stops, in one line
-        except _RECORD_ERRORS as e:
+        except (*_RECORD_ERRORS, RecursionError) as e:
             where = self._video_location(video_id) if video_id is not None else "unread"
             reason = (f"example {self.examples.where(index)} (video {video_id}, {where}): "
                       f"{type(e).__name__}: {e}")
@@ -229,14 +239,18 @@ class LoadExample:
             return Skipped(reason)
 
     def load(self, example: dict) -> dict:
-        from momentor_jax.data.encode import encode_example  # written alongside; imported where it is used
+        from momentor_jax.data.encode import encode_example  # noqa: PLC0415 (written alongside; imported where it is used)
+
+        from momentor_jax.data.encode import count_past_end  # noqa: PLC0415
 
         video_id = example["id"]
         record = self.videos.get(video_id)
+        check_record_fits(record, self.num_frames, None if self.use_features else self.image_size)
         duration = float(record["duration"])
         pick = nearest_frames(record["frame_times"], duration, self.num_frames)
         extra = {} if self.system_prompt is None else {"system_prompt": self.system_prompt}
         out = dict(encode_example(example, self.tokenizer, duration, self.num_frames, self.max_length, **extra))
+        out[CLIPPED_KEY] = np.int32(count_past_end(example, duration))
         if self.use_features:
             if "features" not in record:
                 raise frames_lib.RecordError(f"video {video_id}: a frame record, but use_features=True")
@@ -250,6 +264,19 @@ class LoadExample:
             out["id"] = video_id
             out["example"] = example
         return out
+
+
+def check_record_fits(record: dict, num_frames: int, image_size: Optional[int]) -> None:
+    """RecordError when a parsed record cannot feed a model of num_frames frames at image_size (None: any size)."""
+    count = len(record["frame_times"])
+    if count < num_frames:
+        raise frames_lib.RecordError(
+            f"video {record['video_id']}: the record holds {count} frames, the model takes {num_frames} (frames would "
+            f"repeat); re-extract with data/extract_frames.py --num_frames {num_frames} or more")
+    if image_size is not None and "frames" in record and record["frames"].shape[1:3] != (image_size, image_size):
+        height, width = record["frames"].shape[1:3]
+        raise frames_lib.RecordError(f"video {record['video_id']}: frames are {height} x {width}, the model takes "
+                                     f"{image_size} x {image_size}")
 
 
 # ---------------------------------------------------------------------------------------------------- skip and count
@@ -309,35 +336,67 @@ class _SkipBadRecordsIterator(grain.DatasetIterator):
 
 
 class CountSkippedIterDataset(grain.IterDataset):
-    """Takes SKIPPED_KEY out of each batch and keeps the running total (part of the iterator state)."""
+    """Takes SKIPPED_KEY and CLIPPED_KEY out of each batch and keeps the running totals (part of the iterator
+    state); drops batches short of `batch_size`."""
+
+    def __init__(self, parent: grain.IterDataset, batch_size: Optional[int] = None,
+                 scheduled: Optional[int] = None):
+        super().__init__(parent)
+        self._batch_size, self._scheduled = batch_size, scheduled
 
     def __iter__(self):
-        return LoaderIterator(self._parent.__iter__())
+        return LoaderIterator(self._parent.__iter__(), self._batch_size, self._scheduled)
 
     def __str__(self) -> str:
         return "CountSkippedIterDataset"
 
 
 class LoaderIterator(grain.DatasetIterator):
-    """What the loaders return: per-process batches; `num_skipped_records`, `num_missing_videos` for logging."""
+    """What the loaders return: per-process batches; `num_skipped_records`, `num_clipped_times`,
+    `num_missing_videos`, `num_bad_frame_records` for logging. Batches short of `batch_size` (a finite run's
+    remainder) are dropped here, after their counts are taken."""
 
-    def __init__(self, parent: grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: Optional[int] = None,
+                 scheduled: Optional[int] = None):
         super().__init__(parent)
+        self.batch_size = batch_size
+        self.scheduled = scheduled   # examples this process is given in all (None: forever)
         self.num_skipped_records = 0
+        self.num_clipped_times = 0
+        self.num_loaded = 0          # examples that loaded, dropped remainders included
         self.num_missing_videos = 0  # examples dropped at startup for want of a frame record
+        self.num_bad_frame_records = 0  # frame records unreadable at startup (listed in the warnings)
         self.num_examples = 0        # examples (with a video) this loader draws from, all processes together
+        self.num_examples_seen = 0   # dialogues this process has handed on (packed rows hold several)
+        self.examples_per_row = 1.0  # packed: the estimate `make_train_loader` made for step counts
 
     def __next__(self) -> dict:
-        batch = dict(next(self._parent))
-        self.num_skipped_records += int(np.sum(batch.pop(SKIPPED_KEY)))
-        return batch
+        while True:
+            try:
+                batch = dict(next(self._parent))
+            except StopIteration:
+                if self.scheduled is not None:  # every example given either loaded or was skipped
+                    self.num_skipped_records = self.scheduled - self.num_loaded
+                raise
+            self.num_skipped_records += int(np.sum(batch.pop(SKIPPED_KEY)))
+            self.num_clipped_times += int(np.sum(batch.pop(CLIPPED_KEY, 0)))
+            examples = packing_lib.batch_examples(batch["segment_ids"])
+            self.num_loaded += examples
+            if self.batch_size is None or len(batch["segment_ids"]) == self.batch_size:
+                self.num_examples_seen += examples
+                return batch
 
     def get_state(self) -> dict:
-        return {"parent": self._parent.get_state(), "num_skipped_records": self.num_skipped_records}
+        return {"parent": self._parent.get_state(), "num_skipped_records": self.num_skipped_records,
+                "num_clipped_times": self.num_clipped_times, "num_loaded": self.num_loaded,
+                "num_examples_seen": self.num_examples_seen}
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["parent"])
         self.num_skipped_records = int(state["num_skipped_records"])
+        self.num_clipped_times = int(state.get("num_clipped_times", 0))
+        self.num_loaded = int(state.get("num_loaded", 0))
+        self.num_examples_seen = int(state.get("num_examples_seen", 0))
 
     def __str__(self) -> str:
         return "LoaderIterator"
@@ -355,6 +414,23 @@ def _config_value(config: Any, name: str, default: Any = None) -> Any:
 def _mixed_seed(seed: int) -> int:
     # grain shuffles epoch e with seed + e: spread user seeds apart so seed s+1 is not seed s one epoch later.
     return int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
+
+
+def check_first_record(videos: frames_lib.FrameRecordIndex, video_ids: Sequence[str], num_frames: int,
+                       image_size: Optional[int], use_features: bool) -> None:
+    """ValueError at start-up when the first readable record (of the first 8 examples' videos) does not fit the
+    model: records are extracted alike, so the whole data set would be skipped (or repeat frames)."""
+    for video_id in list(dict.fromkeys(video_ids))[:8]:
+        try:
+            record = videos.get(video_id)
+        except _RECORD_ERRORS:
+            continue  # a damaged record is skipped and counted when it is reached
+        try:
+            check_record_fits(record, num_frames, None if use_features else image_size)
+        except frames_lib.RecordError as e:
+            shard, index = videos.locate(video_id)
+            raise ValueError(f"{videos.source.paths[shard]} record {index}: {e}") from None
+        return
 
 
 def open_examples(examples: Union[str, Sequence[str]], frames: Union[str, Sequence[str]]) -> tuple:
@@ -376,7 +452,8 @@ def _ensure_flags_parsed() -> None:
 def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_length: int, global_batch_size: int,
                       seed: int, process_index: int = 0, process_count: int = 1, num_epochs: Optional[int] = None,
                       worker_count: int = 0, use_features: bool = False, read_threads: Optional[int] = None,
-                      worker_buffer_size: int = 2) -> LoaderIterator:
+                      worker_buffer_size: int = 2, image_size: Optional[int] = None,
+                      packing: Optional[packing_lib.PackingOptions] = None) -> LoaderIterator:
     """Shuffled, repeated per-process batches for training.
 
     data_config: has `examples` (JSONL paths or globs) and `frames` (glob, directory or list of TFRecord shards);
@@ -385,6 +462,10 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     batch size global_batch_size // process_count: the encoded text, `frames` uint8 [B, M, H, W, 3] (or `features`
     float32 [B, M, F] when use_features) and `durations` float32 [B]. num_epochs None repeats forever.
     worker_count > 0 decodes in that many processes (grain mp_prefetch), 0 in this process with threads.
+    image_size: the model's frame side; records of another size are skipped and counted (None: not checked).
+    packing: rows of several dialogues (data/packing.py; `frames` / `features` gain a per-row video axis and
+    `num_videos` [B] comes along); the batch size then counts rows, and the iterator's `examples_per_row` is
+    estimated from up to PACKING_SAMPLE dialogues' lengths (text only, seeded) for step counts.
     """
     if global_batch_size % process_count:
         raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
@@ -400,24 +481,61 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     if read_threads is None:
         read_threads = int(_config_value(data_config, "read_threads", 4))
 
+    check_first_record(videos, [examples[i]["id"] for i in range(min(len(examples), 8))], num_frames, image_size,
+                       use_features)
     load = LoadExample(examples, videos, tokenizer, num_frames, max_length, use_features=use_features,
-                       system_prompt=_config_value(data_config, "system_prompt"))
+                       system_prompt=_config_value(data_config, "system_prompt"), image_size=image_size)
     ds = grain.MapDataset.range(len(examples)).shuffle(seed=_mixed_seed(seed))
     ds = ds[:epoch_length][process_index::process_count]
+    scheduled = None if num_epochs is None else len(ds) * num_epochs
     ds = ds.repeat(num_epochs).map(load)
     # A frame record is large (300 x 224 x 224 x 3 bytes): keep grain's read-ahead to a couple of batches.
     read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch_size,
                                                                                          read_threads, 1))
     it_ds = SkipBadRecordsIterDataset(ds.to_iter_dataset(read_options))
-    it_ds = it_ds.batch(batch_size, drop_remainder=True)
+    if packing is not None:
+        if packing.max_length != max_length:
+            raise ValueError(f"packing rows of {packing.max_length} tokens, but max_length is {max_length}")
+        it_ds = packing_lib.PackIterDataset(it_ds, packing)
+    it_ds = it_ds.batch(batch_size, drop_remainder=False)  # LoaderIterator drops the remainder after counting it
     if worker_count > 0:
         _ensure_flags_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                                per_worker_buffer_size=worker_buffer_size))
-    iterator = iter(CountSkippedIterDataset(it_ds))
+    iterator = iter(CountSkippedIterDataset(it_ds, batch_size, scheduled))
     iterator.num_missing_videos = dropped
+    iterator.num_bad_frame_records = videos.num_bad_records
     iterator.num_examples = len(examples)
+    if packing is not None:
+        iterator.examples_per_row = estimate_examples_per_row(load, packing, seed)
     return iterator
+
+
+PACKING_SAMPLE = 2048
+
+
+def estimate_examples_per_row(load: LoadExample, packing: packing_lib.PackingOptions, seed: int) -> float:
+    """Dialogues per packed row over a seeded sample of the examples, encoded without their videos."""
+    from momentor_jax.data.encode import encode_example  # noqa: PLC0415
+
+    extra = {} if load.system_prompt is None else {"system_prompt": load.system_prompt}
+
+    def length(index: int) -> Optional[int]:
+        try:
+            encoded = encode_example(load.examples[index], load.tokenizer, 1.0, load.num_frames, load.max_length,
+                                     **extra)
+        except (ValueError, KeyError, TypeError):
+            return None  # counted when the loader reaches it
+        return packing_lib.real_length(encoded)
+
+    count = min(PACKING_SAMPLE, len(load.examples))
+    lengths = packing_lib.sample_lengths(length, count, len(load.examples), seed)
+    if not lengths:
+        raise RuntimeError(f"none of {count} sampled examples could be encoded; see the examples' format")
+    estimate = packing_lib.estimate_examples_per_row(lengths, packing)
+    logging.info("packing: %.2f dialogues per row of %d tokens (estimated from %d dialogues)", estimate,
+                 packing.max_length, len(lengths))
+    return estimate
 
 
 class EvalExamples:
@@ -430,13 +548,16 @@ class EvalExamples:
 
     def __init__(self, examples: Union[str, Sequence[str]], frames: Union[str, Sequence[str]], *, tokenizer,
                  num_frames: int, max_length: int, process_index: int = 0, process_count: int = 1,
-                 use_features: bool = False, read_threads: int = 4, system_prompt: Optional[str] = None):
+                 use_features: bool = False, read_threads: int = 4, system_prompt: Optional[str] = None,
+                 image_size: Optional[int] = None):
         kept, self.videos, self.num_missing_videos = open_examples(examples, frames)
+        self.num_bad_frame_records = self.videos.num_bad_records
         self._load = LoadExample(kept, self.videos, tokenizer, num_frames, max_length, use_features=use_features,
-                                 keep_ids=True, system_prompt=system_prompt)
+                                 keep_ids=True, system_prompt=system_prompt, image_size=image_size)
         self._indices = grain.MapDataset.range(len(kept))[process_index::process_count]
         self._read_threads = read_threads
         self.num_skipped_records = 0
+        self.num_clipped_times = 0
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -444,22 +565,24 @@ class EvalExamples:
     def __iter__(self) -> Iterator[dict]:
         ds = self._indices.map(self._load).to_iter_dataset(
             grain.ReadOptions(num_threads=self._read_threads, prefetch_buffer_size=max(2 * self._read_threads, 1)))
-        loaded, self.num_skipped_records = 0, 0
+        loaded, self.num_skipped_records, self.num_clipped_times = 0, 0, 0
         for element in ds:
             if isinstance(element, Skipped):
                 self.num_skipped_records += 1
                 continue
             loaded += 1
+            self.num_clipped_times += int(element.pop(CLIPPED_KEY, 0))
             yield element
         if loaded == 0 and len(self):
             raise RuntimeError(f"none of the {len(self)} evaluation examples loaded; see the warnings above")
 
 
 def make_eval_examples(data_config: Any, *, tokenizer, num_frames: int, max_length: int, process_index: int = 0,
-                       process_count: int = 1, use_features: bool = False) -> EvalExamples:
+                       process_count: int = 1, use_features: bool = False,
+                       image_size: Optional[int] = None) -> EvalExamples:
     """`EvalExamples` over data_config's `examples` and `frames` (no shuffle, no repeat, every example once)."""
     return EvalExamples(_config_value(data_config, "examples"), _config_value(data_config, "frames"),
                         tokenizer=tokenizer, num_frames=num_frames, max_length=max_length,
                         process_index=process_index, process_count=process_count, use_features=use_features,
                         read_threads=int(_config_value(data_config, "read_threads", 4)),
-                        system_prompt=_config_value(data_config, "system_prompt"))
+                        system_prompt=_config_value(data_config, "system_prompt"), image_size=image_size)

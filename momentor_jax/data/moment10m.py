@@ -7,12 +7,20 @@ Output line: {id (the video id), data_type, conversations: [{User, Assistant}], 
 temporal_output_times}. Format "temporal": every time in a user turn becomes <TEMP-INPUT>, in an assistant turn
 <TEMP-OUTPUT>, and its seconds go to the matching list in order of appearance. Format "text": times are written
 with the public script's templates (seeded) and both lists are empty.
+
+Rejected and counted (each logged with its video, type and item): non-finite, negative or reversed times, click
+positions outside [0, 1] or not finite, non-finite scores, empty strings for a variable, turns whose raw text holds
+a token the template owns (`</s>`, `<s>`, `<video>`, the video and temporal placeholders), and whole videos whose id
+is unusable (data/video_ids.py: empty, path separators, control characters). A video id that occurs twice in the
+file is merged (its item lists joined) and counted in `merged_duplicates`; a key repeated inside one entry is an
+error naming it. JSON nested too deeply for the parser is an error, not a crash.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import json
+import os
 import math
 import random
 import string
@@ -21,7 +29,8 @@ from typing import Any, Callable, Iterator, Optional
 
 from tqdm import tqdm
 
-from momentor_jax import constants, fileio
+from momentor_jax import constants, fileio, outputs
+from momentor_jax.data import video_ids
 
 # Per-type score thresholds of the public convert_data.py: keep an item if match_score or clip_similarity > it.
 THRESHOLDS = {
@@ -78,6 +87,7 @@ class ConversionCounts:
 
     def __init__(self):
         self.by_type: dict[str, TypeCounts] = collections.defaultdict(TypeCounts)
+        self.merged_duplicates = 0  # video ids that occurred more than once in the source (their items joined)
 
     @property
     def total(self) -> TypeCounts:
@@ -93,6 +103,8 @@ class ConversionCounts:
         lines = [f"{'data type':<{width}} {'read':>9} {'filtered':>9} {'written':>9} {'rejected':>9}"]
         for name, c in [(t, self.by_type[t]) for t in order] + [("total", self.total)]:
             lines.append(f"{name:<{width}} {c.read:>9} {c.filtered:>9} {c.written:>9} {c.rejected:>9}")
+        if self.merged_duplicates:
+            lines.append(f"{self.merged_duplicates} video ids occurred more than once; their items were merged")
         return "\n".join(lines)
 
 
@@ -128,11 +140,63 @@ def log_to_stderr(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+class DuplicateKeys(dict):
+    """A parsed JSON object that had repeated keys: the dict holds the last value, `repeated` every value."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        self.repeated: dict = {}
+        for key, value in pairs:
+            self.repeated.setdefault(key, []).append(value)
+        self.repeated = {k: v for k, v in self.repeated.items() if len(v) > 1}
+
+
 def load_json(path: str) -> Any:
+    """The parsed file; objects with repeated keys come back as DuplicateKeys (Python's json keeps only the last
+    value). ValueError (naming the file) for invalid JSON, non-UTF-8 bytes or nesting too deep to parse."""
+    seen: list = []
+
+    def pairs_hook(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) == len(keys):
+            return dict(pairs)
+        seen.append(1)
+        return DuplicateKeys(pairs)
+
     try:
-        return json.loads(fileio.read_text(path))  # local or gs://
+        text = fileio.read_bytes(path).decode("utf-8-sig")  # local or gs://
+        return json.loads(text, object_pairs_hook=pairs_hook)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from e
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to parse") from None
+
+
+def check_no_repeated_keys(value: Any, where: str) -> None:
+    """MalformedItem naming the first repeated key anywhere inside `value` (an entry or item)."""
+    stack = [(value, where)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, DuplicateKeys):
+            key = next(iter(node.repeated))
+            raise MalformedItem(f"{at}: key {key!r} occurs {len(node.repeated[key])} times")
+        if isinstance(node, dict):
+            stack.extend((v, f"{at}.{k}") for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(node))
+
+
+_RESERVED_TEXT = ("</s>", "<s>", constants.VIDEO_TOKEN, *constants.ADDED_TOKENS, "<TEMP-")
+
+
+def reserved_text_problem(text: str) -> Optional[str]:
+    """Why raw annotation text cannot go into a dialogue: it holds a token the template or the model owns."""
+    for token in _RESERVED_TEXT:
+        if token in text:
+            return f"contains {token!r}, which the template or the model owns"
+    return None
 
 
 # ---- one item ----
@@ -143,8 +207,8 @@ def passes_filter(item: dict, data_type: str) -> bool:
     for key in SCORE_KEYS:
         if key in item:
             score = item[key]
-            if isinstance(score, bool) or not isinstance(score, (int, float)):
-                raise MalformedItem(f"{key} {score!r} is not a number")
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                raise MalformedItem(f"{key} {score!r} is not a finite number")
             if score > threshold:
                 return True
     return False
@@ -162,6 +226,9 @@ class _ItemRenderer:
     def render(self, template: Any, role: str) -> str:
         if not isinstance(template, str):
             raise MalformedItem(f"{role} text is {type(template).__name__}, not a string")
+        problem = reserved_text_problem(template)
+        if problem:
+            raise MalformedItem(f"{role} text {problem}")
         try:
             parsed = list(string.Formatter().parse(template))
         except ValueError as e:
@@ -223,12 +290,19 @@ class _ItemRenderer:
         for coordinate in (x, y):
             if isinstance(coordinate, bool) or not isinstance(coordinate, (int, float)):
                 raise MalformedItem(f"click_position {value!r}: {coordinate!r} is not a number")
+            if not (math.isfinite(coordinate) and 0.0 <= coordinate <= 1.0):
+                raise MalformedItem(f"click_position {value!r}: {coordinate!r} is not a position in [0, 1]")
         return parse_time(value[0], "click_position"), (float(x), float(y))
 
     @staticmethod
     def _string(name: str, value: Any) -> str:
         if not isinstance(value, str):
             raise MalformedItem(f"{name} {value!r} is not a string")
+        if not value.strip():
+            raise MalformedItem(f"{name} is an empty string")
+        problem = reserved_text_problem(value)
+        if problem:
+            raise MalformedItem(f"{name} {problem}")
         return value
 
 
@@ -268,10 +342,22 @@ def iter_raw_items(raw: Any, source: str, counts: ConversionCounts,
     """(video_id, data_type, index, item) for every item; structural problems are logged and counted."""
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: expected an object {{video_id: {{data_type: [items]}}}} at the top level")
+    repeated = raw.repeated if isinstance(raw, DuplicateKeys) else {}
     for video_id, by_type in tqdm(raw.items(), desc="Converting", unit="video", file=sys.stderr):
-        if not isinstance(by_type, dict):
+        problem = video_ids.id_problem(video_id)
+        if problem is None and video_id in repeated:
+            by_type, problem = _merge_entries(repeated[video_id])
+            if problem is None:
+                counts.merged_duplicates += 1
+                log(f"video {video_id} occurs {len(repeated[video_id])} times in {source}; its items are merged")
+        if problem is None and not isinstance(by_type, dict):
+            problem = f"expected {{data_type: [items]}}, got {type(by_type).__name__}"
+        if problem is None and isinstance(by_type, DuplicateKeys):
+            problem = f"data type {next(iter(by_type.repeated))!r} occurs more than once in its entry"
+        if problem is not None:
             counts.by_type["(bad video entry)"].rejected += 1
-            log(f"rejected video {video_id}: expected {{data_type: [items]}}, got {type(by_type).__name__}")
+            shown = video_id if video_ids.id_problem(video_id) is None else repr(video_id)
+            log(f"rejected video {shown}: {problem}")
             continue
         for data_type, items in by_type.items():
             if not isinstance(items, list):
@@ -282,15 +368,30 @@ def iter_raw_items(raw: Any, source: str, counts: ConversionCounts,
                 yield video_id, data_type, index, item
 
 
+def _merge_entries(entries: list) -> tuple:
+    """({data_type: items} joining every occurrence of a video, None) or (None, why they cannot be joined)."""
+    merged: dict = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or isinstance(entry, DuplicateKeys):
+            return None, "occurs more than once and an occurrence is not a {data_type: [items]} object"
+        for data_type, items in entry.items():
+            if not isinstance(items, list):
+                return None, f"occurs more than once and its {data_type!r} is not a list"
+            merged.setdefault(data_type, []).extend(items)
+    return merged, None
+
+
 def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, apply_filter: bool = True,
                  seed: int = 0, log: Callable[[str], None] = log_to_stderr) -> ConversionCounts:
     """Converts a raw Moment-10M JSON file into JSONL, streaming the output. Malformed items are logged with
     their video id, type and index, counted and skipped."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    outputs.check_not_input(target_path, {"--source_path": source_path}, "--target_path")
     raw = load_json(source_path)
     rng = random.Random(seed)
     counts = ConversionCounts()
+    fileio.makedirs(os.path.dirname(target_path) or ".")
     with fileio.atomic_open(target_path, "w") as out:  # local or gs://; whole or not at all
         for video_id, data_type, index, item in iter_raw_items(raw, source_path, counts, log):
             type_counts = counts.by_type[data_type]
@@ -300,6 +401,7 @@ def convert_file(source_path: str, target_path: str, fmt: str = TEMPORAL, apply_
                     raise MalformedItem(f"unknown data type (known: {', '.join(DATA_TYPES)})")
                 if not isinstance(item, dict):
                     raise MalformedItem(f"item is {type(item).__name__}, not an object")
+                check_no_repeated_keys(item, "item")
                 if apply_filter and not passes_filter(item, data_type):
                     type_counts.filtered += 1
                     continue

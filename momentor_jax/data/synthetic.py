@@ -212,7 +212,7 @@ def video_codec() -> str:
         try:
             av.codec.Codec(name, "w")
             return name
-        except Exception:  # UnknownCodecError and, in some builds, ValueError
+        except Exception:  # noqa: BLE001 (UnknownCodecError and, in some builds, ValueError)
             continue
     return "mpeg4"
 

@@ -8,6 +8,14 @@ with masked_crc = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2^32). Every rea
 Each shard `X.tfrecord` may have a sidecar `X.tfrecord.index` (JSON): the shard's size and mtime and the (offset,
 length) of every record, plus optional string keys (e.g. video ids). `load_index` trusts it only while size and
 mtime still match and the last record ends at the end of the file; otherwise it rescans the shard and rewrites it.
+A sidecar that is not such an object (wrong types, negative or overlapping offsets) is ignored with a warning and
+rebuilt the same way.
+
+Salvage (`load_index(..., salvage=True)`, used by the frame index the loader joins on): a record whose data fails its
+CRC, or whose key cannot be read, is kept in the index with key None and listed in `ShardIndex.problems` (file,
+record, byte, reason); a damaged header ends the scan there (the bytes after it cannot be framed) and is listed too.
+Without salvage every problem raises TFRecordCorruptionError. A length field is checked against the file size
+before anything is read, so a damaged length never allocates it.
 
 Paths go through momentor_jax/fileio.py, so shards and indexes may live on gs:// (there "mtime" is the object's
 generation). A record is one ranged read (header, data and footer together), a GET on gs://. A remote shard is
@@ -148,17 +156,50 @@ def _check_payload(path: str, index: int, offset: int, length: int, body: bytes)
     return data
 
 
+def _check_fits(path: str, index: int, offset: int, length: int, file_size: int) -> None:
+    end = offset + _HEADER + length + _FOOTER
+    if end > file_size:
+        raise TFRecordCorruptionError(
+            f"{path}: record {index} at byte {offset}: truncated or damaged: length {length} runs past the end of the "
+            f"file ({file_size} bytes; the record would end at byte {end})")
+
+
 def iter_records(path: str) -> Iterator[bytes]:
     """Yields every record of a shard in order, verifying both CRCs."""
+    for _, _, _, data, problem in scan_records(path, salvage=False):
+        yield data
+
+
+def scan_records(path: str, salvage: bool = True) -> Iterator[tuple]:
+    """(record number, offset, length, data or None, problem or None) for every record in file order.
+
+    With salvage, a record whose data fails its CRC comes with data None and the reason, and the scan goes on; a
+    damaged or truncated header, or a length past the end of the file, comes last as (number, offset, None, None,
+    reason): nothing after it can be framed. Without salvage the first problem raises TFRecordCorruptionError."""
     path = os.fspath(path)
     offset = 0
+    file_size = fileio.size(path)
     with fileio.open(path, "rb") as f:
         for index in range(1 << 62):
             header = f.read(_HEADER)
             if not header:
                 return
-            length = _check_header(path, index, offset, header)
-            yield _check_payload(path, index, offset, length, f.read(length + _FOOTER))
+            try:
+                length = _check_header(path, index, offset, header)
+                _check_fits(path, index, offset, length, file_size)
+            except TFRecordCorruptionError as e:
+                if not salvage:
+                    raise
+                yield index, offset, None, None, str(e)
+                return
+            try:
+                data = _check_payload(path, index, offset, length, f.read(length + _FOOTER))
+                problem = None
+            except TFRecordCorruptionError as e:
+                if not salvage:
+                    raise
+                data, problem = None, str(e)
+            yield index, offset, length, data, problem
             offset += _HEADER + length + _FOOTER
 
 
@@ -184,6 +225,7 @@ class ShardIndex:
     size: int
     mtime_ns: int
     keys: Optional[list] = None
+    problems: list = dataclasses.field(default_factory=list)  # salvage: "file: record i at byte b: why" (not saved)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -199,19 +241,29 @@ def index_path(path: str) -> str:
     return os.fspath(path) + INDEX_SUFFIX
 
 
-def scan_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None) -> ShardIndex:
-    """Reads a whole shard (verifying every CRC) and returns its index."""
+def scan_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None, salvage: bool = False) -> ShardIndex:
+    """Reads a whole shard (verifying every CRC) and returns its index; see the module doc for `salvage`."""
     path = os.fspath(path)
     size, version = fileio.stat(path)
-    offsets, lengths, keys = [], [], []
-    offset = 0
-    for data in iter_records(path):
+    offsets, lengths, keys, problems = [], [], [], []
+    for index, offset, length, data, problem in scan_records(path, salvage=salvage):
+        if length is None:  # an unframeable header: the scan ends here
+            problems.append(f"{problem} (the {size - offset} bytes from there on are skipped)")
+            break
+        key = None
+        if data is None:
+            problems.append(problem)
+        elif key_fn is not None:
+            try:
+                key = key_fn(data)
+            except ValueError as e:  # e.g. frames.RecordError: not an Example, no or a non-UTF-8 id
+                if not salvage:
+                    raise
+                problems.append(f"{path}: record {index} at byte {offset}: {e}")
         offsets.append(offset)
-        lengths.append(len(data))
-        if key_fn is not None:
-            keys.append(key_fn(data))
-        offset += _HEADER + len(data) + _FOOTER
-    return ShardIndex(offsets, lengths, size, version, keys if key_fn is not None else None)
+        lengths.append(length)
+        keys.append(key)
+    return ShardIndex(offsets, lengths, size, version, keys if key_fn is not None else None, problems)
 
 
 def save_index(path: str, index: ShardIndex) -> None:
@@ -227,31 +279,73 @@ def save_index(path: str, index: ShardIndex) -> None:
         logging.warning("could not write index %s: %s", target, e)
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _index_problem(payload) -> Optional[str]:
+    """Why a parsed sidecar cannot be this module's index, or None when it can."""
+    if not isinstance(payload, dict):
+        return f"not a JSON object but {type(payload).__name__}"
+    if payload.get("version") != INDEX_VERSION:
+        return f"version {payload.get('version')!r}, not {INDEX_VERSION}"
+    offsets, lengths, keys = payload.get("offsets"), payload.get("lengths"), payload.get("keys")
+    if not isinstance(offsets, list) or not isinstance(lengths, list) or len(offsets) != len(lengths):
+        return "'offsets' and 'lengths' are not two lists of one length"
+    if not (_is_count(payload.get("size")) and _is_count(payload.get("mtime_ns"))):
+        return "'size' or 'mtime_ns' is not a non-negative integer"
+    position = 0
+    for i, (offset, length) in enumerate(zip(offsets, lengths)):
+        if not (_is_count(offset) and _is_count(length)) or offset != position:
+            return f"record {i}: offset {offset!r} / length {length!r} do not follow the previous record"
+        position = offset + _HEADER + length + _FOOTER
+    if keys is not None and (not isinstance(keys, list) or len(keys) != len(offsets)
+                             or not all(k is None or isinstance(k, str) for k in keys)):
+        return "'keys' is not a list of one string (or null) per record"
+    return None
+
+
 def _read_saved_index(path: str) -> Optional[ShardIndex]:
+    """The sidecar, or None when there is none or it is malformed (with a warning naming it: it is rebuilt)."""
+    target = index_path(path)
     try:
-        payload = json.loads(fileio.read_text(index_path(path)))
-        if payload.get("version") != INDEX_VERSION:
-            return None
-        index = ShardIndex(payload["offsets"], payload["lengths"], payload["size"], payload["mtime_ns"],
-                           payload.get("keys"))
-        if len(index.offsets) != len(index.lengths) or (index.keys is not None and len(index.keys) != len(index)):
-            return None
-        return index
-    except (OSError, ValueError, KeyError, TypeError):
+        payload = json.loads(fileio.read_text(target))
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON, nested absurdly deep
+        logging.warning("index %s is unreadable (%s: %s); rebuilding it from the shard", target,
+                        type(e).__name__, str(e)[:200])
+        return None
+    problem = _index_problem(payload)
+    if problem is not None:
+        if not (isinstance(payload, dict) and payload.get("version") not in (None, INDEX_VERSION)):
+            logging.warning("index %s is malformed (%s); rebuilding it from the shard", target, problem)
+        return None
+    return ShardIndex(payload["offsets"], payload["lengths"], payload["size"], payload["mtime_ns"],
+                      payload.get("keys"))
 
 
-def load_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None) -> ShardIndex:
-    """The shard's index: the sidecar when it is current (and has keys if `key_fn` asks for them), else a rescan."""
+def saved_index(path: str) -> Optional[ShardIndex]:
+    """The sidecar as written, current or not (None when missing or malformed): after damage, where records were
+    and which keys they had."""
+    return _read_saved_index(os.fspath(path))
+
+
+def load_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None, salvage: bool = False) -> ShardIndex:
+    """The shard's index: the sidecar when it is current (and has keys if `key_fn` asks for them), else a rescan.
+    With `salvage`, damaged records are listed in `problems` instead of raising (module doc); a sidecar that marks
+    records unreadable (key None) lists them again."""
     path = os.fspath(path)
     size, version = fileio.stat(path)
     index = _read_saved_index(path)
     current = (index is not None and index.size == size and index.mtime_ns == version
                and index.end() == size and (key_fn is None or index.keys is not None))
-    if current:
+    if current and (salvage or key_fn is None or None not in index.keys):
+        index.problems = [f"{path}: record {i} at byte {index.offsets[i]}: unreadable (marked in {index_path(path)})"
+                          for i, key in enumerate(index.keys or ()) if key is None and key_fn is not None]
         return index
     logging.info("%s index for %s; rescanning", "stale" if index else "no", path)
-    index = scan_index(path, key_fn)
+    index = scan_index(path, key_fn, salvage=salvage)
     save_index(path, index)
     return index
 
@@ -265,11 +359,12 @@ class TFRecordDataSource:
     Files are opened lazily in each process (the object pickles without open handles, so grain workers can use it).
     """
 
-    def __init__(self, paths: Sequence[str], key_fn: Optional[Callable[[bytes], str]] = None):
+    def __init__(self, paths: Sequence[str], key_fn: Optional[Callable[[bytes], str]] = None,
+                 salvage: bool = False):
         self.paths = [os.fspath(p) for p in paths]
         if not self.paths:
             raise ValueError("TFRecordDataSource: no shard paths given")
-        self.indexes = [load_index(p, key_fn) for p in self.paths]
+        self.indexes = [load_index(p, key_fn, salvage=salvage) for p in self.paths]
         self._starts = [0]
         for index in self.indexes:
             self._starts.append(self._starts[-1] + len(index))

@@ -291,8 +291,8 @@ def train_sentencepiece(texts: Sequence[str], out_prefix: str, vocab_size: int =
 
 def demo_texts(num_sentences: int = 400, seed: int = 0) -> list[str]:
     """Deterministic English-like sentences in the vocabulary of Momentor's prompts, to train small tokenizers."""
-    import random
-    from momentor_jax.data import conversation  # late import: conversation imports nothing from here
+    import random  # noqa: PLC0415
+    from momentor_jax.data import conversation  # noqa: PLC0415 (late import: conversation imports nothing from here)
 
     rng = random.Random(seed)
     subjects = ["a man", "the woman", "a dog", "the person", "a child", "the chef", "two people", "the car"]

@@ -15,7 +15,8 @@ import av
 import numpy as np
 from PIL import Image
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+from momentor_jax.data.video_ids import VIDEO_EXTENSIONS  # noqa: F401 (the one list; re-exported)
+
 SEEK_AHEAD_SECONDS = 8.0  # seek instead of decoding through when the next wanted frame is this far ahead
 # Decodable frames must reach this close to the stated duration; a truncated download otherwise yields a video
 # whose tail is one frame repeated.

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from momentor_jax import fileio
-from momentor_jax.data import video as video_lib
+from momentor_jax.data import video_ids
 from momentor_jax.datagen import events as events_lib
 from momentor_jax.datagen import instances as instances_lib
 from momentor_jax.datagen import instructions
@@ -245,14 +245,10 @@ def generate_video(video_id: str, path: str, models: Models, config: EngineConfi
 # ---- a folder ----
 
 def list_videos(video_dir: str) -> dict:
-    """{video_id: path} for the video files in a directory (local or gs://); the id is the name up to its first
-    dot. Hidden files and other extensions are left out; of two files for one id the first (sorted) is used."""
-    videos = {}
-    for name in fileio.listdir(video_dir):
-        if name.startswith(".") or not name.lower().endswith(video_lib.VIDEO_EXTENSIONS):
-            continue
-        videos.setdefault(name.split(".", 1)[0], fileio.join(video_dir, name))
-    return videos
+    """{video_id: path} for the video files in a directory (local or gs://), ids by video_ids' rule (the name
+    without its video extension); hidden files and other extensions are left out, two files with one id are an
+    error (video_ids.VideoIdCollision)."""
+    return video_ids.list_video_files(video_dir, fileio.listdir, fileio.join)
 
 
 def _local_copy(path: str) -> tuple:
@@ -318,7 +314,7 @@ def run(video_dir: str, out_dir: str, models: Models, config: EngineConfig = Eng
             result = generate_video(video_id, local, models, config)
             fileio.write_text(fileio.join(per_video, f"{video_id}.json"), json.dumps(result, ensure_ascii=False))
             generated += 1
-        except Exception as e:  # one bad video is listed and skipped, never the end of the run
+        except Exception as e:  # noqa: BLE001 (one bad video is listed and skipped, never the end of the run)
             reason = f"{type(e).__name__}: {e}"
             failed.append((video_id, reason))
             log(f"failed {video_id} ({path}): {reason}")

@@ -195,13 +195,10 @@ class Answer:
                 "parsed": self.parsed}
 
 
-def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: float,
-                  tokenizer: MomentorTokenizer) -> Answer:
-    """Token ids (up to </s>) and normalized times -> Answer with each temporal token written as "12.3s"."""
-    from momentor_jax.evaluation import parsing  # noqa: PLC0415 (keeps the decoding module free of evaluation)
-
+def _answer_pieces(token_ids: Sequence[int], tokenizer: MomentorTokenizer, time_text) -> tuple[str, list]:
+    """(text, kept ids): text runs decoded, temporal token i written as time_text(i, token_id); stops at </s>."""
     vocab_size = tokenizer.vocab_size
-    pieces, run, seconds = [], [], []
+    pieces, run, kept = [], [], []
 
     def flush():
         if run:
@@ -209,8 +206,7 @@ def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: fl
             pieces.append(tokenizer.decode(run, skip_special_tokens=True))
             run.clear()
 
-    kept = []
-    for token_id, time in zip(token_ids, times):
+    for index, token_id in enumerate(token_ids):
         token_id = int(token_id)
         if token_id == tokenizer.eos_id:
             break
@@ -219,14 +215,35 @@ def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: fl
             flush()
             if pieces and pieces[-1][-1:].isalnum():  # "from12.0s" when the model skipped the space
                 pieces.append(" ")
-            value = round(float(np.clip(time, 0.0, 1.0)) * duration, 1)
-            seconds.append(value)
-            pieces.append(f"{value:.1f}s")
+            pieces.append(time_text(index))
         else:
             run.append(token_id)
     flush()
-    text = "".join(pieces).strip()
+    return "".join(pieces).strip(), kept
+
+
+def render_answer(token_ids: Sequence[int], times: Sequence[float], duration: float,
+                  tokenizer: MomentorTokenizer) -> Answer:
+    """Token ids (up to </s>) and normalized times -> Answer with each temporal token written as "12.3s"."""
+    from momentor_jax.evaluation import parsing  # noqa: PLC0415 (keeps the decoding module free of evaluation)
+
+    seconds = []
+
+    def time_text(index: int) -> str:
+        value = round(float(np.clip(times[index], 0.0, 1.0)) * duration, 1)
+        seconds.append(value)
+        return f"{value:.1f}s"
+
+    text, kept = _answer_pieces(token_ids, tokenizer, time_text)
     return Answer(text=text, times=seconds, windows=parsing.parse_windows(text, duration), token_ids=kept)
+
+
+def history_reply(answer: Answer, tokenizer: MomentorTokenizer) -> tuple[str, list]:
+    """An earlier answer as a dialogue's assistant turn: (text with <TEMP-OUTPUT> where the model wrote a temporal
+    token, those times in seconds), the form training dialogues give replies in (build_prompt's
+    temporal_output_times). An answer with times as plain text comes back as its text and no times."""
+    text, _ = _answer_pieces(answer.token_ids, tokenizer, lambda index: constants.TEMP_OUTPUT_TOKEN)
+    return text, list(answer.times)
 
 
 def _bucket(length: int, bucket: int = PROMPT_BUCKET) -> int:
@@ -250,7 +267,8 @@ class Generator:
     """Answers questions about videos with a loaded model (params, config, tokenizer).
 
     encode(videos) -> frame embeddings, once per video; answer_encoded(questions, embeddings[rows], durations) ->
-    answers, in fixed-shape batches; answer(questions, videos, durations) is the two together.
+    answers, in fixed-shape batches; answer(questions, videos, durations) is the two together; answer_prompts takes
+    prompts built by the caller (a multi-turn dialogue, whose earlier replies `history_reply` writes).
     """
 
     def __init__(self, params: Any, config: MomentorConfig, tokenizer: MomentorTokenizer,
@@ -283,7 +301,17 @@ class Generator:
                        input_times: Optional[Sequence[Sequence[float]]] = None, batch_size: Optional[int] = None
                        ) -> list[Answer]:
         """As `answer`, with the videos already encoded: video_embeds [B, M, D], one row per question."""
-        count = len(questions)
+        if len(durations) != len(questions):
+            raise ValueError(f"{len(questions)} questions and {len(durations)} durations")
+        input_times = input_times or [()] * len(questions)
+        prompts = [self.prompt(q, float(d), t) for q, d, t in zip(questions, durations, input_times)]
+        return self.answer_prompts(prompts, video_embeds, durations, batch_size)
+
+    def answer_prompts(self, prompts: Sequence[dict], video_embeds, durations: Sequence[float],
+                       batch_size: Optional[int] = None) -> list[Answer]:
+        """As `answer_encoded`, for prompts already built ({'input_ids', 'token_times'}, e.g. a whole dialogue by
+        encode.build_prompt(..., for_generation=True))."""
+        count = len(prompts)
         if count == 0:
             return []
         batch_size = batch_size or count
@@ -291,8 +319,6 @@ class Generator:
             raise ValueError(f"{count} questions for a batch of {batch_size}")
         if len(video_embeds) != count or len(durations) != count:
             raise ValueError(f"{count} questions, {len(video_embeds)} videos and {len(durations)} durations")
-        input_times = input_times or [()] * count
-        prompts = [self.prompt(q, float(d), t) for q, d, t in zip(questions, durations, input_times)]
         lengths = np.array([len(p["input_ids"]) for p in prompts] + [1] * (batch_size - count), np.int32)
         max_positions = self.config.llm.max_position_embeddings
         width = _bucket(int(lengths.max()))

@@ -1,9 +1,9 @@
 """Momentor training loss: next-token cross-entropy over V + N columns with soft labels at temporal targets.
 
 Where `targets[i]` is the <TEMP-OUTPUT> placeholder, the target distribution puts (1 - r) on temporal column V + f
-and r on V + c for the time `target_times[i]` (docs/DESIGN.md, section 1), as the public code's in-place writes do; where
-f == c it puts 1 on the token (MomentorConfig.on_token_target="zeros": the public code's all-zero row). Every other
-supervised position is an ordinary one-hot target. The loss is the sum of per-token cross-entropies over the batch
+and r on V + c for the time `target_times[i]` (docs/DESIGN.md, section 1), as the public code's in-place writes do;
+where f == c it puts 1 on the token (MomentorConfig.on_token_target="zeros": the public code's all-zero row). Every
+other supervised position is an ordinary one-hot target. The loss is the sum of per-token cross-entropies over the batch
 divided by the number of supervised tokens (a token mean); the public code averages per sample and sums the samples.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ def _safe_mean(total, count):
     return total / jnp.maximum(count, 1.0)
 
 
-def compute_loss(logits: jax.Array, batch: dict, config: MomentorConfig):
-    """logits [B, L, V(+N)] -> (scalar loss, aux dict of scalars). All arithmetic in fp32."""
+def token_losses(logits: jax.Array, batch: dict, config: MomentorConfig):
+    """logits [B, L, V(+N)] -> (cross-entropy at every position [B, L] in fp32, is_temporal [B, L]); only
+    positions with loss_mask count."""
     vocab_size = config.llm.vocab_size
     targets = batch["targets"]
-    mask = batch["loss_mask"].astype(jnp.float32)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
     hard_nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -40,6 +40,14 @@ def compute_loss(logits: jax.Array, batch: dict, config: MomentorConfig):
     else:
         is_temporal = jnp.zeros_like(targets, dtype=bool)
         nll = hard_nll
+    return nll, is_temporal
+
+
+def compute_loss(logits: jax.Array, batch: dict, config: MomentorConfig):
+    """logits [B, L, V(+N)] -> (scalar loss, aux dict of scalars). All arithmetic in fp32."""
+    vocab_size = config.llm.vocab_size
+    mask = batch["loss_mask"].astype(jnp.float32)
+    nll, is_temporal = token_losses(logits, batch, config)
 
     temporal_mask = mask * is_temporal
     text_mask = mask - temporal_mask

@@ -56,7 +56,16 @@ class Momentor(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- video
     def encode_video(self, video: jax.Array) -> jax.Array:
-        """uint8 frames [B, M, H, W, 3] or pooled features [B, M, F] -> frame embeddings [B, M, D] (LLM dtype)."""
+        """uint8 frames [B, M, H, W, 3] or pooled features [B, M, F] -> frame embeddings [B, M, D] (LLM dtype).
+
+        Packed rows carry a video axis: frames [B, V, M, H, W, 3] or features [B, V, M, F] -> [B, V * M, D], video
+        v's frames at [v * M, (v + 1) * M). Every slot is encoded, empty ones (zeros) too: their cost is the
+        tower's forward on V - num_videos videos per row, and no <vid_patch> ever reads them."""
+        if video.ndim in (4, 6):
+            batch_size, num_videos = video.shape[:2]
+            embeds = self.encode_video(video.reshape((batch_size * num_videos,) + video.shape[2:]))
+            embeds = embeds.reshape(batch_size, num_videos * embeds.shape[1], embeds.shape[2])
+            return nn.with_logical_constraint(embeds, ("batch", None, "embed"))
         cfg = self.config
         if video.ndim == 5:
             batch_size, num_frames = video.shape[:2]
@@ -66,7 +75,8 @@ class Momentor(nn.Module):
             num_frames = video.shape[1]
             features = video
         else:
-            raise ValueError(f"encode_video expects frames [B, M, H, W, 3] or features [B, M, F], got {video.shape}")
+            raise ValueError(f"encode_video expects frames [B, (V,) M, H, W, 3] or features [B, (V,) M, F], got "
+                             f"{video.shape}")
         if features.shape[-1] != cfg.vision_feature_dim:
             raise ValueError(f"video features have width {features.shape[-1]}; "
                              f"the projector expects vision_feature_dim={cfg.vision_feature_dim}")
@@ -78,11 +88,13 @@ class Momentor(nn.Module):
         return nn.with_logical_constraint(embeds, ("batch", None, "embed"))
 
     # ------------------------------------------------------------------------------------------ embeddings
-    def _embed(self, input_ids, placeholder_times, temporal_token_times, video_embeds):
+    def _embed(self, input_ids, placeholder_times, temporal_token_times, video_embeds, segment_ids=None):
         """Embeddings [B, L, D] of `input_ids` (see the module docstring).
 
         placeholder_times: times at <TEMP-INPUT>/<TEMP-OUTPUT> positions (None: none expected).
         temporal_token_times: times for ids V + k (None: exactly E_in'[k]).
+        segment_ids: [B, L] of packed rows (None: one dialogue per row); "video_markers" then detaches the text of
+        each dialogue that holds a video, as it would its own row.
         """
         cfg = self.config
         vocab_size = cfg.llm.vocab_size
@@ -93,8 +105,10 @@ class Momentor(nn.Module):
         if cfg.text_embedding_grad == "video_markers":
             # The public code detaches the text embeddings of rows holding a video, except <vid_start>/<vid_end>,
             # so of the embedding table only those two rows learn from such rows.
-            keeps_grad = ((input_ids == special["vid_start"]) | (input_ids == special["vid_end"])
-                          | ~jnp.any(is_patch, axis=1, keepdims=True))
+            has_video = jnp.any(is_patch, axis=1, keepdims=True)
+            if segment_ids is not None:
+                has_video = _segment_has_video(is_patch, segment_ids, has_video)
+            keeps_grad = (input_ids == special["vid_start"]) | (input_ids == special["vid_end"]) | ~has_video
             embeds = jnp.where(keeps_grad[..., None], embeds, jax.lax.stop_gradient(embeds))
 
         if cfg.tpm_enabled:
@@ -119,9 +133,10 @@ class Momentor(nn.Module):
             embeds = jnp.where(is_patch[..., None], spliced, embeds)
         return nn.with_logical_constraint(embeds, ("batch", "length", "embed"))
 
-    def embed_inputs(self, input_ids, token_times=None, video_embeds=None) -> jax.Array:
-        """Input embeddings [B, L, D]: text rows, temporal placeholders at `token_times`, frames at <vid_patch>."""
-        return self._embed(input_ids, token_times, None, video_embeds)
+    def embed_inputs(self, input_ids, token_times=None, video_embeds=None, segment_ids=None) -> jax.Array:
+        """Input embeddings [B, L, D]: text rows, temporal placeholders at `token_times`, frames at <vid_patch>
+        (the k-th <vid_patch> of a row takes video_embeds[:, k]: with packed rows, the j-th video's M frames)."""
+        return self._embed(input_ids, token_times, None, video_embeds, segment_ids)
 
     def embed_generated(self, token_ids, times=None) -> jax.Array:
         """Embedding of generated tokens [B, T] (id < V, or temporal id V + k) -> [B, T, D].
@@ -156,12 +171,26 @@ class Momentor(nn.Module):
         """batch per constants.BATCH_KEYS -> (logits [B, L, V + N] float32, new cache or None)."""
         video = self.video_from_batch(batch)
         video_embeds = None if video is None else self.encode_video(video)
-        embeds = self.embed_inputs(batch["input_ids"], batch.get("token_times"), video_embeds)
+        packed = video is not None and video.ndim in (4, 6)
+        embeds = self.embed_inputs(batch["input_ids"], batch.get("token_times"), video_embeds,
+                                   batch["segment_ids"] if packed else None)
         return self.forward_embeds(embeds, batch["positions"], batch["segment_ids"], cache)
 
 
-def example_batch(config: MomentorConfig, batch_size: int, seq_len: int, with_video: bool = True) -> dict:
-    """All-zero numpy batch with the BATCH_KEYS shapes (for init, eval_shape and AOT compilation)."""
+def _segment_has_video(is_patch, segment_ids, row_has_video):
+    """[B, L] bool: the position's segment holds a <vid_patch>; padding (segment 0) follows its row."""
+    batch_size, length = segment_ids.shape
+    rows = jnp.arange(batch_size)[:, None]
+    per_segment = jnp.zeros((batch_size, length + 1), bool).at[rows, segment_ids].max(is_patch)
+    has_video = jnp.take_along_axis(per_segment, segment_ids, axis=1)
+    return jnp.where(segment_ids == 0, row_has_video, has_video)
+
+
+def example_batch(config: MomentorConfig, batch_size: int, seq_len: int, with_video: bool = True,
+                  videos_per_row: int = 0) -> dict:
+    """All-zero numpy batch with the BATCH_KEYS shapes (for init, eval_shape and AOT compilation).
+
+    videos_per_row > 0: the packed layout (data/packing.py), a video axis of that size plus `num_videos`."""
     batch = {
         "input_ids": np.zeros((batch_size, seq_len), np.int32),
         "targets": np.zeros((batch_size, seq_len), np.int32),
@@ -174,11 +203,15 @@ def example_batch(config: MomentorConfig, batch_size: int, seq_len: int, with_vi
     }
     if with_video:
         m = config.num_frames
+        rows = (batch_size, videos_per_row) if videos_per_row else (batch_size,)
         if config.use_cached_features:
-            batch["features"] = np.zeros((batch_size, m, config.vision_feature_dim), np.float32)
+            batch["features"] = np.zeros(rows + (m, config.vision_feature_dim), np.float32)
         else:
             size = config.vision.image_size
-            batch["frames"] = np.zeros((batch_size, m, size, size, 3), np.uint8)
+            batch["frames"] = np.zeros(rows + (m, size, size, 3), np.uint8)
+    if videos_per_row:
+        batch["durations"] = np.ones((batch_size, videos_per_row), np.float32)
+        batch["num_videos"] = np.zeros((batch_size,), np.int32)
     return batch
 
 
@@ -196,10 +229,21 @@ def check_batch(batch: dict, config: MomentorConfig, name: str = "batch") -> Non
         row, pos = bad[0]
         raise ValueError(f"{name}: input_ids[{row}, {pos}] = {input_ids[row, pos]} outside [0, {limit})")
     patches = np.sum(input_ids == constants.special_token_ids(vocab_size)["vid_patch"], axis=1)
+    if "num_videos" in batch:  # packed rows: M slots per real video
+        videos = np.asarray(batch["num_videos"]).reshape(-1)
+        for row, (count, num_videos) in enumerate(zip(patches, videos)):
+            if count != num_videos * config.num_frames:
+                raise ValueError(f"{name}: row {row} has {count} <vid_patch> tokens; expected num_videos "
+                                 f"{num_videos} x num_frames {config.num_frames}")
+        return _check_times(batch, name)
     for row, count in enumerate(patches):
         if count not in (0, config.num_frames):
             raise ValueError(f"{name}: row {row} has {count} <vid_patch> tokens; expected 0 or "
                              f"num_frames={config.num_frames}")
+    _check_times(batch, name)
+
+
+def _check_times(batch: dict, name: str) -> None:
     for field in ("token_times", "target_times"):
         if field in batch:
             times = np.asarray(batch[field])

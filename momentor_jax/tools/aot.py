@@ -137,10 +137,11 @@ class CompiledStep:
     model_flops_per_step: float      # analytic (metrics_writer.training_flops_per_example x batch)
 
 
-def abstract_batch(model_config, batch_size: int, max_length: int, sharding) -> dict:
-    """ShapeDtypeStructs of one global batch, built from a 1-row example (no full-size allocation)."""
+def abstract_batch(model_config, batch_size: int, max_length: int, sharding, videos_per_row: int = 0) -> dict:
+    """ShapeDtypeStructs of one global batch, built from a 1-row example (no full-size allocation); packed rows
+    (videos_per_row > 0) carry that many video slots per row."""
     from momentor_jax.models import momentor  # noqa: PLC0415
-    one = momentor.example_batch(model_config, 1, max_length)
+    one = momentor.example_batch(model_config, 1, max_length, videos_per_row=videos_per_row)
     return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype, sharding=sharding)
             for k, v in one.items()}
 
@@ -163,10 +164,11 @@ def lower_train_step(config, devices: list, batch_size: Optional[int] = None):
     total_steps = config.total_steps if config.total_steps > 0 else 1000  # only shapes the schedule constants
     tx, schedule = optim.make_optimizer(config, total_steps)
     fns = trainer.momentor_fns(model_config)
-    init_batch = abstract_batch(model_config, 1, max_length, None)
+    videos = trainer.videos_per_row(config)
+    init_batch = abstract_batch(model_config, 1, max_length, None, videos)
     factory = trainer.StateFactory(fns, tx, mesh, rules, config.trainable, init_batch)
     step_fn = trainer.make_train_step(fns, tx, schedule, config.grad_accum_steps)
-    batch = abstract_batch(model_config, batch_size, max_length, sharding.batch_sharding(mesh))
+    batch = abstract_batch(model_config, batch_size, max_length, sharding.batch_sharding(mesh), videos)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          factory.abstract, factory.shardings)
     jitted = jax.jit(step_fn, in_shardings=(factory.shardings, sharding.batch_sharding(mesh)),
@@ -178,7 +180,7 @@ def lower_train_step(config, devices: list, batch_size: Optional[int] = None):
                 num_params=count(factory.abstract.trainable) + count(factory.abstract.frozen),
                 num_trainable=count(factory.abstract.trainable),
                 model_flops_per_step=batch_size * metrics_writer.training_flops_per_example(
-                    model_config, max_length, config.trainable))
+                    model_config, max_length, config.trainable, max(videos, 1)))
     return lowered, info
 
 
@@ -331,8 +333,8 @@ def main(argv) -> int:
 
 def _define_flags():
     from absl import flags  # noqa: PLC0415
-    from ml_collections import config_flags  # noqa: PLC0415
-    config_flags.DEFINE_config_file("config", None, "configs/FILE.py[:variant]", lock_config=False)
+    from momentor_jax import cli  # noqa: PLC0415
+    cli.define_config(lock_config=False)
     flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p-64, v5e-256, v4-128, v6e-8")
     flags.DEFINE_bool("find_max_batch", False, "binary-search the largest global batch that fits")
     flags.DEFINE_integer("max_batch_limit", 4096, "upper bound for --find_max_batch")
@@ -343,8 +345,6 @@ def _define_flags():
 
 def run() -> None:
     from momentor_jax import cli  # noqa: PLC0415
-    if cli.REPO_ROOT not in sys.path:              # config files import `configs` as a package from the repository
-        sys.path.insert(0, cli.REPO_ROOT)
     _define_flags()
     cli.run(lambda argv: sys.exit(main(argv)))
 

@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import json
 import logging
+import os
 from typing import Any, Optional
 
 import jax
@@ -93,6 +94,11 @@ def _plain_transfers_on_cpu() -> None:
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
+def _absolute(path: str) -> str:
+    """orbax finds no metadata under a relative directory and refuses to save under one: absolute paths."""
+    return path if fileio.is_remote(path) else os.path.abspath(path)
+
+
 class Checkpointer:
     """Every process calls every method (orbax synchronizes the processes internally)."""
 
@@ -100,7 +106,7 @@ class Checkpointer:
                  async_save: bool = True):
         _plain_transfers_on_cpu()
         fileio.configure_for(directory)  # local or gs:// (orbax: tensorstore for arrays, etils.epath for the rest)
-        self.directory = epath.Path(directory)
+        self.directory = epath.Path(_absolute(directory))
         self.save_every_steps = max(int(save_every_steps), 1)
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=self.save_every_steps,
@@ -166,7 +172,7 @@ class Checkpointer:
 def restore_params_from_workdir(workdir: str, abstract_params: Any, step: Optional[int] = None) -> tuple[Any, int]:
     """Parameters of a previous run (its latest step unless `step`), e.g. the GESM stage for instruction tuning."""
     fileio.configure_for(workdir)
-    directory = epath.Path(workdir) / "checkpoints"
+    directory = epath.Path(_absolute(workdir)) / "checkpoints"
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
                                     item_handlers={PARAMS: ocp.StandardCheckpointHandler()})
     try:
@@ -184,14 +190,18 @@ def restore_imported_params(path: str, abstract_params: Any) -> Any:
     only its shards; names and shapes are checked against the model first."""
     from momentor_jax import checkpoint_io  # noqa: PLC0415
     checkpoint_io.load_config(path)  # a clear error when `path` is not an imported checkpoint (and gs:// set up)
-    params_path = epath.Path(path) / checkpoint_io.PARAMS_DIR
+    params_path = epath.Path(_absolute(path)) / checkpoint_io.PARAMS_DIR
     with ocp.PyTreeCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(params_path)
         saved = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
+        # A model on cached features has no vision tower: the imported tower is for data/extract_features.py.
+        skip_vision = "vision" in saved and "vision" not in abstract_params
+        if skip_vision:
+            saved = {k: v for k, v in saved.items() if k != "vision"}
         check_same_tree(saved, abstract_params, str(path))
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
-        return checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(item=abstract_params,
-                                                                               restore_args=restore_args))
+        return checkpointer.restore(params_path, args=ocp.args.PyTreeRestore(
+            item=abstract_params, restore_args=restore_args, partial_restore=skip_vision))
 
 
 def check_same_tree(saved: Any, expected: Any, source: str) -> None:

@@ -28,7 +28,7 @@ _NON_TPU_GOOGLE_DEVICES = {"0x0042"}  # gVNIC network card, same vendor id
 def tpu_chips_attached() -> bool:
     """True on a Cloud TPU VM: a Google PCI device that is not the virtual NIC."""
     try:
-        from jax._src import hardware_utils  # private, but exactly the check JAX itself uses
+        from jax._src import hardware_utils  # noqa: PLC0415 (private, but exactly the check JAX itself uses)
         return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
     except (ImportError, AttributeError):
         pass

@@ -9,7 +9,7 @@ import jax
 
 # What the console line shows, in order (TensorBoard gets every scalar).
 _CONSOLE_KEYS = ("loss", "text_loss", "temporal_loss", "temporal_accuracy", "learning_rate", "grad_norm",
-                 "tokens_per_sec", "step_time", "mfu")
+                 "tokens_per_sec", "step_time", "mfu", "examples_per_step", "packing_efficiency", "epoch")
 
 
 def format_eta(seconds: float) -> str:
@@ -33,6 +33,12 @@ def format_progress(step: int, total_steps: int, scalars: Mapping[str, float], e
             parts.append(f"{value:.3f}s/step")
         elif key == "tokens_per_sec":
             parts.append(f"tok/s {value:,.0f}")
+        elif key == "examples_per_step":
+            parts.append(f"ex/step {value:.1f}")
+        elif key == "packing_efficiency":
+            parts.append(f"packed {100.0 * value:.1f}%")
+        elif key == "epoch":
+            parts.append(f"epoch {value:.3f}")
         else:
             parts.append(f"{key} {value:.4g}")
     parts.append(f"eta {format_eta(eta_seconds)}")
@@ -135,8 +141,9 @@ def peak_flops_per_device(configured: float = 0.0) -> float:
     return PEAK_FLOPS_BY_DEVICE_KIND[max(matches, key=len)] if matches else 0.0
 
 
-def training_flops_per_example(model_config, max_length: int, trainable: str) -> float:
-    """Model FLOPs of one training example (one sequence of `max_length` tokens and its frames).
+def training_flops_per_example(model_config, max_length: int, trainable: str, videos: int = 1) -> float:
+    """Model FLOPs of one training example (one sequence of `max_length` tokens and its frames), or of one packed
+    row with `videos` video slots (the tower and the projector run on every slot).
 
     MaxText's accounting: every matmul costs 2 x params per token forward, 2x for the gradient of its input and 2x
     for the gradient of its weights; attention 2 x L^2 x heads x head_dim per causal layer forward (half of the
@@ -156,7 +163,7 @@ def training_flops_per_example(model_config, max_length: int, trainable: str) ->
     llm_flops = L * ((body + head_text) * (4 + 2 * backward_weights) + head_temporal * (4 + 2 * temporal_trains))
     attention = 3 * llm.num_layers * 2 * L * L * llm.num_heads * hd
 
-    projector = 3 * 2 * model_config.num_frames * vit.hidden_size * d
+    projector = 3 * 2 * model_config.num_frames * vit.hidden_size * d * videos
     vision = 0.0
     if not model_config.use_cached_features:
         patches = (vit.image_size // vit.patch_size) ** 2
@@ -165,6 +172,6 @@ def training_flops_per_example(model_config, max_length: int, trainable: str) ->
         per_layer = 4 * dv * dv + 2 * dv * vit.intermediate_size
         matmul = 2 * (tokens * vit.num_layers * per_layer + patches * 3 * vit.patch_size ** 2 * dv)
         vit_attention = vit.num_layers * 4 * tokens * tokens * dv
-        vision = model_config.num_frames * (matmul * (3 if all_trainable else 1)
-                                            + vit_attention * (3 if all_trainable else 1))
+        vision = videos * model_config.num_frames * (matmul * (3 if all_trainable else 1)
+                                                     + vit_attention * (3 if all_trainable else 1))
     return float(llm_flops + attention + projector + vision)

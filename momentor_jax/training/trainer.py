@@ -185,6 +185,8 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule: o
             "num_text_tokens": n_text,
             "num_temporal_tokens": n_temp,
             "num_input_tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),
+            # dialogues: each row's largest segment id (1 per row unpacked)
+            "num_examples": jnp.sum(jnp.max(batch["segment_ids"], axis=-1)).astype(jnp.float32),
         }
         if "temporal_accuracy" in aux:
             sums["temporal_accuracy"] = aux["temporal_accuracy"] * n_temp
@@ -230,6 +232,8 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule: o
             "learning_rate": schedule(state.step),
             "num_tokens": sums["num_tokens"],
             "num_input_tokens": sums["num_input_tokens"],
+            "examples_per_step": sums["num_examples"],
+            "packing_efficiency": sums["num_input_tokens"] / batch["segment_ids"].size,
         }
         if "temporal_accuracy" in sums:
             metrics["temporal_accuracy"] = sums["temporal_accuracy"] / jnp.maximum(sums["num_temporal_tokens"], 1.0)
@@ -409,8 +413,8 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
     mesh, max_length = factory.mesh, config.max_length
     buffer, history = _MetricsBuffer(), []
     tokens_per_step = config.batch_size * max_length
-    flops_per_step = config.batch_size * metrics_lib.training_flops_per_example(model_config, max_length,
-                                                                                config.trainable)
+    flops_per_step = config.batch_size * metrics_lib.training_flops_per_example(
+        model_config, max_length, config.trainable, max(videos_per_row(config), 1))
     peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device) * jax.device_count()
     timer_start, timer_step = time.perf_counter(), start_step
     stopped_early, step = False, start_step
@@ -444,13 +448,20 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
                 step_time = (now - timer_start) / (step - timer_step)
                 # tokens_per_sec counts padded positions (the work MFU measures); real_tokens_per_sec non-padding.
                 scalars.update(step_time=step_time, tokens_per_sec=tokens_per_step / step_time,
-                               real_tokens_per_sec=scalars["num_input_tokens"] / step_time)
+                               real_tokens_per_sec=scalars["num_input_tokens"] / step_time,
+                               examples_per_sec=scalars["examples_per_step"] / step_time)
                 if peak > 0:
                     scalars["mfu"] = flops_per_step / step_time / peak
                 eta = (total_steps - step) * step_time
                 timer_start, timer_step = now, step
             else:
                 eta = None
+            for name in ("num_skipped_records", "num_clipped_times"):  # bad input met so far (data/loader.py)
+                if isinstance(getattr(data_iterator, name, None), int):
+                    scalars[name.removeprefix("num_")] = float(getattr(data_iterator, name))
+            epoch = _epoch(data_iterator)
+            if epoch is not None:
+                scalars["epoch"] = epoch
             writer.write_scalars(step, scalars)
             writer.log_progress(step, total_steps, scalars, eta)
         if last or preempted or ckpt.should_save(step):
@@ -464,6 +475,14 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
     return TrainResult(state=state, step=step, history=history, stopped_early=stopped_early)
 
 
+def _epoch(data_iterator) -> Optional[float]:
+    """Epochs of dialogues read so far (this process's count x processes / dialogues), when the loader counts."""
+    seen, total = getattr(data_iterator, "num_examples_seen", None), getattr(data_iterator, "num_examples", 0)
+    if seen is None or not total:
+        return None
+    return seen * jax.process_count() / total
+
+
 def _save(ckpt, step, state, factory, data_iterator, buffer, history) -> None:
     history.extend(buffer.fetch())  # raises NonFiniteError before a bad state reaches disk
     ckpt.save(step, state.params, factory.train_part(state), data_iterator.get_state(), force=True)
@@ -471,10 +490,12 @@ def _save(ckpt, step, state, factory, data_iterator, buffer, history) -> None:
 
 # ------------------------------------------------------------------------------------------- 5. from a config
 def data_paths(config) -> dict:
-    """{'examples', 'frames', 'tokenizer'} from the explicit keys, else from the `data.dir` layout."""
+    """{'examples', 'frames', 'tokenizer'} from the explicit keys, else from the `data.dir` layout (`frames` is
+    <data.dir>/features with data.use_features)."""
     data_dir = config.data.dir
     paths = {"examples": config.data.examples, "frames": config.data.frames, "tokenizer": config.tokenizer}
-    defaults = {"examples": f"{config.variant}_train.jsonl", "frames": "frames", "tokenizer": "tokenizer"}
+    videos = "features" if config.data.use_features else "frames"  # data/extract_features.py's or frame records
+    defaults = {"examples": f"{config.variant}_train.jsonl", "frames": videos, "tokenizer": "tokenizer"}
     for key, name in defaults.items():
         if not paths[key]:
             if not data_dir:
@@ -524,17 +545,47 @@ def check_config(config, model_config: MomentorConfig, mesh) -> None:
         raise ValueError(f"trainable={config.trainable!r}: choose 'momentor' or 'all'")
     if config.log_every_steps < 1 or config.checkpoint_every_steps < 1:
         raise ValueError("log_every_steps and checkpoint_every_steps must be >= 1")
+    packing_options(config)  # validates data.packing's settings
 
 
-def resolve_total_steps(config, num_examples: int) -> int:
+def packing_options(config):
+    """data/packing.PackingOptions from config.data, or None when data.packing is off; raises ValueError naming the
+    config key."""
+    from momentor_jax.data.packing import PackingOptions  # noqa: PLC0415
+    data = config.data
+    if not data.get("packing", False):
+        return None
+    for key in ("max_segments", "max_videos_per_row", "packing_buffer"):
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"data.{key} must be an integer >= 1, got {value!r}")
+    if data.max_videos_per_row > data.max_segments:
+        raise ValueError(f"data.max_videos_per_row {data.max_videos_per_row} > data.max_segments "
+                         f"{data.max_segments}: every video belongs to one dialogue (segment)")
+    return PackingOptions(int(config.max_length), int(data.max_segments), int(data.max_videos_per_row),
+                          int(data.packing_buffer))
+
+
+def videos_per_row(config) -> int:
+    """The batch's per-row video axis: data.max_videos_per_row when packing, else 0 (no axis)."""
+    return int(config.data.max_videos_per_row) if config.data.get("packing", False) else 0
+
+
+def resolve_total_steps(config, num_examples: int, examples_per_row: float = 1.0) -> int:
+    """total_steps, or num_epochs passes over `num_examples` dialogues at batch_size rows of `examples_per_row`
+    dialogues each (1 unpacked; packed: the loader's estimate)."""
     if config.total_steps and config.total_steps > 0:
         return int(config.total_steps)
-    steps_per_epoch = num_examples // config.batch_size
+    examples_per_step = config.batch_size * examples_per_row
+    if examples_per_row == 1.0:
+        steps_per_epoch = num_examples // config.batch_size
+    else:
+        steps_per_epoch = math.ceil(num_examples / examples_per_step)
     total = steps_per_epoch * config.num_epochs
     if total < 1:
         raise ValueError(f"{num_examples} examples give no full batch of {config.batch_size}; set total_steps")
-    logging.info("total_steps = %d (%d epochs x %d steps of %d examples)", total, config.num_epochs,
-                 steps_per_epoch, config.batch_size)
+    logging.info("total_steps = %d (%d epochs x %d steps of %d rows, %.1f examples each)", total,
+                 config.num_epochs, steps_per_epoch, config.batch_size, examples_per_step)
     return total
 
 
@@ -552,7 +603,9 @@ def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
         data_config, tokenizer=tokenizer, num_frames=model_config.num_frames, max_length=config.max_length,
         global_batch_size=config.batch_size, seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), num_epochs=None, worker_count=config.data.worker_count,
-        use_features=config.data.use_features)
-    total_steps = resolve_total_steps(config, loader.num_examples)
+        use_features=config.data.use_features, image_size=model_config.vision.image_size,
+        packing=packing_options(config))
+    total_steps = resolve_total_steps(config, loader.num_examples, loader.examples_per_row)
+    init_batch = momentor_lib.example_batch(model_config, 1, config.max_length, videos_per_row=videos_per_row(config))
     return run_loop(config=config, workdir=workdir, fns=fns or momentor_fns(model_config), model_config=model_config,
-                    mesh=mesh, data_iterator=loader, total_steps=total_steps)
+                    mesh=mesh, data_iterator=loader, total_steps=total_steps, init_batch=init_batch)

@@ -29,7 +29,7 @@ def remove_nonascii(text: str) -> str:
 
 
 def _jar_dir(module_name: str) -> str:
-    import importlib
+    import importlib  # noqa: PLC0415
 
     return os.path.dirname(os.path.abspath(importlib.import_module(module_name).__file__))
 
@@ -44,7 +44,7 @@ def ptb_tokenize(sentences: Sequence[str]) -> List[str]:
     """
     if not sentences:
         return []
-    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR  # noqa: PLC0415
 
     jar = os.path.join(_jar_dir("pycocoevalcap.tokenizer.ptbtokenizer"), STANFORD_CORENLP_3_4_1_JAR)
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +68,7 @@ def cider(pairs: Sequence[Tuple[str, Sequence[str]]]) -> float:
         return 0.0
     if not any(ref.split() for _, refs in pairs for ref in refs):
         return 0.0  # no reference n-gram at all: every similarity is 0 (pycocoevalcap would fail on max([]))
-    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.cider.cider import Cider  # noqa: PLC0415
 
     gts = {i: list(refs) for i, (_, refs) in enumerate(pairs)}
     res = {i: [hypothesis] for i, (hypothesis, _) in enumerate(pairs)}
@@ -80,7 +80,7 @@ class Meteor:
     """One running METEOR 1.5 process; `score` is pycocoevalcap's `Meteor.compute_score` for a list of pairs."""
 
     def __init__(self):
-        from pycocoevalcap.meteor.meteor import METEOR_JAR
+        from pycocoevalcap.meteor.meteor import METEOR_JAR  # noqa: PLC0415
 
         command = ["java", "-jar", "-Xmx2G", METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
         self._process = subprocess.Popen(command, cwd=_jar_dir("pycocoevalcap.meteor.meteor"),

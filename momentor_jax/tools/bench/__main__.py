@@ -7,34 +7,19 @@ Suites: peak (matmul FLOP/s, memory bandwidth), train (tokens/s, step time, MFU 
 forward+backward the way the public PyTorch code runs it; JAX/PyTorch ratio), decode (KV-cache generation vs
 transformers generate), loader (Grain examples/s vs what the train step consumes; extraction vs decode-only),
 gpu (train and decode on an NVIDIA GPU; skipped elsewhere). Shared machines are noisy: compare the ratios, which
-are measured in the same run. `--config.KEY=VALUE` (or `--config.KEY VALUE`) overrides a key of the config, as
-for `momentor_jax.train`; the suites that take a config (all but peak) apply them and record them in the JSON.
+are measured in the same run. The suites that take a config (all but peak) take it as every command does
+(momentor_jax/cli.py): `--config=configs/X.py[:variant]` and `--config.KEY=VALUE` (or `--config.KEY VALUE`), and
+record both in the JSON. Exit status: 0; 2 on a bad suite or flag.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 
+from momentor_jax import cli  # imports no jax: the suite sets its environment first
+
 SUITES = ("peak", "train", "torch", "decode", "loader", "gpu")
-
-
-def split_config_overrides(argv: list) -> tuple[list, list]:
-    """(argv without the `--config.KEY=VALUE` / `--config.KEY VALUE` options, those options as KEY=VALUE)."""
-    rest, overrides = [], []
-    args = iter(argv)
-    for arg in args:
-        if not arg.startswith("--config."):
-            rest.append(arg)
-            continue
-        key, sep, value = arg.removeprefix("--config.").partition("=")
-        if not sep:
-            value = next(args, None)
-            if value is None:
-                raise SystemExit(f"{arg}: missing value (--config.KEY=VALUE)")
-        overrides.append(f"{key}={value}")
-    return rest, overrides
 
 
 def main(argv=None) -> int:
@@ -45,19 +30,18 @@ def main(argv=None) -> int:
         return 2
     suite = argv[0]
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read when jax first imports (the suite modules import it)
+    if suite == "decode":
+        cli.cpu_decode_flags()
     module = importlib.import_module(f"momentor_jax.tools.bench.{suite}")
-    parser = argparse.ArgumentParser(prog=f"python -m momentor_jax.tools.bench {suite}",
-                                     description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench_results", help="directory for SUITE.json")
-    module.add_arguments(parser)
-    rest, overrides = split_config_overrides(argv[1:])
-    args = parser.parse_args(rest)
-    if not hasattr(args, "config"):
-        if overrides:
-            parser.error(f"the {suite} suite takes no config, so no --config.KEY=VALUE")
-    else:
-        args.overrides = overrides
+
+    def define_flags(flag_values, suite_argv):
+        from absl import flags  # noqa: PLC0415
+        flags.DEFINE_string("out", "bench_results", "directory for SUITE.json", flag_values=flag_values)
+        module.define_flags(flag_values, suite_argv)
+
+    args, positional = cli.parse_flags([f"bench {suite}", *argv[1:]], define_flags, module.__doc__)
+    if positional:
+        cli.fail_usage(f"unexpected arguments {positional}")
 
     from momentor_jax.tools.bench import common  # noqa: PLC0415  (imports jax: after the suite set its env)
     print(f"{suite}: {common.hardware_line()}")

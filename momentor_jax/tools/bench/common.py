@@ -1,8 +1,7 @@
-"""Shared pieces of the benchmark suites: the config with its overrides, the hardware line, a timer that reports
+"""Shared pieces of the benchmark suites: the config flag and its record, the hardware line, a timer that reports
 median/min/max after warm-up, the printed table and the JSON file each suite writes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -11,27 +10,28 @@ import sys
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
-from momentor_jax.config_overrides import apply_overrides
+from momentor_jax import cli
 
-DEFAULT_CONFIG = os.path.join("configs", "bench.py")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+DEFAULT_CONFIG = os.path.join(cli.REPO_ROOT, "configs", "bench.py")
 
 
-def load_config(spec: str = DEFAULT_CONFIG, overrides: Sequence[str] = ()):
-    """`configs/FILE.py[:variant]` (relative to the working directory or the repository) -> the file's
-    `get_config(variant)` ConfigDict with `KEY=VALUE` overrides applied (see `apply_overrides`)."""
-    path, _, variant = spec.partition(":")
-    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
-        path = os.path.join(REPO_ROOT, path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--config {spec}: no file {path}")
-    configs_parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if configs_parent not in sys.path:  # config files import `configs` (base_config) as a package
-        sys.path.insert(0, configs_parent)
-    module_spec = importlib.util.spec_from_file_location(f"bench_config_{os.path.basename(path)[:-3]}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return apply_overrides(module.get_config(variant or None), overrides)
+def define_config(flag_values, argv, help_more: str = "") -> None:
+    """The suite's `--config` (default configs/bench.py) with `--config.KEY=VALUE` overrides, as every command takes
+    a config (momentor_jax/cli.py)."""
+    holder = cli.define_config(flag_values, argv, default=DEFAULT_CONFIG)
+    if help_more:
+        flag_values[holder.name].help += f"; {help_more}"
+
+
+def config_record(args) -> dict:
+    """The config file (relative to the repository when inside it) and its overrides, KEY=VALUE, for the JSON."""
+    from ml_collections import config_flags  # noqa: PLC0415
+    path, colon, variant = args["config"].config_filename.partition(":")
+    if os.path.abspath(path).startswith(cli.REPO_ROOT + os.sep):
+        path = os.path.relpath(os.path.abspath(path), cli.REPO_ROOT)
+    overrides = config_flags.get_override_values(args["config"])
+    return {"config": path + colon + variant,
+            "overrides": [f"{key}={cli.format_override(value)}" for key, value in overrides.items()]}
 
 
 def hardware() -> dict:

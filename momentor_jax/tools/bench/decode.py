@@ -25,7 +25,8 @@ On XLA:CPU at batch 1 the decode `while_loop` holds no scatter (a one-row cache 
 dynamic-update-slice), so XLA's small-while-loop hoisting compiles the whole loop as one "small call" whose matmuls
 do not run through the threaded dot runtime: ~30 ms per step against ~21 ms with
 `XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0` (the weight floor was ~20 ms).
-A process-wide flag, so the suite leaves it to the caller; the JSON records XLA_FLAGS under `hardware`.
+`python -m momentor_jax.tools.bench decode`, `predict` and `evaluate` set it before JAX starts on the CPU unless
+XLA_FLAGS already sets backend options (cli.cpu_decode_flags); the JSON records XLA_FLAGS under `hardware`.
 
 The greedy tokens are compared: up to and including the first generated temporal token they must be the same
 ("text part"); after it our decoder feeds the token back at its refined sub-token time (Momentor's decoding), while
@@ -33,7 +34,7 @@ transformers feeds the plain row E_in[k], so later tokens may differ.
 """
 from __future__ import annotations
 
-import argparse
+from absl import flags
 import os
 import statistics
 import time
@@ -46,16 +47,16 @@ from momentor_jax.tools.bench import common, shared_weights, synthetic_inputs
 NO_EOS = -1  # an id no generated token has: our loop then runs all max_new_tokens steps
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=common.DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
-    parser.add_argument("--batch_sizes", default="1,8", help="comma-separated; the first gives `ratio`")
-    parser.add_argument("--new_tokens", type=int, default=64, help="tokens generated per row on both sides")
-    parser.add_argument("--question_tokens", type=int, default=32, help="text tokens after the video in the prompt")
-    parser.add_argument("--repeats", type=int, default=3, help="timed generations per side and batch size")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed generations per side (JAX's first compiles)")
-    parser.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"),
-                        help="transformers attention implementation")
-    parser.add_argument("--seed", type=int, default=0)
+def define_flags(flag_values, argv) -> None:
+    common.define_config(flag_values, argv)
+    flags.DEFINE_string("batch_sizes", "1,8", "comma-separated; the first gives `ratio`", flag_values=flag_values)
+    flags.DEFINE_integer("new_tokens", 64, "tokens generated per row on both sides", flag_values=flag_values)
+    flags.DEFINE_integer("question_tokens", 32, "text tokens after the video in the prompt", flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 3, "timed generations per side and batch size", flag_values=flag_values)
+    flags.DEFINE_integer("warmup", 1, "untimed generations per side (JAX's first compiles)", flag_values=flag_values)
+    flags.DEFINE_enum("attention", "sdpa", ("sdpa", "eager"), "transformers attention implementation",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "seed of the weights and the prompts", flag_values=flag_values)
 
 
 def text_part_length(tokens: np.ndarray, vocab_size: int) -> int:
@@ -177,7 +178,7 @@ def _summary(values, one_token, batch_size: int, new_tokens: int) -> dict:
             "decode_ms_per_step": (median - one) / max(new_tokens - 1, 1) * 1e3}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args) -> dict:
     torch_settings = shared_weights.configure_torch()
     import transformers  # noqa: PLC0415
 
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
     transformers.utils.logging.disable_progress_bar()
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    config = common.load_config(args.config, args.overrides)
+    config = args.config
     model_config = shared_weights.fp32_model_config(config)
     vocab_size = model_config.llm.vocab_size
     print(f"model: d_model {model_config.llm.hidden_size}, {model_config.llm.num_layers} layers, V + N = "
@@ -255,7 +256,7 @@ def run(args: argparse.Namespace) -> dict:
     ceiling = _ratio(first["torch"]["decode_ms_per_step"], floor["ms"])
     print(f"(target >= 3x) weight floor {floor['ms']:.1f} ms per decode step: at batch {batch_sizes[0]} no decoder "
           f"reading these weights in fp32 here beats transformers' decode step by more than {_times(ceiling)}")
-    return {"config": args.config, "overrides": list(args.overrides), "new_tokens": args.new_tokens,
+    return {**common.config_record(args), "new_tokens": args.new_tokens,
             "batch_sizes": batch_sizes, "torch_threads": torch_settings["threads"],
             "omp_wait_policy": torch_settings["omp_wait_policy"], "torch_attention": args.attention,
             "jax_layers": shared_weights.layers_description(jax_side.config), "batches": results,

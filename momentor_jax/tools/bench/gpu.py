@@ -22,7 +22,7 @@ step over the measured copy bandwidth gives the bandwidth use.
 """
 from __future__ import annotations
 
-import argparse
+from absl import flags
 import glob
 import importlib.util
 import os
@@ -49,9 +49,10 @@ from momentor_jax import constants  # noqa: E402
 from momentor_jax.tools.bench import common  # noqa: E402
 from momentor_jax.tools.bench import train as train_suite  # noqa: E402
 
-ONE_B = ("model.llm.hidden_size=2048", "model.llm.intermediate_size=5632", "model.llm.num_layers=16",
-         "model.llm.num_heads=16", "model.llm.num_kv_heads=16", "model.llm.dtype=bfloat16",
-         "model.vision.dtype=bfloat16", "max_length=1024", "batch_size=8", "trainable=all", "remat_policy=none")
+ONE_B = {"model.llm.hidden_size": 2048, "model.llm.intermediate_size": 5632, "model.llm.num_layers": 16,
+         "model.llm.num_heads": 16, "model.llm.num_kv_heads": 16, "model.llm.dtype": "bfloat16",
+         "model.vision.dtype": "bfloat16", "max_length": 1024, "batch_size": 8, "trainable": "all",
+         "remat_policy": "none"}
 NO_EOS = -1  # an id no generated token has: generation runs all max_new_tokens steps
 
 
@@ -70,8 +71,13 @@ def unavailable_reason(allow_cpu: bool = False):
     return f"an NVIDIA GPU is present but JAX did not use it; run with JAX_PLATFORMS=cuda ({seen})"
 
 
-def gpu_config(spec: str, model: str, overrides):
-    return common.load_config(spec, (ONE_B if model == "1b" else ()) + tuple(overrides))
+def gpu_config(config, model: str, overrides: dict):
+    """`config` scaled by ONE_B (model "1b"), then the command line's `--config.KEY=VALUE` overrides again, so they
+    win over the scaling."""
+    if model == "1b":
+        config.update_from_flattened_dict(ONE_B)
+        config.update_from_flattened_dict(overrides)
+    return config
 
 
 # ------------------------------------------------------------------------------------------------- decode
@@ -145,27 +151,28 @@ def measure_decode(model_config, batch_sizes, new_tokens: int, repeats: int = 3,
 
 
 # ---------------------------------------------------------------------------------------------- the suite
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=common.DEFAULT_CONFIG,
-                        help="configs/FILE.py[:variant]; --config.KEY=VALUE overrides a key after the scaling")
-    parser.add_argument("--model", choices=("1b", "as_config"), default="1b",
-                        help="1b: the config scaled by ONE_B; as_config: the config unchanged")
-    parser.add_argument("--batch_size", type=int, default=None, help="global train batch (default: the config's)")
-    parser.add_argument("--steps", type=int, default=10, help="timed train steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed train steps after compilation")
-    parser.add_argument("--peak_size", type=int, default=8192, help="side of the peak matmul")
-    parser.add_argument("--decode_batch_sizes", default="1,8", help="comma-separated")
-    parser.add_argument("--new_tokens", type=int, default=128, help="tokens generated per row")
-    parser.add_argument("--decode_repeats", type=int, default=3)
-    parser.add_argument("--allow_cpu", action="store_true", help=argparse.SUPPRESS)  # runs the GPU path anywhere
+def define_flags(flag_values, argv) -> None:
+    common.define_config(flag_values, argv, "the overrides apply after the --model scaling")
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_enum("model", "1b", ("1b", "as_config"), "1b: the config scaled by ONE_B; as_config: the config "
+                      "unchanged", **fv)
+    flags.DEFINE_integer("batch_size", None, "global train batch (default: the config's)", **fv)
+    flags.DEFINE_integer("steps", 10, "timed train steps", **fv)
+    flags.DEFINE_integer("warmup", 3, "untimed train steps after compilation", **fv)
+    flags.DEFINE_integer("peak_size", 8192, "side of the peak matmul", **fv)
+    flags.DEFINE_string("decode_batch_sizes", "1,8", "comma-separated", **fv)
+    flags.DEFINE_integer("new_tokens", 128, "tokens generated per row", **fv)
+    flags.DEFINE_integer("decode_repeats", 3, "timed generations per batch size", **fv)
+    flags.DEFINE_bool("allow_cpu", False, "run the GPU path on any backend (for tests)", **fv)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args) -> dict:
     reason = unavailable_reason(args.allow_cpu)
     if reason:
         print(f"gpu: skipped: {reason}")
         return {"skipped": True, "reason": reason}
-    config = gpu_config(args.config, args.model, args.overrides)
+    from ml_collections import config_flags  # noqa: PLC0415
+    config = gpu_config(args.config, args.model, config_flags.get_override_values(args["config"]))
     train = train_suite.measure_with_peak(config, args.steps, args.warmup, args.batch_size, args.peak_size)
     train_suite.print_train_table(f"train step on {jax.devices()[0].device_kind}", train)
 
@@ -182,5 +189,5 @@ def run(args: argparse.Namespace) -> dict:
          "bandwidth": f"{100 * r['bandwidth_fraction']:.0f}%" if "bandwidth_fraction" in r else "-"}
         for r in decode], ["batch", "prompt", "new", "answer ms", "prompt-only ms", "ms/step", "tokens/s",
                            "decode tokens/s", "bandwidth"])
-    return {"skipped": False, "config": args.config, "model": args.model, "overrides": list(args.overrides),
+    return {"skipped": False, **common.config_record(args), "model": args.model,
             "mfu": train.get("mfu"), "tokens_per_s": train["tokens_per_s"], "train": train, "decode": decode}

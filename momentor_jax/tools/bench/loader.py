@@ -1,6 +1,6 @@
 """`loader`: Grain examples/s against what the train step consumes; frame extraction against a decode-only pass.
 
-    python -m momentor_jax.tools.bench loader [--config=configs/bench.py] [--workers 0 1 2] [--num_videos 12]
+    python -m momentor_jax.tools.bench loader [--config=configs/bench.py] [--workers=0,1,2] [--num_videos 12]
         [--train_json DIR/train.json] [--gcs [--gcs_latency_ms MS]]
 
 1. Renders synthetic mp4s (data/synthetic.py), extracts their frames to TFRecords with the real extraction
@@ -25,7 +25,7 @@ shapes: their JPEGs are small (~3 KB at 224 px) and decode about 1.5x faster tha
 """
 from __future__ import annotations
 
-import argparse
+from absl import flags
 import contextlib
 import json
 import os
@@ -264,7 +264,7 @@ def time_train_step(config, batch: dict, steps: int, warmup: int) -> dict:
             "source": "train step timed by the loader suite", **timing}
 
 
-def train_consumption(args: argparse.Namespace, config, batch: dict) -> dict:
+def train_consumption(args, config, batch: dict) -> dict:
     if args.train_json:
         return train_from_json(args.train_json)
     measure_train = _train_suite_measure()
@@ -278,28 +278,28 @@ def train_consumption(args: argparse.Namespace, config, batch: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ the suite
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=common.DEFAULT_CONFIG,
-                        help="configs/FILE.py[:variant]: frames, frame size, max_length, batch size, read threads")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="grain worker counts to time")
-    parser.add_argument("--num_videos", type=int, default=12, help="synthetic videos to render and extract")
-    parser.add_argument("--video_size", type=int, default=360, help="rendered video side (even), resized on "
-                        "extraction to the config's image size")
-    parser.add_argument("--num_batches", type=int, default=32, help="timed loader batches per worker count")
-    parser.add_argument("--warmup_batches", type=int, default=3, help="untimed loader batches (worker start-up)")
-    parser.add_argument("--rounds", type=int, default=3, help="times each worker count is timed, taking turns")
-    parser.add_argument("--extract_repeats", type=int, default=3)
-    parser.add_argument("--extract_workers", type=int, default=1, help="extraction processes")
-    parser.add_argument("--stage_examples", type=int, default=24, help="examples for the per-stage split")
-    parser.add_argument("--train_json", default=None, help="use this `bench train` result instead of timing a step")
-    parser.add_argument("--train_steps", type=int, default=2, help="timed train steps (about a minute each "
-                        "for configs/bench.py on a busy 2-core CPU)")
-    parser.add_argument("--train_warmup", type=int, default=1)
-    parser.add_argument("--work_dir", default=None, help="keep the videos and records here (default: a temp dir)")
-    parser.add_argument("--gcs", action="store_true", help="also time the loader on the same data in a GCS server "
-                        "on loopback (fake-gcs-server; needs the test extra), local and gs:// taking turns")
-    parser.add_argument("--gcs_latency_ms", type=float, default=0.0, help="with --gcs: milliseconds added to every "
-                        "request by a proxy in front of the server (a real bucket's first byte takes ~10-50 ms)")
+def define_flags(flag_values, argv) -> None:
+    common.define_config(flag_values, argv, "frames, frame size, max_length, batch size, read threads")
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker counts to time, comma-separated", **fv)
+    flags.DEFINE_integer("num_videos", 12, "synthetic videos to render and extract", **fv)
+    flags.DEFINE_integer("video_size", 360, "rendered video side (even), resized on extraction to the config's "
+                         "image size", **fv)
+    flags.DEFINE_integer("num_batches", 32, "timed loader batches per worker count", **fv)
+    flags.DEFINE_integer("warmup_batches", 3, "untimed loader batches (worker start-up)", **fv)
+    flags.DEFINE_integer("rounds", 3, "times each worker count is timed, taking turns", **fv)
+    flags.DEFINE_integer("extract_repeats", 3, "timed extraction passes", **fv)
+    flags.DEFINE_integer("extract_workers", 1, "extraction processes", **fv)
+    flags.DEFINE_integer("stage_examples", 24, "examples for the per-stage split", **fv)
+    flags.DEFINE_string("train_json", None, "use this `bench train` result instead of timing a step", **fv)
+    flags.DEFINE_integer("train_steps", 2, "timed train steps (about a minute each for configs/bench.py on a busy "
+                         "2-core CPU)", **fv)
+    flags.DEFINE_integer("train_warmup", 1, "untimed train steps", **fv)
+    flags.DEFINE_string("work_dir", None, "keep the videos and records here (default: a temp dir)", **fv)
+    flags.DEFINE_bool("gcs", False, "also time the loader on the same data in a GCS server on loopback "
+                      "(fake-gcs-server; needs the test extra), local and gs:// taking turns", **fv)
+    flags.DEFINE_float("gcs_latency_ms", 0.0, "with --gcs: milliseconds added to every request by a proxy in front "
+                       "of the server (a real bucket's first byte takes ~10-50 ms)", **fv)
 
 
 @contextlib.contextmanager
@@ -312,15 +312,16 @@ def _work_dir(path):
             yield tmp
 
 
-def run(args: argparse.Namespace) -> dict:
-    config = common.load_config(args.config, args.overrides)
+def run(args) -> dict:
+    config = args.config
+    workers = [int(w) for w in args.workers]
     num_frames, max_length, batch_size = int(config.num_frames), int(config.max_length), int(config.batch_size)
     image_size = int(config.model.vision.image_size)
     system_prompt = config.data.system_prompt
     read_threads = int(config.data.read_threads)
-    setup = {"config": args.config, "num_frames": num_frames, "image_size": image_size, "max_length": max_length,
-             "batch_size": batch_size, "read_threads": read_threads, "num_videos": args.num_videos,
-             "video_size": args.video_size}
+    setup = {"config": common.config_record(args)["config"], "num_frames": num_frames, "image_size": image_size,
+             "max_length": max_length, "batch_size": batch_size, "read_threads": read_threads,
+             "num_videos": args.num_videos, "video_size": args.video_size}
     print(f"{args.num_videos} videos of {args.video_size}px -> {num_frames} frames of {image_size}px, "
           f"max_length {max_length}, batch {batch_size}", flush=True)
 
@@ -337,9 +338,9 @@ def run(args: argparse.Namespace) -> dict:
                       num_batches=args.num_batches, warmup_batches=args.warmup_batches)
         gcs = None
         if args.gcs:
-            loader_runs, gcs_runs, gcs, batch = _with_gcs(args, data, tokenizer, timing)
+            loader_runs, gcs_runs, gcs, batch = _with_gcs(args, workers, data, tokenizer, timing)
         else:
-            loader_runs, batch = compare_worker_counts(data, tokenizer, args.workers, args.rounds, **timing)
+            loader_runs, batch = compare_worker_counts(data, tokenizer, workers, args.rounds, **timing)
         stages = per_example_stages(data, tokenizer, num_frames=num_frames, max_length=max_length,
                                     batch_size=batch_size, count=args.stage_examples)
 
@@ -380,7 +381,7 @@ def run(args: argparse.Namespace) -> dict:
             "extraction": extraction, **({"gcs": gcs} if gcs is not None else {})}
 
 
-def _with_gcs(args: argparse.Namespace, data: dict, tokenizer, timing: dict) -> tuple:
+def _with_gcs(args, workers: list, data: dict, tokenizer, timing: dict) -> tuple:
     """(local runs, gs:// runs, gs:// figures, a batch): the data uploaded to an emulator, both timed in turns."""
     from momentor_jax import gcs as gcs_lib  # noqa: PLC0415
     from momentor_jax.tools import gcs_emulator  # noqa: PLC0415
@@ -390,7 +391,7 @@ def _with_gcs(args: argparse.Namespace, data: dict, tokenizer, timing: dict) -> 
             emulator.proxy.latency = args.gcs_latency_ms / 1e3
         remote = upload_data(data, f"{emulator.make_bucket('bench-loader')}/data")
         retries_before = gcs_lib.retry_count()
-        summaries, batch = compare_sources({"local": data, "gs://": remote}, tokenizer, args.workers, args.rounds,
+        summaries, batch = compare_sources({"local": data, "gs://": remote}, tokenizer, workers, args.rounds,
                                            **timing)
         retries = gcs_lib.retry_count() - retries_before
     local_runs, gcs_runs = summaries["local"], summaries["gs://"]

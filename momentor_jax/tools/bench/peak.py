@@ -5,7 +5,7 @@ array copy (read + write) gives the bandwidth. Both run on the default JAX backe
 """
 from __future__ import annotations
 
-import argparse
+from absl import flags
 
 import jax
 import jax.numpy as jnp
@@ -41,13 +41,13 @@ def measure(dtype: str = "float32", size: int = 2048, repeats: int = 7, megabyte
     return {"matmul": matmul, "memory": memory, "peak_flops_per_s": matmul["flops_per_s"]}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="float32", help="matmul dtype (the bench config's step dtype)")
-    parser.add_argument("--size", type=int, default=2048, help="square matmul side")
-    parser.add_argument("--repeats", type=int, default=7)
+def define_flags(flag_values, argv) -> None:
+    flags.DEFINE_string("dtype", "float32", "matmul dtype (the bench config's step dtype)", flag_values=flag_values)
+    flags.DEFINE_integer("size", 2048, "square matmul side", flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 7, "timed repeats after warm-up", flag_values=flag_values)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args) -> dict:
     result = measure(args.dtype, args.size, args.repeats)
     m, mem = result["matmul"], result["memory"]
     common.print_table("peak (median of repeats after warm-up)", [

@@ -17,7 +17,7 @@ tokens/s (B x L per forward+backward) and `ratio` = JAX tokens/s / PyTorch token
 """
 from __future__ import annotations
 
-import argparse
+from absl import flags
 import os
 import statistics
 import time
@@ -30,17 +30,17 @@ from momentor_jax.tools.bench import common, shared_weights, synthetic_inputs
 LOSS_TOLERANCE = 1e-3
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=common.DEFAULT_CONFIG, help="configs/FILE.py[:variant]")
-    parser.add_argument("--batch_size", type=int, default=None, help="default: the config's batch_size")
-    parser.add_argument("--length", type=int, default=None, help="tokens per row; default: the config's max_length")
-    parser.add_argument("--steps", type=int, default=3, help="timed forward+backward passes per side")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed passes per side (JAX's first compiles)")
-    parser.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"),
-                        help="transformers attention implementation of the PyTorch side")
-    parser.add_argument("--unroll_layers", action="store_true",
-                        help="JAX side with every layer stack unrolled (scan_layers off; same weights)")
-    parser.add_argument("--seed", type=int, default=0)
+def define_flags(flag_values, argv) -> None:
+    common.define_config(flag_values, argv)
+    flags.DEFINE_integer("batch_size", None, "default: the config's batch_size", flag_values=flag_values)
+    flags.DEFINE_integer("length", None, "tokens per row; default: the config's max_length", flag_values=flag_values)
+    flags.DEFINE_integer("steps", 3, "timed forward+backward passes per side", flag_values=flag_values)
+    flags.DEFINE_integer("warmup", 1, "untimed passes per side (JAX's first compiles)", flag_values=flag_values)
+    flags.DEFINE_enum("attention", "sdpa", ("sdpa", "eager"), "transformers attention implementation of the "
+                      "PyTorch side", flag_values=flag_values)
+    flags.DEFINE_bool("unroll_layers", False, "JAX side with every layer stack unrolled (scan_layers off; same "
+                      "weights)", flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "seed of the weights and the batch", flag_values=flag_values)
 
 
 def jax_loss_and_grad(model_config):
@@ -90,13 +90,13 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args) -> dict:
     torch_settings = shared_weights.configure_torch()
     import transformers  # noqa: PLC0415
 
     transformers.utils.logging.disable_progress_bar()
 
-    config = common.load_config(args.config, args.overrides)
+    config = args.config
     model_config = shared_weights.fp32_model_config(config)
     batch_size = args.batch_size or config.batch_size
     length = args.length or config.max_length
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
     ], ["side", "tokens/s", "median s", "min s"])
     print(f"\nratio JAX / PyTorch tokens/s: {ratio:.2f}x of the medians, {best_ratio:.2f}x of the fastest steps "
           "(target >= 1.5x on CPU)")
-    return {"config": args.config, "overrides": list(args.overrides), "batch_size": batch_size, "length": length,
+    return {**common.config_record(args), "batch_size": batch_size, "length": length,
             "tokens_per_step": tokens,
             "torch_threads": torch_settings["threads"], "omp_wait_policy": torch_settings["omp_wait_policy"],
             "torch_attention": args.attention, "jax_layers": shared_weights.layers_description(jax_config),

@@ -18,7 +18,7 @@ lowered with its layer stacks unrolled (a compiled scan is counted as one layer)
 """
 from __future__ import annotations
 
-import argparse
+from absl import flags
 import dataclasses
 import os
 import statistics
@@ -99,6 +99,82 @@ def synthetic_batch(model_config, batch_size: int, max_length: int, seed: int = 
     return batch
 
 
+def _dialogue(rng, length: int, model_config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A dialogue of exactly `length` tokens laid out as encode.py writes one: <s>, system text, the video span, a
+    question with a <TEMP-INPUT> (when there is room), "ASSISTANT:", a supervised reply with <TEMP-OUTPUT>s and </s>.
+    Returns (ids, supervised, times)."""
+    vocab_size, num_frames = model_config.llm.vocab_size, model_config.num_frames
+    special = constants.special_token_ids(vocab_size)
+    text_limit = vocab_size - constants.NUM_ADDED_TOKENS
+    head = [1] + rng.integers(3, text_limit, 8).tolist()
+    head += [special["vid_start"]] + [special["vid_patch"]] * num_frames + [special["vid_end"]]
+    rest = length - len(head)
+    if rest < 4:
+        raise ValueError(f"a dialogue of {length} tokens cannot hold {num_frames} frame slots and a reply")
+    question = rng.integers(3, text_limit, rest // 2).tolist()
+    reply = rng.integers(3, text_limit, rest - rest // 2 - 1).tolist() + [2]
+    if len(question) >= 3:
+        question[1] = special["temp_input"]
+    for at in (0, 2):
+        if at < len(reply) - 1:
+            reply[at] = special["temp_output"]
+    ids = np.asarray(head + question + reply, np.int32)
+    supervised = np.asarray([False] * (len(head) + len(question)) + [True] * len(reply))
+    placeholder = (ids == special["temp_input"]) | (ids == special["temp_output"])
+    times = np.where(placeholder, rng.uniform(0.0, 1.0, length), 0.0).astype(np.float32)
+    return ids, supervised, times
+
+
+def _encoded(ids, supervised, times, max_length: int, temp_output: int) -> dict:
+    n = len(ids)
+    out = {key: np.zeros(max_length, dtype) for key, dtype in (
+        ("input_ids", np.int32), ("targets", np.int32), ("loss_mask", np.float32), ("segment_ids", np.int32),
+        ("positions", np.int32), ("token_times", np.float32), ("target_times", np.float32))}
+    out["input_ids"][:n] = ids
+    out["loss_mask"][:n - 1] = supervised[1:]
+    out["targets"][:n - 1] = np.where(supervised[1:], ids[1:], 0)
+    out["target_times"][:n - 1] = np.where(out["targets"][:n - 1] == temp_output, times[1:], 0.0)
+    out["token_times"][:n] = times
+    out["segment_ids"][:n] = 1
+    out["positions"][:n] = np.arange(n)
+    return out
+
+
+def length_model_batches(model_config, batch_size: int, max_length: int, options, lengths: Sequence[int],
+                         seed: int = 0) -> tuple[dict, dict]:
+    """(unpacked, packed) batches of `batch_size` rows over dialogues of the given `lengths` (the Moment-10M length
+    model's): one dialogue per row, or rows packed by data/packing.py from the same stream (window after window)."""
+    from momentor_jax.data import packing  # noqa: PLC0415
+    from momentor_jax.models.momentor import check_batch  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    temp_output = constants.special_token_ids(model_config.llm.vocab_size)["temp_output"]
+    elements, rows = [], []
+    for n in lengths:
+        element = _encoded(*_dialogue(rng, int(n), model_config), max_length, temp_output)
+        if model_config.use_cached_features:
+            element["features"] = rng.standard_normal((model_config.num_frames, model_config.vision_feature_dim),
+                                                      dtype=np.float32)
+        else:
+            size = model_config.vision.image_size
+            element["frames"] = rng.integers(0, 256, (model_config.num_frames, size, size, 3), dtype=np.uint8)
+        element["durations"] = np.float32(rng.uniform(30.0, 900.0))
+        elements.append(element)
+        if len(elements) % options.buffer_size == 0 or len(elements) == len(lengths):
+            window = elements[len(elements) - 1 - (len(elements) - 1) % options.buffer_size:]
+            groups = packing.pack_lengths([packing.real_length(e) for e in window], max_length, options.max_items)
+            rows += [packing.pack_row([window[i] for i in g], options) for g in groups]
+            if len(rows) >= batch_size and len(elements) >= batch_size:
+                break
+    if len(rows) < batch_size:
+        raise ValueError(f"{len(lengths)} dialogues pack into {len(rows)} rows, fewer than the batch {batch_size}")
+    stack = lambda items: {k: np.stack([e[k] for e in items]) for k in items[0]}  # noqa: E731
+    unpacked, packed = stack(elements[:batch_size]), stack(rows[:batch_size])
+    check_batch(unpacked, model_config, "unpacked batch")
+    check_batch(packed, model_config, "packed batch")
+    return unpacked, packed
+
+
 # ------------------------------------------------------------------------------------------- the train step
 @dataclasses.dataclass
 class TrainStep:
@@ -149,15 +225,17 @@ def _step_parts(config, batch_size: Optional[int] = None) -> _StepParts:
     return _StepParts(config, model_config, mesh, factory, jitted)
 
 
-def build_train_step(config, batch_size: Optional[int] = None) -> TrainStep:
-    """The trainer's state (random init) and step for `config` on the fixed batch, compiled ahead of time."""
+def build_train_step(config, batch_size: Optional[int] = None, local_batch: Optional[dict] = None) -> TrainStep:
+    """The trainer's state (random init) and step for `config` on the fixed batch (default: `synthetic_batch`),
+    compiled ahead of time."""
     from momentor_jax.training import sharding  # noqa: PLC0415
 
     parts = _step_parts(config, batch_size)
     config = parts.config
     start = time.perf_counter()
     state = parts.factory.random_init(config.seed)
-    local_batch = synthetic_batch(parts.model_config, config.batch_size, config.max_length, config.seed)
+    if local_batch is None:
+        local_batch = synthetic_batch(parts.model_config, config.batch_size, config.max_length, config.seed)
     batch = sharding.global_batch(local_batch, parts.mesh)
     jax.block_until_ready((state, batch))
     init_s = time.perf_counter() - start
@@ -274,7 +352,7 @@ def with_mfu(result: dict, peaks: Sequence[float]) -> dict:
 
 def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[int] = None,
                   peak_flops_per_s: Optional[float] = None, probe_size: Optional[int] = None,
-                  label: Optional[str] = "train step") -> dict:
+                  label: Optional[str] = "train step", local_batch: Optional[dict] = None) -> dict:
     """Times `steps` train steps after `warmup` (compilation is not counted).
 
     Returns step time (median, min, max), examples_per_s, tokens_per_s (all positions, padding included: the work
@@ -283,14 +361,19 @@ def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[
     """
     from momentor_jax.training import metrics_writer, trainer  # noqa: PLC0415
 
-    bench = build_train_step(config, batch_size)
+    bench = build_train_step(config, batch_size, local_batch)
     probe = matmul_probe(bench.model_config.llm.dtype, probe_size) if probe_size else None
     timing = time_steps(bench.step, steps, warmup, probe, label)
     metrics = {k: float(v) for k, v in jax.device_get(bench.metrics).items()}
     if not metrics.pop("finite"):
         raise trainer.NonFiniteError(f"the benchmark step produced a non-finite loss or gradient: {metrics}")
+    video_key = "features" if bench.model_config.use_cached_features else "frames"
+    videos = bench.batch[video_key].shape[1] if "num_videos" in bench.batch else 1  # packed: V slots per row
     model_flops = bench.batch_size * metrics_writer.training_flops_per_example(bench.model_config, bench.max_length,
-                                                                               config.trainable)
+                                                                               config.trainable, videos)
+    segment_ids = np.asarray(jax.device_get(bench.batch["segment_ids"]))
+    useful_tokens = int(np.count_nonzero(segment_ids))
+    examples = int(np.sum(np.max(segment_ids, axis=-1)))
     step_s = timing["median_s"]
     result = {
         "batch_size": bench.batch_size,
@@ -306,6 +389,10 @@ def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[
         "step_time_s": timing,
         "examples_per_s": bench.batch_size / step_s,
         "tokens_per_s": bench.batch_size * bench.max_length / step_s,
+        "dialogues_per_step": examples,
+        "dialogues_per_s": examples / step_s,
+        "useful_tokens_per_step": useful_tokens,
+        "useful_tokens_per_s": useful_tokens / step_s,
         "model_flops_per_step": model_flops,
         "compiler_flops_per_step": unrolled_compiler_flops(config, batch_size),
         "compiled_program_flops": compiled_program_flops(bench.compiled),
@@ -318,19 +405,24 @@ def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[
 
 
 # ---------------------------------------------------------------------------------------------- the suite
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=common.DEFAULT_CONFIG,
-                        help="configs/FILE.py[:variant]; --config.KEY=VALUE overrides a key (repeatable)")
-    parser.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    parser.add_argument("--peak_size", type=int, default=2048, help="side of the peak matmul")
+def define_flags(flag_values, argv) -> None:
+    common.define_config(flag_values, argv)
+    flags.DEFINE_integer("batch_size", None, "global batch (default: the config's)", flag_values=flag_values)
+    flags.DEFINE_integer("steps", 5, "timed steps after warm-up", flag_values=flag_values)
+    flags.DEFINE_integer("warmup", 2, "untimed steps after compilation", flag_values=flag_values)
+    flags.DEFINE_integer("peak_size", 2048, "side of the peak matmul", flag_values=flag_values)
+    flags.DEFINE_bool("length_model", False, "packed vs unpacked rows of Moment-10M length-model dialogues (useful "
+                      "tokens/s)", flag_values=flag_values)
 
 
-def run(args: argparse.Namespace) -> dict:
-    config = common.load_config(args.config, args.overrides)
-    result = measure_with_peak(config, args.steps, args.warmup, args.batch_size, args.peak_size)
-    result = {"config": args.config, "overrides": list(args.overrides), **result}
+def run(args) -> dict:
+    if args.length_model:
+        result = {**common.config_record(args), **measure_packing(args.config, args.steps, args.warmup,
+                                                                  args.batch_size)}
+        print_packing_table(result)
+        return result
+    result = measure_with_peak(args.config, args.steps, args.warmup, args.batch_size, args.peak_size)
+    result = {**common.config_record(args), **result}
     print_train_table("train step", result)
     return result
 
@@ -345,6 +437,78 @@ def measure_with_peak(config, steps: int, warmup: int, batch_size: Optional[int]
     after = peak.matmul_flops(peak_size, dtype, repeats=7)
     peaks = [before["peak_flops_per_s"], *result["step_time_s"]["probe_flops_per_s"], after["flops_per_s"]]
     return with_mfu({**result, "peak": {"before": before, "after": after}}, peaks)
+
+
+def measure_packing(config, steps: int, warmup: int, batch_size: Optional[int] = None,
+                    tokenizer_dir: Optional[str] = None) -> dict:
+    """The train step on `batch_size` rows of length-model dialogues, one per row and packed (config.data's
+    packing settings, or 8 per row when packing is off), timed in alternation; useful tokens/s of each and the
+    ratio."""
+    import tempfile  # noqa: PLC0415
+
+    from momentor_jax.data import length_model  # noqa: PLC0415
+    from momentor_jax.data.packing import PackingOptions  # noqa: PLC0415
+    from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
+    from momentor_jax.training import trainer  # noqa: PLC0415
+
+    config = config.copy_and_resolve_references()
+    if batch_size:
+        config.batch_size = int(batch_size)
+    model_config = MomentorConfig.from_dict(config.model)
+    options = trainer.packing_options(config) or PackingOptions(int(config.max_length), 8, 8)
+    tokenizer = length_model.stand_in_tokenizer(tokenizer_dir or os.path.join(tempfile.gettempdir(),
+                                                                              "momentor_length_model"))
+    count = config.batch_size * options.max_items + options.buffer_size
+    lengths = length_model.lengths(count, tokenizer, model_config.num_frames, int(config.max_length), config.seed)
+    unpacked_batch, packed_batch = length_model_batches(model_config, config.batch_size, int(config.max_length),
+                                                        options, lengths, config.seed)
+    sides = {}
+    for name, batch, packing in (("unpacked", unpacked_batch, False), ("packed", packed_batch, True)):
+        side = config.copy_and_resolve_references()
+        side.data.packing = packing
+        side.data.max_segments, side.data.max_videos_per_row = options.max_segments, options.max_videos
+        print(f"{name}: compiling the train step ...", file=sys.stderr, flush=True)
+        sides[name] = (side, build_train_step(side, None, batch))
+    for bench in (b for _, b in sides.values()):
+        for _ in range(warmup):
+            bench.step()
+    times = {name: [] for name in sides}
+    for i in range(steps):
+        for name, (_, bench) in sides.items():
+            start = time.perf_counter()
+            bench.step()
+            times[name].append(time.perf_counter() - start)
+            print(f"  {name}: {i + 1}/{steps} {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
+    result = {"length_model": {"dialogues": len(lengths), "mean_tokens": float(np.mean(lengths)),
+                               "num_frames": model_config.num_frames, "tokenizer": "stand-in BPE"},
+              "batch_size": config.batch_size, "max_length": int(config.max_length),
+              "max_segments": options.max_segments, "max_videos_per_row": options.max_videos}
+    for name, (_, bench) in sides.items():
+        segment_ids = np.asarray(jax.device_get(bench.batch["segment_ids"]))
+        useful, dialogues = int(np.count_nonzero(segment_ids)), int(np.sum(np.max(segment_ids, axis=-1)))
+        step_s = statistics.median(times[name])
+        result[name] = {"step_time_s": {"median_s": step_s, "min_s": min(times[name]), "times_s": times[name]},
+                        "useful_tokens_per_step": useful, "dialogues_per_step": dialogues,
+                        "slot_efficiency": useful / segment_ids.size, "useful_tokens_per_s": useful / step_s,
+                        "dialogues_per_s": dialogues / step_s}
+    result["packed_over_unpacked"] = (result["packed"]["useful_tokens_per_s"]
+                                      / result["unpacked"]["useful_tokens_per_s"])
+    return result
+
+
+def print_packing_table(r: dict) -> None:
+    rows = []
+    for name in ("unpacked", "packed"):
+        side = r[name]
+        rows.append({"rows": name, "step": f"{side['step_time_s']['median_s']:.2f} s",
+                     "dialogues/step": side["dialogues_per_step"],
+                     "real tokens / slots": f"{100 * side['slot_efficiency']:.1f}%",
+                     "useful tokens/s": f"{side['useful_tokens_per_s']:,.0f}",
+                     "dialogues/s": f"{side['dialogues_per_s']:.3g}"})
+    common.print_table(f"train step on length-model dialogues ({r['batch_size']} rows x {r['max_length']} tokens, "
+                       f"up to {r['max_segments']} dialogues per packed row)", rows,
+                       ["rows", "step", "dialogues/step", "real tokens / slots", "useful tokens/s", "dialogues/s"])
+    print(f"packed / unpacked useful tokens/s: {r['packed_over_unpacked']:.2f}x")
 
 
 def _cores_row(busy: float) -> list:
@@ -365,7 +529,9 @@ def print_train_table(title: str, r: dict) -> None:
         {"what": "step time", "figure": f"median {t['median_s'] * 1e3:.1f} ms, min {t['min_s'] * 1e3:.1f}, "
                                         f"max {t['max_s'] * 1e3:.1f} ({t['repeats']} after {t['warmup']} warm-up)"},
         *_cores_row(t["cpu_cores_busy"]),
-        {"what": "throughput", "figure": f"{r['tokens_per_s']:,.0f} tokens/s, {r['examples_per_s']:.3g} examples/s"},
+        {"what": "throughput", "figure": f"{r['tokens_per_s']:,.0f} tokens/s, {r['examples_per_s']:.3g} rows/s"},
+        {"what": "useful", "figure": f"{r['useful_tokens_per_s']:,.0f} real tokens/s, {r['dialogues_per_s']:.3g} "
+                                     f"dialogues/s ({r['dialogues_per_step']} dialogues per step)"},
         {"what": "model FLOPs/step", "figure": f"{r['model_flops_per_step']:.4g} (MaxText accounting)"},
         {"what": "compiler FLOPs/step", "figure": "n/a" if compiler is None else
          f"{compiler:.4g} (XLA cost analysis, layers unrolled: {compiler / r['model_flops_per_step']:.2f} x ours)"},
