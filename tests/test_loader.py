@@ -461,3 +461,20 @@ def test_gcs_loader_gives_the_local_batches_and_stops_when_storage_is_gone(data,
         seen = seen.__cause__ or seen.__context__
     assert any(isinstance(e, gcs.StorageUnavailableError) for e in chain), repr(info.value)  # also from a worker
     assert iterator.num_skipped_records == 0
+
+
+def test_feature_extraction_reads_and_writes_gcs(data, tiny_vision, tmp_path, gcs_bucket):
+    """Frame shards on gs:// in, feature shards to gs:// out: the bytes the local run writes."""
+    from momentor_jax import fileio
+    from momentor_jax.data import features
+    params, vision = tiny_vision
+    for shard in fileio.glob(data["frames"]):
+        fileio.copy(shard, f"{gcs_bucket}/frames/{os.path.basename(shard)}")
+    local_out, remote_out = str(tmp_path / "features"), f"{gcs_bucket}/features"
+    features.extract_features(data["frames"], local_out, params, vision, batch_frames=12)
+    stats = features.extract_features(f"{gcs_bucket}/frames", remote_out, params, vision, batch_frames=12)
+    assert stats.videos == NUM_VIDEOS and stats.shards_written == 2
+    written = sorted(p for p in os.listdir(local_out) if p.endswith(frames_lib.SHARD_SUFFIX))
+    assert [os.path.basename(p) for p in fileio.glob(f"{remote_out}/*{frames_lib.SHARD_SUFFIX}")] == written
+    for name in written:
+        assert fileio.read_bytes(f"{remote_out}/{name}") == (tmp_path / "features" / name).read_bytes(), name
