@@ -2,6 +2,7 @@ r"""Cloud TPU VM lifecycle for momentor_jax: create, set up, train, watch, stop,
 
     python launch/tpu.py create --name=NAME --accelerator_type=v5p-64 [--spot | --preemptible] [--queued [--wait]]
     python launch/tpu.py setup  --name=NAME [--repo_url=URL --ref=REF]      # default: tarball of git HEAD
+                                [--gcsfuse_bucket=BUCKET [--gcsfuse_mount=/mnt/BUCKET]]
     python launch/tpu.py train  --name=NAME --config=configs/momentor_7b.py:stage1 [--workdir=gs://...] \
                                 [--config.learning_rate=1e-5 ...]
     python launch/tpu.py logs   --name=NAME [--run_name=RUN] [--worker=0]
@@ -14,7 +15,13 @@ gs://$MOMENTOR_TPU_BUCKET/runs/RUN. Every worker runs the same training command 
 workdir and the data must be on GCS. `--dry_run` prints the commands, one per line and shell-quoted, instead of
 running them. Commands are argv lists; the remote command gcloud passes to ssh is one string built with shlex.
 `train` (dry run or not) first loads the config here: the file and variant must exist, every --config.key override
-must name a key of it, and data.dir must be a gs:// path (errors exit 2 in one line).
+must name a key of it, and data.dir must be a gs:// path or lie under `--gcsfuse_mount` (errors exit 2 in one
+line).
+
+`setup --gcsfuse_bucket` also mounts the bucket read-only with Cloud Storage FUSE on every worker (installing
+gcsfuse from Google's apt repository if needed), with the metadata caches MaxText's setup_gcsfuse.sh uses; data
+paths under the mount are then plain local paths. Checkpoints and the workdir stay gs:// (orbax writes them
+through tensorstore). launch/README.md says when a mount is faster than reading gs:// directly.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 ENV_PROJECT = "MOMENTOR_TPU_PROJECT"
 ENV_ZONE = "MOMENTOR_TPU_ZONE"
@@ -50,6 +57,17 @@ LOG_ROOT = "~/logs"
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")      # GCE resource names
 _SAFE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")          # run names and remote dirs: no quoting needed
 _ACCELERATOR_RE = re.compile(r"^(v[0-9a-z]+)-([0-9]+)$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")      # GCS bucket names
+# Cloud Storage FUSE flags as MaxText's setup_gcsfuse.sh sets them for Grain: read-only, directories implied by
+# object names, and metadata caches that never expire (the data does not change under a run).
+GCSFUSE_FLAGS = ("-o", "ro", "--implicit-dirs", "--type-cache-max-size-mb=-1", "--stat-cache-max-size-mb=-1",
+                 "--kernel-list-cache-ttl-secs=-1", "--metadata-cache-ttl-secs=-1")
+_GCSFUSE_INSTALL = (
+    "(command -v gcsfuse >/dev/null || ("
+    "echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt "
+    "gcsfuse-$(lsb_release -c -s) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null && "
+    "curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc "
+    ">/dev/null && sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse))")
 
 
 class LaunchError(Exception):
@@ -177,8 +195,32 @@ def setup_commands(args) -> list[list[str]]:
                      f"sudo apt-get install -y -qq {python} {python}-venv))")
     install = (f"cd ~/{remote_dir} && {python} -m venv .venv && .venv/bin/pip install -q --upgrade pip && "
                f"{shlex.join(['.venv/bin/pip', 'install', '-q', '-e', f'.[{args.extras}]'])}")
-    commands.append(ssh(args, " && ".join([fetch, ensure_python, install])))
+    steps = [fetch, ensure_python, install]
+    if args.gcsfuse_bucket:
+        steps.append(gcsfuse_mount_script(args.gcsfuse_bucket, args.gcsfuse_mount))
+    commands.append(ssh(args, " && ".join(steps)))
     return commands
+
+
+def gcsfuse_mount(bucket: str, mount: str | None) -> tuple[str, str]:
+    """(bucket name, mount point) checked: `gs://` dropped from the bucket, the mount an absolute path of plain
+    names (default /mnt/BUCKET)."""
+    name = bucket.removeprefix("gs://").rstrip("/")
+    if not _BUCKET_RE.match(name) or ".." in name:
+        raise LaunchError(f"--gcsfuse_bucket={bucket!r}: not a bucket name (lower-case letters, digits, . _ -)")
+    mount = mount or f"/mnt/{name}"
+    parts = mount.split("/")
+    if not mount.startswith("/") or not all(_SAFE_RE.match(p) for p in parts[1:]) or ".." in parts:
+        raise LaunchError(f"--gcsfuse_mount={mount!r}: use an absolute path of plain names, e.g. /mnt/{name}")
+    return name, mount
+
+
+def gcsfuse_mount_script(bucket: str, mount: str | None) -> str:
+    """Shell text for every worker: install gcsfuse if missing, mount BUCKET read-only at MOUNT unless mounted."""
+    name, mount = gcsfuse_mount(bucket, mount)
+    quoted = shlex.quote(mount)
+    return (f"{_GCSFUSE_INSTALL} && sudo mkdir -p {quoted} && sudo chown \"$(id -u):$(id -g)\" {quoted} && "
+            f"(mountpoint -q {quoted} || {shlex.join(['gcsfuse', *GCSFUSE_FLAGS, name, mount])})")
 
 
 def train_argv(config: str, workdir: str, overrides: Sequence[str] = (), python: str = REMOTE_PYTHON) -> list[str]:
@@ -227,9 +269,11 @@ def load_config(config: str):
         raise LaunchError(f"--config={config!r}: {type(e).__name__}: {e}") from None
 
 
-def check_train_config(config: str, overrides: Sequence[str], allow_local: bool) -> None:
+def check_train_config(config: str, overrides: Sequence[str], allow_local: bool,
+                       mount: Optional[str] = None) -> None:
     """What `train` would otherwise report only in the workers' logs: the config file and its variant, every
-    `--config.key` override naming a key the config has, and the data on gs:// (workers share nothing else)."""
+    `--config.key` override naming a key the config has, and the data on gs:// or under the Cloud Storage FUSE
+    `mount` that `setup --gcsfuse_bucket` made on every worker (workers share nothing else)."""
     loaded = load_config(config)
     values = {}
     for flag in overrides:
@@ -245,9 +289,10 @@ def check_train_config(config: str, overrides: Sequence[str], allow_local: bool)
         loaded.data.get("synthetic_videos", 0) > 0)
     if data_dir is None and needs_dir:
         raise LaunchError(f"{config}: data.dir is unset; add --config.data.dir=gs://BUCKET/data")
-    if data_dir is not None and not str(data_dir).startswith("gs://") and not allow_local:
-        raise LaunchError(f"data.dir={data_dir!r}: workers share nothing but GCS; use a gs:// path "
-                          "(or --allow_local_workdir for a single-host VM)")
+    on_mount = mount is not None and os.path.normpath(str(data_dir)).startswith(os.path.normpath(mount) + os.sep)
+    if data_dir is not None and not str(data_dir).startswith("gs://") and not on_mount and not allow_local:
+        raise LaunchError(f"data.dir={data_dir!r}: workers share nothing but GCS; use a gs:// path, a path under "
+                          "the mount given with --gcsfuse_mount (or --allow_local_workdir for a single-host VM)")
 
 
 def train_commands(args, overrides: Sequence[str]) -> list[list[str]]:
@@ -258,7 +303,7 @@ def train_commands(args, overrides: Sequence[str]) -> list[list[str]]:
         raise LaunchError(f"--workdir={workdir!r}: workers share nothing but GCS; use a gs:// path "
                           "(or --allow_local_workdir for a single-host VM)")
     argv = train_argv(args.config, workdir, overrides)
-    check_train_config(args.config, overrides, args.allow_local_workdir)
+    check_train_config(args.config, overrides, args.allow_local_workdir, args.gcsfuse_mount)
     return [ssh(args, remote_train_script([("train", argv)], run_name, args.remote_dir))]
 
 
@@ -347,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote_dir", default="momentor_jax", help="directory under the remote home")
     p.add_argument("--python", default="python3.12", help="remote interpreter for the venv")
     p.add_argument("--extras", default="tpu", help="setup.py extras to install")
+    p.add_argument("--gcsfuse_bucket", help="also mount this bucket read-only with Cloud Storage FUSE on every worker "
+                   "(data paths under the mount are local paths; see launch/README.md)")
+    p.add_argument("--gcsfuse_mount", help="mount point for --gcsfuse_bucket (default /mnt/BUCKET)")
 
     p = action("train", "start training on every worker (detached; see `logs`)")
     p.add_argument("--config", required=True, help="configs/FILE.py[:variant], relative to the project root")
@@ -355,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run_name", help="names the logs and the default workdir (default: workdir basename or --name)")
     p.add_argument("--remote_dir", default="momentor_jax")
     p.add_argument("--allow_local_workdir", action="store_true", help="allow a non-gs:// workdir (single host)")
+    p.add_argument("--gcsfuse_mount", help="the mount `setup --gcsfuse_bucket` made: a data.dir under it is shared "
+                   "by every worker")
 
     p = action("logs", "show the end of the training logs")
     p.add_argument("--run_name")

@@ -281,6 +281,7 @@ class RangeReader:
 
     def __init__(self, paths: Sequence[str]):
         self.paths = [os.fspath(p) for p in paths]
+        self._remote = [is_remote(p) for p in self.paths]
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -297,9 +298,9 @@ class RangeReader:
             return self._fds[i]
 
     def read(self, i: int, offset: int, length: int) -> bytes:
-        path = self.paths[i]
-        if not is_remote(path):
+        if not self._remote[i]:
             return os.pread(self._fd(i), int(length), int(offset))
+        path = self.paths[i]
         fs, p = _fs(path)
         with _explained(path):
             return fs.cat_file(p, start=int(offset), end=int(offset) + int(length))

@@ -1,5 +1,6 @@
-"""The `loader` bench suite end to end at tiny size: rendered mp4s -> extraction -> Grain loader (0 and 1 workers)
--> ratio to the train step, written to loader.json. Figures only; no timing thresholds."""
+"""The `loader` bench suite end to end at tiny size: rendered mp4s -> extraction -> Grain loader (0 and 1 workers,
+from local files and from a GCS server on loopback) -> ratio to the train step, written to loader.json. Figures
+only; no timing thresholds."""
 import argparse
 import json
 
@@ -15,7 +16,7 @@ def test_loader_suite_writes_every_figure(tmp_path):
     status = bench_main.main(["loader", "--config", "configs/tiny.py", "--out", str(out), "--workers=0,1",
                               "--num_videos", str(NUM_VIDEOS), "--video_size", "48", "--num_batches", "2",
                               "--warmup_batches", "1", "--rounds", "1", "--extract_repeats", "1",
-                              "--stage_examples", "3", "--train_steps", "1", "--train_warmup", "1"])
+                              "--stage_examples", "3", "--train_steps", "1", "--train_warmup", "1", "--gcs"])
     assert status == 0
     result = json.loads((out / "loader.json").read_text())
 
@@ -30,6 +31,12 @@ def test_loader_suite_writes_every_figure(tmp_path):
     assert result["ratio"] == max(result["ratios"].values())
     assert result["train"]["examples_per_s"] > 0
     assert isinstance(result["meets_target"], bool)
+
+    gcs = result["gcs"]
+    assert [r["workers"] for r in gcs["loader"]] == [0, 1]
+    assert all(r["examples_per_s"] > 0 and r["skipped_records"] == 0 for r in gcs["loader"])
+    assert set(gcs["vs_local"]) == {"0", "1"} and gcs["best_vs_local_with_workers"] == gcs["vs_local"]["1"]
+    assert gcs["meets_target"] == (gcs["vs_local"]["1"] >= 0.5) and gcs["retries"] == 0
 
     extraction = result["extraction"]
     assert extraction["num_videos"] == NUM_VIDEOS

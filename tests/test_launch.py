@@ -71,6 +71,29 @@ def test_setup_from_git_quotes_user_input(capsys):
     assert "git checkout --quiet 'v1 && echo'" in remote
 
 
+def test_setup_mounts_a_bucket_with_gcsfuse_on_every_worker(capsys, tmp_path):
+    commands = dry_run(capsys, "setup", "--name=mtr-1", "--tarball=/tmp/src.tar.gz",
+                       "--gcsfuse_bucket=gs://my-data", "--gcsfuse_mount=/mnt/data")
+    head, remote = commands[-1][:-1], commands[-1][-1].removeprefix("--command=")
+    assert head == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mtr-1", *SCOPE, "--worker=all"]
+    install, mount = remote.split(" && (command -v gcsfuse", 1)
+    assert install.endswith(".venv/bin/pip install -q -e '.[tpu]'")
+    assert mount.endswith("sudo mkdir -p /mnt/data && sudo chown \"$(id -u):$(id -g)\" /mnt/data && "
+                          "(mountpoint -q /mnt/data || gcsfuse -o ro --implicit-dirs --type-cache-max-size-mb=-1 "
+                          "--stat-cache-max-size-mb=-1 --kernel-list-cache-ttl-secs=-1 --metadata-cache-ttl-secs=-1 "
+                          "my-data /mnt/data)")
+    # The remote text parses as shell (bash -n): quoting survives the one string gcloud passes to ssh.
+    script = tmp_path / "remote.sh"
+    script.write_text(remote)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    default = dry_run(capsys, "setup", "--name=mtr-1", "--tarball=/tmp/src.tar.gz", "--gcsfuse_bucket=my-data")
+    assert default[-1][-1].endswith("my-data /mnt/my-data)")
+    for bad in (["--gcsfuse_bucket=My Bucket;rm"], ["--gcsfuse_bucket=my-data", "--gcsfuse_mount=data"],
+                ["--gcsfuse_bucket=my-data", "--gcsfuse_mount=/mnt/$(reboot)"]):
+        assert tpu.main(["setup", "--name=mtr-1", *bad, "--dry_run"]) == 2
+        assert "--gcsfuse_" in capsys.readouterr().err
+
+
 def test_train_on_all_workers(capsys):
     commands = dry_run(capsys, "train", "--name=mtr-1", "--config=configs/momentor_7b.py:gesm",
                        "--workdir=gs://bkt/runs/r1", "--config.learning_rate=1e-05", "--config.data.dir=gs://bkt/d")

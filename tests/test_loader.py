@@ -433,3 +433,48 @@ def test_two_workers_cover_the_epoch_and_resume(data, tokenizer):
         assert_same_batches(take(resumed, 2), expected)
     finally:
         resumed.close()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_gcs_loader_gives_the_local_batches_and_stops_when_storage_is_gone(data, tokenizer, gcs_server, gcs_bucket,
+                                                                           monkeypatch, workers):
+    """Examples and shards on gs:// (indexes built there): the same batches as local files, with and without a
+    worker process. Storage unreachable after retries is no bad record: the loader raises, it does not skip."""
+    from momentor_jax import fileio, gcs
+    monkeypatch.setenv(gcs.ENV_RETRIES, "1")
+    examples = [f"{gcs_bucket}/{os.path.basename(p)}" for p in data["examples"]]
+    for local, remote in zip(data["examples"], examples):
+        fileio.copy(local, remote)
+    for shard in sorted(fileio.glob(data["frames"])):
+        fileio.copy(shard, f"{gcs_bucket}/frames/{os.path.basename(shard)}")
+    remote = config(data, examples=examples, frames=f"{gcs_bucket}/frames")
+    local_batches = take(train_loader(data, tokenizer, worker_count=workers), 3)
+    iterator = train_loader(data, tokenizer, data_config=remote, worker_count=workers, num_epochs=None)
+    assert_same_batches(take(iterator, 3), local_batches)
+    assert fileio.exists(f"{gcs_bucket}/frames/{os.path.basename(fileio.glob(data['frames'])[0])}.index")
+    gcs_server.proxy.down_after(0)
+    with pytest.raises(Exception) as info:
+        take(iterator, 20)
+    seen, chain = info.value, []
+    while seen is not None:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    assert any(isinstance(e, gcs.StorageUnavailableError) for e in chain), repr(info.value)  # also from a worker
+    assert iterator.num_skipped_records == 0
+
+
+def test_feature_extraction_reads_and_writes_gcs(data, tiny_vision, tmp_path, gcs_bucket):
+    """Frame shards on gs:// in, feature shards to gs:// out: the bytes the local run writes."""
+    from momentor_jax import fileio
+    from momentor_jax.data import features
+    params, vision = tiny_vision
+    for shard in fileio.glob(data["frames"]):
+        fileio.copy(shard, f"{gcs_bucket}/frames/{os.path.basename(shard)}")
+    local_out, remote_out = str(tmp_path / "features"), f"{gcs_bucket}/features"
+    features.extract_features(data["frames"], local_out, params, vision, batch_frames=12)
+    stats = features.extract_features(f"{gcs_bucket}/frames", remote_out, params, vision, batch_frames=12)
+    assert stats.videos == NUM_VIDEOS and stats.shards_written == 2
+    written = sorted(p for p in os.listdir(local_out) if p.endswith(frames_lib.SHARD_SUFFIX))
+    assert [os.path.basename(p) for p in fileio.glob(f"{remote_out}/*{frames_lib.SHARD_SUFFIX}")] == written
+    for name in written:
+        assert fileio.read_bytes(f"{remote_out}/{name}") == (tmp_path / "features" / name).read_bytes(), name

@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
-import os
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
@@ -22,6 +21,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from momentor_jax import fileio
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
 from momentor_jax.models.config import VisionConfig
@@ -162,7 +162,7 @@ def _read_records(path: str, indexes: Sequence[int], source: tfrecord.TFRecordDa
 
 
 def output_path(out_dir: str, shard: int, num_shards: int) -> str:
-    return frames_lib.shard_name(os.path.join(out_dir, OUTPUT_PREFIX), shard, num_shards)
+    return frames_lib.shard_name(fileio.join(out_dir, OUTPUT_PREFIX), shard, num_shards)  # local or gs://
 
 
 def extract_features(frames: Any, out_dir: str, vision_params: Any, vision_config: VisionConfig, *,
@@ -171,7 +171,7 @@ def extract_features(frames: Any, out_dir: str, vision_params: Any, vision_confi
     """Writes OUT/features-<i>-of-<n>.tfrecord for the i-th of the n input frame shards (this process's share:
     shards i with i % process_count == process_index). Returns counts; raises if no record could be read."""
     paths = frames_lib.expand_paths(frames)
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     source = tfrecord.TFRecordDataSource(paths, key_fn=frames_lib.record_video_id)
     extractor = FeatureExtractor(vision_params, vision_config, batch_frames, devices)
     stats = ExtractionStats()
@@ -181,7 +181,7 @@ def extract_features(frames: Any, out_dir: str, vision_params: Any, vision_confi
     try:
         for shard in mine:
             target = output_path(out_dir, shard, len(paths))
-            if os.path.exists(target) and not overwrite:
+            if fileio.exists(target) and not overwrite:
                 logging.info("%s exists; keeping it", target)
                 stats.shards_kept += 1
                 progress.update(len(source.indexes[shard]))

@@ -51,7 +51,7 @@ import numpy as np
 import tqdm
 from absl import flags
 
-from momentor_jax import fileio
+from momentor_jax import fileio, gcs
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import packing as packing_lib
 from momentor_jax.data import tfrecord
@@ -229,6 +229,8 @@ class LoadExample:
             example = self.examples[index]
             video_id = example["id"]
             return self.load(example)
+        except gcs.StorageError:
+            raise  # storage that cannot be reached after retries is no bad record: the run stops, in one line
         except (*_RECORD_ERRORS, RecursionError) as e:
             where = self._video_location(video_id) if video_id is not None else "unread"
             reason = (f"example {self.examples.where(index)} (video {video_id}, {where}): "

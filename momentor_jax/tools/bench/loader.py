@@ -1,7 +1,7 @@
 """`loader`: Grain examples/s against what the train step consumes; frame extraction against a decode-only pass.
 
     python -m momentor_jax.tools.bench loader [--config=configs/bench.py] [--workers=0,1,2] [--num_videos 12]
-        [--train_json DIR/train.json]
+        [--train_json DIR/train.json] [--gcs [--gcs_latency_ms MS]]
 
 1. Renders synthetic mp4s (data/synthetic.py), extracts their frames to TFRecords with the real extraction
    (data/extract.py: PyAV decode, CLIP resize, JPEG, TFRecord + index) and times it against decoding every frame of
@@ -13,6 +13,10 @@
    `measure_train`, else one jitted step of the real trainer timed here on a loader batch.
 4. `ratio` = the best worker count's examples/s / the train step's (each worker count in `ratios`); the target
    is >= 4. `per_example_ms` splits one example's loading into its stages (in this process, one thread).
+5. With `--gcs`: the same examples and shards uploaded to a GCS server on loopback (fake-gcs-server,
+   momentor_jax/tools/gcs_emulator.py; optionally behind a proxy adding `--gcs_latency_ms` to every request), and
+   the loader timed reading them through gcsfs with each worker count, local and gs:// taking turns in every round:
+   `gcs.vs_local[workers]` = gs:// examples/s / local examples/s; the target is >= 0.5 with workers.
 
 Frame count, frame size, max_length and batch size come from the config. On a CPU-only host the loader's
 processes and the train step share the cores; the two are timed one after the other. The synthetic frames are flat
@@ -32,10 +36,12 @@ import av
 import numpy as np
 from absl import flags
 
+from momentor_jax import fileio
 from momentor_jax.data import extract, synthetic
 from momentor_jax.tools.bench import common, loader_data
 
 TARGET_RATIO = 4.0
+GCS_TARGET = 0.5  # gs:// examples/s over local examples/s, with workers
 
 
 # ------------------------------------------------------------------------------------------------ extraction
@@ -131,22 +137,41 @@ def time_loader(config: dict, tokenizer, *, workers: int, num_frames: int, max_l
 def compare_worker_counts(config: dict, tokenizer, worker_counts: list, rounds: int, **kwargs) -> tuple:
     """([figures per worker count], a batch): the worker counts take turns, `rounds` times, so load from other
     programs falls on all of them alike; examples/s is the median over rounds (each round's in `rounds`)."""
-    runs = {w: [] for w in worker_counts}
+    summaries, batch = compare_sources({"local": config}, tokenizer, worker_counts, rounds, **kwargs)
+    return summaries["local"], batch
+
+
+def compare_sources(sources: dict, tokenizer, worker_counts: list, rounds: int, **kwargs) -> tuple:
+    """({source: [figures per worker count]}, a batch): every (worker count, source) pair takes its turn in each
+    round, so the sources are compared under the same load."""
+    runs = {(name, w): [] for name in sources for w in worker_counts}
     batch = None
     for round_index in range(rounds):
         for workers in worker_counts:
-            figures, batch = time_loader(config, tokenizer, workers=workers, **kwargs)
-            runs[workers].append(figures)
-            print(f"  loader round {round_index + 1}/{rounds}, {workers} workers: "
-                  f"{figures['examples_per_s']:.1f} examples/s", flush=True)
-    summary = []
-    for workers, per_round in runs.items():
+            for name, config in sources.items():
+                figures, batch = time_loader(config, tokenizer, workers=workers, **kwargs)
+                runs[name, workers].append(figures)
+                print(f"  loader round {round_index + 1}/{rounds}, {name}, {workers} workers: "
+                      f"{figures['examples_per_s']:.1f} examples/s", flush=True)
+    summaries = {name: [] for name in sources}
+    for (name, workers), per_round in runs.items():
         rates = [r["examples_per_s"] for r in per_round]
         median = float(np.median(rates))
-        summary.append({"workers": workers, "examples_per_s": median, "frames_per_s": median * kwargs["num_frames"],
-                        "rounds": rates, "warmup_s": [r["warmup_s"] for r in per_round],
-                        "skipped_records": sum(r["skipped_records"] for r in per_round)})
-    return summary, batch
+        summaries[name].append({"workers": workers, "examples_per_s": median,
+                                "frames_per_s": median * kwargs["num_frames"], "rounds": rates,
+                                "warmup_s": [r["warmup_s"] for r in per_round],
+                                "skipped_records": sum(r["skipped_records"] for r in per_round)})
+    return summaries, batch
+
+
+def upload_data(data: dict, root: str) -> dict:
+    """The loader inputs copied under `root` (gs://...): examples, and the frame shards with their indexes."""
+    examples = [fileio.join(root, os.path.basename(p)) for p in data["examples"]]
+    for local, remote in zip(data["examples"], examples):
+        fileio.copy(local, remote)
+    frames = fileio.join(root, "frames")
+    fileio.put_tree(data["frames"], frames)
+    return {**data, "examples": examples, "frames": frames}
 
 
 def per_example_stages(config: dict, tokenizer, *, num_frames: int, max_length: int, batch_size: int,
@@ -271,6 +296,10 @@ def define_flags(flag_values, argv) -> None:
                          "2-core CPU)", **fv)
     flags.DEFINE_integer("train_warmup", 1, "untimed train steps", **fv)
     flags.DEFINE_string("work_dir", None, "keep the videos and records here (default: a temp dir)", **fv)
+    flags.DEFINE_bool("gcs", False, "also time the loader on the same data in a GCS server on loopback "
+                      "(fake-gcs-server; needs the test extra), local and gs:// taking turns", **fv)
+    flags.DEFINE_float("gcs_latency_ms", 0.0, "with --gcs: milliseconds added to every request by a proxy in front "
+                       "of the server (a real bucket's first byte takes ~10-50 ms)", **fv)
 
 
 @contextlib.contextmanager
@@ -305,9 +334,13 @@ def run(args) -> dict:
         tokenizer = loader_data.make_tokenizer(work, int(config.model.num_temporal_tokens))
         data = data_config(examples, frames_dir, read_threads, system_prompt)
 
-        loader_runs, batch = compare_worker_counts(
-            data, tokenizer, workers, args.rounds, num_frames=num_frames, max_length=max_length,
-            batch_size=batch_size, num_batches=args.num_batches, warmup_batches=args.warmup_batches)
+        timing = dict(num_frames=num_frames, max_length=max_length, batch_size=batch_size,
+                      num_batches=args.num_batches, warmup_batches=args.warmup_batches)
+        gcs = None
+        if args.gcs:
+            loader_runs, gcs_runs, gcs, batch = _with_gcs(args, workers, data, tokenizer, timing)
+        else:
+            loader_runs, batch = compare_worker_counts(data, tokenizer, workers, args.rounds, **timing)
         stages = per_example_stages(data, tokenizer, num_frames=num_frames, max_length=max_length,
                                     batch_size=batch_size, count=args.stage_examples)
 
@@ -328,10 +361,45 @@ def run(args) -> dict:
         {"what": "extract (decode + resize + JPEG + TFRecord)", "videos/s": extraction["videos_per_s"]},
         {"what": "PyAV decode only, every frame", "videos/s": extraction["decode_only_videos_per_s"]},
     ], ["what", "videos/s"])
+    if gcs is not None:
+        common.print_table(f"loader from gs:// (GCS server on loopback, +{args.gcs_latency_ms:g} ms per request) "
+                           "vs local files", [
+                               {"workers": r["workers"], "gs:// examples/s": r["examples_per_s"],
+                                "local examples/s": local["examples_per_s"],
+                                "gs:// / local": gcs["vs_local"][str(r["workers"])]}
+                               for r, local in zip(gcs_runs, loader_runs)],
+                           ["workers", "gs:// examples/s", "local examples/s", "gs:// / local"])
+        print(f"gs:// / local with workers: best {gcs['best_vs_local_with_workers']:.2f} "
+              f"({'meets' if gcs['meets_target'] else 'misses'} the {GCS_TARGET:g} target); "
+              f"{gcs['retries']} transient errors retried")
     print(f"\nratio (best: {best['workers']} workers) = {ratio:.1f}x the train step "
           f"({'meets' if ratio >= TARGET_RATIO else 'misses'} the {TARGET_RATIO:g}x target); "
           f"train step from {train['source']}")
     return {"setup": setup, "loader": loader_runs, "best_workers": best["workers"],
             "loader_examples_per_s": best["examples_per_s"], "train": train, "ratio": ratio, "ratios": ratios,
             "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO, "per_example_ms": stages,
-            "extraction": extraction}
+            "extraction": extraction, **({"gcs": gcs} if gcs is not None else {})}
+
+
+def _with_gcs(args, workers: list, data: dict, tokenizer, timing: dict) -> tuple:
+    """(local runs, gs:// runs, gs:// figures, a batch): the data uploaded to an emulator, both timed in turns."""
+    from momentor_jax import gcs as gcs_lib  # noqa: PLC0415
+    from momentor_jax.tools import gcs_emulator  # noqa: PLC0415
+
+    with gcs_emulator.Emulator(proxy=args.gcs_latency_ms > 0) as emulator:
+        if emulator.proxy is not None:
+            emulator.proxy.latency = args.gcs_latency_ms / 1e3
+        remote = upload_data(data, f"{emulator.make_bucket('bench-loader')}/data")
+        retries_before = gcs_lib.retry_count()
+        summaries, batch = compare_sources({"local": data, "gs://": remote}, tokenizer, workers, args.rounds,
+                                           **timing)
+        retries = gcs_lib.retry_count() - retries_before
+    local_runs, gcs_runs = summaries["local"], summaries["gs://"]
+    vs_local = {str(remote["workers"]): remote["examples_per_s"] / local["examples_per_s"]
+                for remote, local in zip(gcs_runs, local_runs)}
+    with_workers = [v for w, v in vs_local.items() if int(w) > 0] or list(vs_local.values())
+    best = max(with_workers)
+    figures = {"loader": gcs_runs, "vs_local": vs_local, "best_vs_local_with_workers": best,
+               "latency_ms": args.gcs_latency_ms, "target": GCS_TARGET, "meets_target": best >= GCS_TARGET,
+               "retries": retries}
+    return local_runs, gcs_runs, figures, batch
