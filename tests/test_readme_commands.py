@@ -94,8 +94,9 @@ def _set(words: list[str], flag: str, value: str) -> list[str]:
 class World:
     """The working directory and the tiny stand-ins the documents' placeholders point to."""
 
-    def __init__(self, root, url_template: str, models: dict):
+    def __init__(self, root, url_template: str, models: dict, bucket: str = "gs://bucket"):
         self.root = str(root)
+        self.bucket = bucket  # a bucket on the GCS server on loopback (tests/conftest.py) in the run-in-order test
         self.url_template = url_template
         self.models = models
 
@@ -124,7 +125,7 @@ def adapt(command: str, world: World):
     for placeholder, model in PLACEHOLDERS.items():
         words = [w.replace(placeholder, world.models[model]) for w in words]
     words = [w.replace("configs/momentor_7b.py", "configs/tiny.py").replace("/tmp/sweep", world.path("sweep"))
-             .replace("gs://my-bucket/", "gs://bucket/") for w in words]
+             .replace("gs://my-bucket/", world.bucket + "/") for w in words]
     if words[0] == "export":                                       # the launch README's environment
         return ["export", *words[1:]]
     if words[0] != "python":
@@ -245,7 +246,8 @@ def test_every_documented_command_has_a_rule():
     assert not unknown, "commands no rule adapts (add one that runs them):\n" + "\n".join(unknown)
 
 
-def test_the_documented_commands_run_in_order(world, capfd):
+def test_the_documented_commands_run_in_order(world, gcs_bucket, capfd):
+    world.bucket = gcs_bucket  # the Cloud storage section's commands write to it; the launch commands only print it
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                MOMENTOR_TPU_PROJECT="p", MOMENTOR_TPU_ZONE="z", MOMENTOR_TPU_BUCKET="bucket")
     ran, elsewhere = [], []

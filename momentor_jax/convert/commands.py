@@ -89,6 +89,10 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
     """Builds a Momentor parameter checkpoint at `out` from HF LLaMA (+ CLIP) dirs; returns its config.
 
     Temporal tables not found in the inputs start as `temporal_init` says (MomentorConfig.temporal_init)."""
+    for flag, directory in (("--llama", llama_dir), ("--clip", clip_dir)):
+        if directory is not None and not os.path.isdir(directory):  # transformers would take it for a Hub id
+            raise FileNotFoundError(f"{flag} {directory}: no such directory (a local Hugging Face model directory; "
+                                    "nothing is downloaded)")
     import transformers  # noqa: PLC0415
 
     hf_config = transformers.LlamaConfig.from_pretrained(llama_dir)
