@@ -38,7 +38,8 @@ setup(
     name="momentor_jax",
     version="0.1.0",
     description="Momentor video LLM in JAX/Flax: temporal perception module, sharded training, HF conversion",
-    packages=find_packages(include=["momentor_jax", "momentor_jax.*", "configs"]),  # configs: `from configs import ...`
+    # configs and launch: `from configs import ...` in config files, `from launch import tpu` in launch/sweep.py
+    packages=find_packages(include=["momentor_jax", "momentor_jax.*", "configs", "launch"]),
     python_requires=">=3.12",
     install_requires=CORE,
     extras_require={

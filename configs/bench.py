@@ -1,10 +1,9 @@
 """The benchmark config: a model that fills a 2-core CPU host (`python -m momentor_jax.tools.bench train`).
 
 d_model 1024, 8 layers, 1024 tokens per example, 32 frames at 224 px through a small ViT (patch 32, width 256,
-4 layers), fp32 (the CPU's fast matmul dtype), every parameter trainable, no remat, layers unrolled (scan_layers
-off: the forward+backward ran 12.5 s against 12.9 s under nn.scan, which saves and restores each layer's activations
-through stacked buffers; every unrolled step beat every scanned one over 4 alternating rounds; compilation 18 s
-against 16 s). Variants :gesm (default) and :instruct; both only set the data the trainer would read, the bench
+4 layers), fp32 (the CPU's fast matmul dtype), every parameter trainable, no remat, layers unrolled (faster than
+nn.scan on the CPU, which saves and restores each layer's activations through stacked buffers; the timings are in
+docs/measurements.md). Variants :gesm (default) and :instruct; both only set the data the trainer would read, the bench
 suites build their batches in memory.
 """
 import dataclasses

@@ -11,8 +11,7 @@ arguments or when no record could be read.
 Apache Beam mode (momentor_jax/data/beam_pipelines.py): give a runner, and any other Beam pipeline option after it.
 Each input shard is one step on a worker that loads the vision tower once; the output shards are those of the
 single-machine mode, plus OUT/features_failures.jsonl and OUT/features_summary.json (exit status 1 when some record
-could not be read). OUT must be local (or mounted) until the TFRecord writer goes through momentor_jax/fileio.py
-(issue #15).
+could not be read).
 
     python data/extract_features.py --frames "gs://B/frames/frames-*.tfrecord" --checkpoint gs://B/ckpt \
         --out_dir gs://B/features --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp \

@@ -14,6 +14,8 @@ Project and zone come from --project/--zone or MOMENTOR_TPU_PROJECT/MOMENTOR_TPU
 gs://$MOMENTOR_TPU_BUCKET/runs/RUN. Every worker runs the same training command (JAX multi-controller), so the
 workdir and the data must be on GCS. `--dry_run` prints the commands, one per line and shell-quoted, instead of
 running them. Commands are argv lists; the remote command gcloud passes to ssh is one string built with shlex.
+`train` (dry run or not) first loads the config here: the file and variant must exist, every --config.key override
+must name a key of it, and data.dir must be a gs:// path (errors exit 2 in one line).
 
 `setup --gcsfuse_bucket` also mounts the bucket read-only with Cloud Storage FUSE on every worker (installing
 gcsfuse from Google's apt repository if needed), with the metadata caches MaxText's setup_gcsfuse.sh uses; data
@@ -205,11 +207,14 @@ def gcsfuse_mount(bucket: str, mount: str | None) -> tuple[str, str]:
     name = bucket.removeprefix("gs://").rstrip("/")
     if not _BUCKET_RE.match(name) or ".." in name:
         raise LaunchError(f"--gcsfuse_bucket={bucket!r}: not a bucket name (lower-case letters, digits, . _ -)")
-    mount = mount or f"/mnt/{name}"
+    return name, check_mount(mount or f"/mnt/{name}")
+
+
+def check_mount(mount: str) -> str:
     parts = mount.split("/")
     if not mount.startswith("/") or not all(_SAFE_RE.match(p) for p in parts[1:]) or ".." in parts:
-        raise LaunchError(f"--gcsfuse_mount={mount!r}: use an absolute path of plain names, e.g. /mnt/{name}")
-    return name, mount
+        raise LaunchError(f"--gcsfuse_mount={mount!r}: use an absolute path of plain names, e.g. /mnt/BUCKET")
+    return mount
 
 
 def gcsfuse_mount_script(bucket: str, mount: str | None) -> str:
@@ -246,6 +251,51 @@ def remote_train_script(runs: Sequence[tuple[str, Sequence[str]]], run_name: str
             f"{{ setsid nohup bash -c {shlex.quote(chain)} > /dev/null 2>&1 < /dev/null & echo $! > {log_dir}/pid; }}")
 
 
+def load_config(config: str):
+    """configs/FILE.py[:variant] -> its get_config(variant) (a ConfigDict); LaunchError naming what is wrong."""
+    import importlib.util  # noqa: PLC0415
+
+    path, _, variant = config.partition(":")
+    file = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+    if not os.path.isfile(file):
+        raise LaunchError(f"--config={config!r}: no such file {file} (paths are relative to the project root, "
+                          "which is what the workers run from)")
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    try:
+        spec = importlib.util.spec_from_file_location(f"_launch_config_{os.path.basename(file)[:-3]}", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(variant or None)
+    except Exception as e:  # noqa: BLE001 (whatever the config file raises is the user's to fix)
+        raise LaunchError(f"--config={config!r}: {type(e).__name__}: {e}") from None
+
+
+def check_train_config(config: str, overrides: Sequence[str], allow_local: bool, mounts: Sequence[str] = ()) -> None:
+    """What `train` would otherwise report only in the workers' logs: the config file and its variant, every
+    `--config.key` override naming a key the config has, and the data on gs:// or under a bucket mount that `setup
+    --gcsfuse_bucket` made on every worker (workers share nothing else)."""
+    loaded = load_config(config)
+    values = {}
+    for flag in overrides:
+        key, _, value = flag.removeprefix("--config.").partition("=")
+        node = loaded
+        for i, part in enumerate(key.split(".")):
+            if not hasattr(node, "keys") or part not in node.keys():
+                raise LaunchError(f"{flag}: the config {config} has no key {'.'.join(key.split('.')[:i + 1])!r}")
+            node = node[part]
+        values[key] = value
+    data_dir = values.get("data.dir", loaded.data.get("dir"))
+    needs_dir = not (values.get("data.examples") or loaded.data.get("examples")) and not (
+        loaded.data.get("synthetic_videos", 0) > 0)
+    if data_dir is None and needs_dir:
+        raise LaunchError(f"{config}: data.dir is unset; add --config.data.dir=gs://BUCKET/data")
+    on_mount = any(str(data_dir) == m or str(data_dir).startswith(m.rstrip("/") + "/") for m in mounts)
+    if data_dir is not None and not str(data_dir).startswith("gs://") and not on_mount and not allow_local:
+        raise LaunchError(f"data.dir={data_dir!r}: workers share nothing but GCS; use a gs:// path, a path under "
+                          "the --gcsfuse_mount that setup mounted, or --allow_local_workdir for a single-host VM")
+
+
 def train_commands(args, overrides: Sequence[str]) -> list[list[str]]:
     run_name = check_safe(args.run_name or (run_name_from_workdir(args.workdir) if args.workdir else args.name),
                           "--run_name")
@@ -254,6 +304,8 @@ def train_commands(args, overrides: Sequence[str]) -> list[list[str]]:
         raise LaunchError(f"--workdir={workdir!r}: workers share nothing but GCS; use a gs:// path "
                           "(or --allow_local_workdir for a single-host VM)")
     argv = train_argv(args.config, workdir, overrides)
+    mounts = [check_mount(args.gcsfuse_mount)] if args.gcsfuse_mount else []
+    check_train_config(args.config, overrides, args.allow_local_workdir, mounts)
     return [ssh(args, remote_train_script([("train", argv)], run_name, args.remote_dir))]
 
 
@@ -353,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run_name", help="names the logs and the default workdir (default: workdir basename or --name)")
     p.add_argument("--remote_dir", default="momentor_jax")
     p.add_argument("--allow_local_workdir", action="store_true", help="allow a non-gs:// workdir (single host)")
+    p.add_argument("--gcsfuse_mount", help="the mount point `setup --gcsfuse_bucket` made on every worker: "
+                   "data.dir may lie under it")
 
     p = action("logs", "show the end of the training logs")
     p.add_argument("--run_name")

@@ -71,18 +71,36 @@ def _mark_done(directory: str) -> None:
 
 
 def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
-    """Data and training sizes; --quick is the smoke test's path (no learning expected).
-
-    400 training videos, not more: with 1200 the training temporal accuracy stayed at ~0.25 through 1000 stage-2
-    steps, with the same data cut to 400 videos it was climbing (0.33 at step 500). 200 held-out videos (~300
-    queries) keep the scores from depending on a few queries; they cost ~20 s of rendering and evaluation.
-    400 GESM + 800 instruction steps, not 200 + 1000 (same time): the model then learns to read time off the frames
-    in stage 1 already, and --seed 2 went from held-out R1@0.5 64.6 / mIoU 54.2 to 71.1 / 60.5."""
+    """Data and training sizes; --quick is the smoke test's path (no learning expected). Few training videos, so a
+    model trained for minutes sees each often; enough held-out queries that the scores do not hang on a few; more
+    stage-1 steps than a plain split would give, so time is read off the frames early (docs/measurements.md)."""
     if quick:
         return {"train_videos": 6, "heldout_videos": 2, "gesm_steps": 3, "instruct_steps": 3, "batch_size": 2,
                 "fmt": "text" if ablate_tpm else "temporal"}
     return {"train_videos": 400, "heldout_videos": 200, "gesm_steps": 400, "instruct_steps": 800, "batch_size": 16,
             "fmt": "text" if ablate_tpm else "temporal"}
+
+
+# The share of the host's fp32 matmul rate the demo's train step reaches on CPU (bench train --config=configs/demo.py:
+# 45.9% of a 184 GFLOP/s peak; 44% on a ~110 GFLOP/s host, docs/measurements.md), and what runs besides training
+# (data, compilation, evaluation, export).
+DEMO_MFU = 0.45
+DEMO_OTHER_MINUTES = 2.5
+
+
+def host_matmul_flops() -> float:
+    """The host's fp32 matmul FLOP/s (best of a few 2048^3 products, as the bench suites measure it; ~2 s)."""
+    from momentor_jax.tools.bench import peak  # noqa: PLC0415 (imports jax; only the estimate needs it)
+    return peak.matmul_flops(2048, "float32", repeats=4)["best_flops_per_s"]
+
+
+def expected_minutes(model_config, max_length: int, settings: dict, flops_per_s: float) -> float:
+    """Wall minutes the demo should take on a host with this matmul rate: the training FLOPs of both stages at
+    DEMO_MFU, plus the rest."""
+    from momentor_jax.training import flops  # noqa: PLC0415
+    steps = settings["gesm_steps"] + settings["instruct_steps"]
+    per_step = settings["batch_size"] * flops.training_flops_per_example(model_config, max_length, "all")
+    return steps * per_step / (DEMO_MFU * flops_per_s) / 60 + DEMO_OTHER_MINUTES
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -131,9 +149,10 @@ def keep_localization_dialogues(path: str, extra: Sequence[dict]) -> None:
 
 def train_tokenizer(example_paths: Sequence[str], out_dir: str, model_config, seed: int) -> None:
     from momentor_jax import constants  # noqa: PLC0415
+    from momentor_jax.data import synthetic  # noqa: PLC0415
     from momentor_jax.data import tokenizer as tokenizer_lib  # noqa: PLC0415
 
-    texts = tokenizer_lib.demo_texts(seed=seed)
+    texts = synthetic.tokenizer_texts(seed=seed)
     for path in example_paths:
         with open(path) as f:
             for line in f:
@@ -300,6 +319,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # --ablate_tpm or the config switch: the data must say times in text
     ablate_tpm = args.ablate_tpm or not model_config.tpm_enabled
     settings = demo_settings(args.quick, ablate_tpm)
+    peak = host_matmul_flops()
+    expected = expected_minutes(model_config, args.config.max_length, settings, peak)
+    _log(f"this host multiplies fp32 matrices at {peak / 1e9:.0f} GFLOP/s: the demo should take about "
+         f"{expected:.0f} min (install not included)")
     data_dir = os.path.join(workdir, "data")
     os.makedirs(data_dir, exist_ok=True)
     prepare_data(data_dir, settings, model_config, args.seed)
@@ -357,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"export       {export_dir} (llm/, vision/, momentor_extras)\n"
           f"checkpoint   {stage2} (predict, evaluate and export_hf take the workdir)\n"
           f"tensorboard  tensorboard --logdir {workdir}\n"
-          f"took {(time.time() - started) / 60:.1f} min\n\n"
+          f"took {(time.time() - started) / 60:.1f} min (expected {expected:.0f} min at {peak / 1e9:.0f} GFLOP/s)\n\n"
           f"Ask the trained model about the held-out videos in your browser (http://127.0.0.1:7860):\n"
           f"  {serve}",
           flush=True)

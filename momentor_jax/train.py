@@ -3,6 +3,10 @@
     python -m momentor_jax.train --config=configs/momentor_7b.py:gesm --workdir=DIR [--config.key=value ...]
     python -m momentor_jax.train --config=configs/tiny.py --workdir=/tmp/tiny       # self-contained
 
+Exit status: 0; 2 when the run cannot start (a config value, a data file, the tokenizer, a checkpoint of another
+configuration in the workdir: one line names it); 3 when a step gives a non-finite loss (nothing bad is saved).
+Resuming checks WORKDIR/config.json (training/resume.py) and sets a damaged latest checkpoint aside.
+
 Multi-process: every process runs the same command. On Cloud TPU VMs (or with MOMENTOR_DISTRIBUTED=1) JAX finds
 its peers itself; for local multi-process runs pass --coordinator_address/--num_processes/--process_id (or the
 MOMENTOR_COORDINATOR_ADDRESS / MOMENTOR_NUM_PROCESSES / MOMENTOR_PROCESS_ID environment variables).
@@ -54,7 +58,7 @@ def prepare_synthetic_data(config, root: str, mark_ready: bool = True) -> str:
     if summary.failed:
         raise RuntimeError(f"synthetic data: frame extraction failed for {summary.failed[:3]}")
 
-    texts = tokenizer_lib.demo_texts(seed=config.seed)
+    texts = synthetic.tokenizer_texts(seed=config.seed)
     for path in examples.values():
         with open(path) as f:
             for line in f:
@@ -89,6 +93,16 @@ def _resolve_data(config, workdir: str) -> None:
     config.data.dir = root
 
 
+EXIT_START = 2
+
+
+def _fail_start(error: Exception) -> None:
+    """A run that cannot start: one line naming the field, file or parameter, exit status 2."""
+    logging.error("%s", error)
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_START)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise cli.usage_error(f"unexpected arguments: {argv[1:]}")
@@ -99,15 +113,26 @@ def main(argv) -> None:
     jax.config.update("jax_threefry_partitionable", True)
     from momentor_jax.training import trainer  # noqa: PLC0415
 
+    from momentor_jax.training import resume  # noqa: PLC0415
+
     config, workdir = _CONFIG.value, _WORKDIR.value
     fileio.makedirs(workdir)  # local or gs:// (there: the bucket must exist)
-    _resolve_data(config, workdir)
+    try:
+        _resolve_data(config, workdir)
+        current = json.loads(config.to_json_best_effort())
+        tokenizer_path = trainer.data_paths(config)["tokenizer"]
+        identity = {"tokenizer_sha256": resume.tokenizer_sha256(tokenizer_path)}
+        resume.check_resume(workdir, current, identity)
+    except (ValueError, OSError) as e:
+        _fail_start(e)
     if jax.process_index() == 0:
-        fileio.write_text(fileio.join(workdir, "config.json"), config.to_json_best_effort(indent=1, sort_keys=True))
+        fileio.write_text(fileio.join(workdir, resume.CONFIG_FILE), resume.config_json(current, identity))
     logging.info("process %d of %d, %d devices (%s)", jax.process_index(), jax.process_count(), jax.device_count(),
                  jax.devices()[0].device_kind)
     try:
         result = trainer.train(config, workdir)
+    except trainer.StartupError as e:
+        _fail_start(e)
     except trainer.NonFiniteError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -46,7 +46,7 @@ def test_tiny_train_step_compiles_for_v5e_8():
     devices = aot.topology_devices(target)
     assert len(devices) == 8 and devices[0].platform == "tpu" and "v5" in devices[0].device_kind
     config = tiny_config()
-    step = aot.compile_train_step(config, devices)
+    step = aot.compile_for_devices(config, devices)
     assert step.mesh_shape == {"data": 8, "fsdp": 1, "tensor": 1}
     assert step.batch_size == config.batch_size and step.num_trainable < step.num_params
     memory = aot.memory_report(step.compiled, target.hbm_bytes)

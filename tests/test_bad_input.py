@@ -363,3 +363,27 @@ def test_skips_are_counted_exactly_in_a_finite_run(tmp_path, tok):
         batches = list(iterator)
         # epochs of 6 examples: the 3 of v3 fail, 3 load: one batch, one dropped remainder
         assert iterator.num_skipped_records == 3 and len(batches) == 1, seed
+
+
+# ------------------------------------------------------------------------------------------------ train start-up
+def test_train_start_up_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    not_a_model = tmp_path / "tokenizer.model"
+    not_a_model.write_bytes(b"this is not a sentencepiece model")
+    base = [sys.executable, "-m", "momentor_jax.train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}",
+            f"--config.data.dir={tmp_path / 'no_data'}"]
+    cases = {"batch_size 8 is not divisible by grad_accum_steps 3": ["--config.grad_accum_steps=3"],
+             "not a sentencepiece model": [f"--config.tokenizer={not_a_model}"],
+             "neither a MomentorTokenizer directory nor a sentencepiece model": [],
+             "max_length 99999 exceeds model.llm.max_position_embeddings": ["--config.max_length=99999"]}
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo)
+    processes = {words: subprocess.Popen(base + extra, cwd=repo, env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True) for words, extra in cases.items()}
+    for words, process in processes.items():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 2, (words, err[-3000:])
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and words in lines[0], (words, err[-2000:])
+        assert "Traceback" not in err

@@ -95,7 +95,8 @@ def test_frames_pipeline_matches_the_single_machine_tool_and_reruns_as_a_no_op(v
 
 def test_staged_records_are_used_and_a_retried_shard_step_writes_nothing(video_dir, tmp_path):
     """A run that died after decoding left staged records: the next run writes them without decoding again (the
-    staged video's file is now unreadable), and a shard step run twice leaves the shard as it was."""
+    staged video's file is now unreadable); a shard step run twice leaves the shard as it was; a damaged record is
+    redone and its shard rewritten as before."""
     names = sorted(n for n in os.listdir(video_dir) if n[:-4] not in CORRUPT)[:4]
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -125,6 +126,45 @@ def test_staged_records_are_used_and_a_retried_shard_step_writes_nothing(video_d
     assert (open(path, "rb").read(), os.stat(path).st_mtime_ns) == before
     with pytest.raises(FileNotFoundError, match="staged frame record of someone0000 is gone"):
         list(beam_pipelines._WriteShard(out, 2).process((shard, ["someone0000"])))
+
+    victim = names[1][:-4]  # a damaged record: the shard keeps its intact records, the video is decoded again
+    path = extract.shard_paths(out, 2)[extract.shard_of(victim, 2)]
+    index = tfrecord.load_index(path, key_fn=frames_lib.record_video_id)
+    where = index.offsets[index.keys.index(victim)] + 12 + index.lengths[index.keys.index(victim)] // 2
+    data = bytearray(open(path, "rb").read())
+    data[where] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    run = beam_pipelines.extract_frames(str(videos), out, THREADS, num_frames=NUM_FRAMES, size=SIZE, num_shards=2)
+    assert (run.summary.already_done, run.summary.done, run.counters["frames_decoded"]) == (3, 1, 1)
+    assert [open(p, "rb").read() for p in extract.shard_paths(out, 2)] == \
+        [open(p, "rb").read() for p in extract.shard_paths(reference, 2)]
+
+
+def test_frames_from_and_to_gcs_match_the_local_single_machine_shards(video_dir, tmp_path, gcs_bucket):
+    """Videos read from gs:// and shards written to gs:// (the GCS server on loopback) hold the same bytes."""
+    from momentor_jax import fileio
+
+    names = sorted(os.listdir(video_dir))[:4] + ["notavideo00.mp4"]
+    local = tmp_path / "videos"
+    local.mkdir()
+    remote = fileio.join(gcs_bucket, "videos")
+    for name in names:
+        os.link(os.path.join(video_dir, name), local / name)
+        fileio.write_bytes(fileio.join(remote, name), open(os.path.join(video_dir, name), "rb").read())
+    reference = str(tmp_path / "single")
+    extract.extract_frames(str(local), reference, num_frames=NUM_FRAMES, size=SIZE, num_shards=2, progress=False)
+
+    out = fileio.join(gcs_bucket, "frames")
+    run = beam_pipelines.extract_frames(remote, out, THREADS, num_frames=NUM_FRAMES, size=SIZE, num_shards=2)
+    assert (run.summary.done, run.summary.failed) == (4, {"corrupt": 1})
+    shards = extract.shard_paths(out, 2)
+    assert [fileio.read_bytes(p) for p in shards] == \
+        [open(p, "rb").read() for p in extract.shard_paths(reference, 2)]
+    assert [r["video_id"] for r in attrition.read_failures(run.failures_path)] == ["notavideo00"]
+    versions = [fileio.stat(p) for p in shards]
+    again = beam_pipelines.extract_frames(remote, out, THREADS, num_frames=NUM_FRAMES, size=SIZE, num_shards=2)
+    assert (again.summary.already_done, again.summary.done) == (4, 0)
+    assert [fileio.stat(p) for p in shards] == versions
 
 
 def _check_attrition_report(frames_dir, tmp_path, capsys):

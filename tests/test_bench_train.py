@@ -61,3 +61,19 @@ def test_gpu_suite_skips_without_a_gpu(tmp_path, capsys):
     result = json.loads((tmp_path / "gpu.json").read_text())
     assert result["skipped"] is True and "NVIDIA GPU" in result["reason"]
     assert "skipped" in capsys.readouterr().out
+
+
+def test_train_suite_packed_vs_unpacked_on_the_length_model(tmp_path):
+    overrides = ["--config.mesh", "(1, 1, 1)", "--config.max_length=1024",
+                 "--config.model.llm.max_position_embeddings=1024"]
+    assert bench.main(["train", "--config", "configs/tiny.py", *overrides, "--length_model", "--steps", "1",
+                       "--warmup", "0", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "train.json").read_text())
+    unpacked, packed = result["unpacked"], result["packed"]
+    assert unpacked["dialogues_per_step"] == result["batch_size"] < packed["dialogues_per_step"]
+    assert packed["useful_tokens_per_step"] > 3 * unpacked["useful_tokens_per_step"]
+    assert packed["slot_efficiency"] > 0.9 > 0.5 > unpacked["slot_efficiency"]
+    for side in (unpacked, packed):
+        assert _positive(side["useful_tokens_per_s"]) and _positive(side["step_time_s"]["median_s"])
+    assert result["packed_over_unpacked"] == pytest.approx(packed["useful_tokens_per_s"]
+                                                           / unpacked["useful_tokens_per_s"])

@@ -7,6 +7,7 @@ import pytest
 
 from momentor_jax import constants
 from momentor_jax.data import conversation, encode, moment10m
+from momentor_jax.data import synthetic
 from momentor_jax.data import tokenizer as tokenizer_lib
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "moment10m_raw.json")
@@ -18,7 +19,7 @@ MAX_LENGTH = 512
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("sp") / "sp"
-    path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(prefix), 300)
+    path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(), str(prefix), 300)
     return tokenizer_lib.MomentorTokenizer(path, 16)
 
 
@@ -110,7 +111,7 @@ def test_loss_mask_covers_exactly_the_replies(examples, tokenizer):
 
 def test_fixed_shapes_padding_and_positions(examples, tokenizer):
     out = encode.encode_example(examples[0], tokenizer, DURATION, NUM_FRAMES, MAX_LENGTH)
-    assert set(out) == set(constants.BATCH_KEYS) - {"frames", "features", "durations"}
+    assert set(out) == set(constants.BATCH_KEYS) - {"frames", "features", "durations", "num_videos"}
     for key, value in out.items():
         assert value.shape == (MAX_LENGTH,), key
     assert out["input_ids"].dtype == np.int32 and out["loss_mask"].dtype == np.float32

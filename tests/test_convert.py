@@ -16,6 +16,7 @@ from momentor_jax import constants  # noqa: E402
 from momentor_jax.checkpoint_io import TOKENIZER_FILE, load_params, save_params  # noqa: E402
 from momentor_jax.convert import commands  # noqa: E402
 from momentor_jax.convert.__main__ import main  # noqa: E402
+from momentor_jax.data import synthetic  # noqa: E402
 from momentor_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 
 N_TEMPORAL = 16
@@ -35,7 +36,7 @@ def hf_dirs(tmp_path_factory):
     llama, clip = tiny.tiny_llama(num_kv_heads=2), tiny.tiny_clip_vision()
     llama.save_pretrained(root / "llama")
     clip.save_pretrained(root / "clip")
-    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(root / "sp"), tiny.VOCAB)
+    model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(), str(root / "sp"), tiny.VOCAB)
     os.replace(model_path, root / "llama" / "tokenizer.model")
     return {"llama": str(root / "llama"), "clip": str(root / "clip"), "llama_model": llama, "clip_model": clip}
 

@@ -92,16 +92,21 @@ def test_setup_mounts_a_bucket_with_gcsfuse_on_every_worker(capsys, tmp_path):
                 ["--gcsfuse_bucket=my-data", "--gcsfuse_mount=/mnt/$(reboot)"]):
         assert tpu.main(["setup", "--name=mtr-1", *bad, "--dry_run"]) == 2
         assert "--gcsfuse_" in capsys.readouterr().err
+    # train: data.dir under the declared mount is accepted, elsewhere it is refused as before.
+    train = ["train", "--name=mtr-1", "--config=configs/tiny.py", "--workdir=gs://b/w"]
+    assert dry_run(capsys, *train, "--gcsfuse_mount=/mnt/data", "--config.data.dir=/mnt/data/moment10m")
+    assert tpu.main([*train, "--gcsfuse_mount=/mnt/data", "--config.data.dir=/home/me/data", "--dry_run"]) == 2
+    assert "--gcsfuse_mount" in capsys.readouterr().err
 
 
 def test_train_on_all_workers(capsys):
     commands = dry_run(capsys, "train", "--name=mtr-1", "--config=configs/momentor_7b.py:gesm",
-                       "--workdir=gs://bkt/runs/r1", "--config.learning_rate=1e-05")
+                       "--workdir=gs://bkt/runs/r1", "--config.learning_rate=1e-05", "--config.data.dir=gs://bkt/d")
     assert len(commands) == 1
     assert commands[0][:-1] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "mtr-1", *SCOPE, "--worker=all"]
     remote = commands[0][-1].removeprefix("--command=")
     inner = (".venv/bin/python -m momentor_jax.train --config=configs/momentor_7b.py:gesm "
-             "--workdir=gs://bkt/runs/r1 --config.learning_rate=1e-05")
+             "--workdir=gs://bkt/runs/r1 --config.learning_rate=1e-05 --config.data.dir=gs://bkt/d")
     chain = f"export MOMENTOR_DISTRIBUTED=1; {inner} > ~/logs/r1/train.\"$(hostname)\".log 2>&1"
     assert remote == ("mkdir -p ~/logs/r1 && cd ~/momentor_jax && { setsid nohup bash -c " + shlex.quote(chain)
                       + " > /dev/null 2>&1 < /dev/null & echo $! > ~/logs/r1/pid; }")
@@ -138,6 +143,16 @@ def test_stop_logs_delete_status(capsys):
     (["train", "--name=mtr-1", "--config=configs/tiny.py", "--workdir=/tmp/w"], "gs://"),
     (["train", "--name=mtr-1", "--config=c.py", "--workdir=gs://b/w", "--lr=1"], "--config.key=value"),
     (["stop", "--name=mtr-1", "--run_name=../x"], "--run_name="),
+    (["train", "--name=mtr-1", "--config=configs/nope.py", "--workdir=gs://b/w"], "no such file"),
+    (["train", "--name=mtr-1", "--config=configs/momentor_7b.py:stage9", "--workdir=gs://b/w"],
+     "unknown config variant"),
+    (["train", "--name=mtr-1", "--config=configs/tiny.py", "--workdir=gs://b/w", "--config.learning_rat=1"],
+     "has no key 'learning_rat'"),
+    (["train", "--name=mtr-1", "--config=configs/tiny.py", "--workdir=gs://b/w", "--config.data.nope.x=1"],
+     "has no key 'data.nope'"),
+    (["train", "--name=mtr-1", "--config=configs/momentor_7b.py:gesm", "--workdir=gs://b/w",
+      "--config.data.dir=/home/me/data"], "data.dir='/home/me/data'"),
+    (["train", "--name=mtr-1", "--config=configs/momentor_7b.py:gesm", "--workdir=gs://b/w"], "data.dir is unset"),
 ])
 def test_clear_errors(capsys, monkeypatch, argv, message):
     if message == tpu.ENV_ZONE:

@@ -57,7 +57,7 @@ def tiny_setup(tmp_path_factory):
                                      size=config.vision.image_size, progress=False)
     assert not summary.failed
     base = config.llm.vocab_size - 5
-    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(200), str(root / "sp"), vocab_size=base)
+    model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(200), str(root / "sp"), vocab_size=base)
     tokenizer = tokenizer_lib.MomentorTokenizer(model_path, config.num_temporal_tokens)
 
     params = _random_params(config)

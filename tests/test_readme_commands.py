@@ -27,6 +27,7 @@ import pytest
 import data_scripts
 import hf_tiny_datagen
 import hf_tiny_models as tiny
+from momentor_jax.data import synthetic as synthetic_lib
 from momentor_jax.data import tokenizer as tokenizer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +38,7 @@ LABELS = "circle,square,star"
 RUN_ELSEWHERE = {
     "make demo": "tests/test_demo.py runs the same pipeline (momentor_jax.demo --quick)",
     "make test": "this suite",
+    "python -m momentor_jax.serve": "tests/test_serve.py (a server that runs until stopped, driven in a browser)",
     "python -m momentor_jax.tools.bench train": "tests/test_bench_train.py",
     "python -m momentor_jax.tools.bench torch": "tests/test_bench_train.py (the torch reference suite)",
     "python -m momentor_jax.tools.bench decode": "tests/test_bench_torch_decode.py",
@@ -161,6 +163,8 @@ def adapt(command: str, world: World):
         return words
     if script == "momentor_jax.tools.bench" and words[3] == "peak":
         return words
+    if script == "momentor_jax.tools.length_model":
+        return _set(words, "--examples", "300")
     if script == "momentor_jax.tools.aot":
         return _set(words, "--topology", "v5p-8")
     if script == "launch/tpu.py":                                    # cloud calls: printed, not run
@@ -215,7 +219,7 @@ def world(tmp_path_factory):
     hf = tmp_path_factory.mktemp("hf")
     tiny.tiny_llama(num_kv_heads=2).save_pretrained(hf / "llama")
     tiny.tiny_clip_vision().save_pretrained(hf / "clip")
-    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(hf / "sp"), tiny.VOCAB)
+    model_path = tokenizer_lib.train_sentencepiece(synthetic_lib.tokenizer_texts(), str(hf / "sp"), tiny.VOCAB)
     os.replace(model_path, hf / "llama" / "tokenizer.model")
     models = {"llama": str(hf / "llama"), "clip": str(hf / "clip"),
               "clip_full": hf_tiny_datagen.save_clip(str(hf / "clip_full")),

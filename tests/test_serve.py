@@ -32,6 +32,8 @@ from momentor_jax.models import config as model_configs
 from momentor_jax.serve import annotated, chat, media, page
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The README shows this test's screenshot: MOMENTOR_UPDATE_SCREENSHOT=1 writes it there, other runs to a temporary
+# folder (a test run leaves the tree as it was).
 SCREENSHOT = os.path.join(REPO, "docs", "serve_screenshot.png")
 SYSTEM_PROMPT = "You are Momentor."
 MAX_NEW_TOKENS = 12
@@ -63,7 +65,7 @@ def tiny(tmp_path_factory):
     raw = str(root / "raw")
     synthetic.make_dataset(raw, 3, seed=3, num_heldout=2, min_duration=8, max_duration=10, progress=False)
     config = model_configs.tiny()
-    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(200), str(root / "sp"),
+    model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(200), str(root / "sp"),
                                                    vocab_size=config.llm.vocab_size - 5)
     tokenizer = tokenizer_lib.MomentorTokenizer(model_path, config.num_temporal_tokens)
     params = _random_params(config)
@@ -122,13 +124,13 @@ def _predictor(tiny):
                              system_prompt=SYSTEM_PROMPT, progress=False)
 
 
-def _engine(tiny, tmp_path, generator):
+def _engine(tiny, tmp_path, generator, upload_dir=None):
     previews = tmp_path / "previews"
     previews.mkdir(exist_ok=True)
     truth = annotated.GroundTruth.read(tiny["annotations"], os.path.join(tiny["raw"], "videos"))
     # The annotated videos' directory is allowed, as the command allows its --video_dir.
     return chat.Engine(_predictor(tiny), str(previews), 1 << 20, [tiny["allowed"], truth.video_dir], cache_videos=2,
-                       ground_truth=truth, generator=generator, progress=False)
+                       ground_truth=truth, generator=generator, progress=False, upload_dir=upload_dir)
 
 
 # ------------------------------------------------------------------------------------------------ without a browser
@@ -214,6 +216,9 @@ def test_dialogue_prompt_puts_earlier_answers_back_with_temporal_placeholders(ti
     assert engine.truth(video, first)[1] == tuple(tuple(w) for w in query["relevant_windows"])
     with pytest.raises(media.InputRefused, match="question is empty"):
         engine.ask(video, "   ", dialogue)
+    uploads_only = _engine(tiny, tmp_path, scripted, upload_dir=str(tmp_path / "uploads"))
+    with pytest.raises(media.InputRefused, match="not an upload of this server"):
+        uploads_only.open_video(tiny["videos"][query["vid"]], None)
     long_question = " ".join(["word"] * 300)
     with pytest.raises(media.InputRefused, match="does not fit the model's context"):
         engine.ask(video, long_question)
@@ -223,6 +228,17 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _own_address():
+    """This host's address on its default route (no packet is sent), or None when it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
 
 
 def _run_serve(*args):
@@ -331,7 +347,7 @@ def scripted(tiny, tmp_path, monkeypatch):
     from momentor_jax.serve import app as app_lib
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     generator = ScriptedGenerator(tiny["tokenizer"], tiny["config"])
-    engine = _engine(tiny, tmp_path, generator)
+    engine = _engine(tiny, tmp_path, generator, upload_dir=str(tmp_path / "uploads"))
     opened = engine.open_video
 
     def open_video(*args):  # the first thing a request does with the engine
@@ -347,7 +363,7 @@ def scripted(tiny, tmp_path, monkeypatch):
     demo.close()
 
 
-def test_grounding_answer_links_seek_the_player_and_the_dialogue_goes_on(tiny, scripted, browser):
+def test_grounding_answer_links_seek_the_player_and_the_dialogue_goes_on(tiny, scripted, browser, tmp_path):
     query = tiny["queries"][-1]
     video = tiny["videos"][query["vid"]]
     p = Page(browser, scripted["url"])
@@ -383,16 +399,25 @@ def test_grounding_answer_links_seek_the_player_and_the_dialogue_goes_on(tiny, s
     # Asking again does not reload the player: it stays where the last click put it.
     assert p.player()["time"] == pytest.approx(query["relevant_windows"][0][0], abs=0.5)
 
-    # Nothing the page loaded came from anywhere but this server.
-    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-    assert loaded and all(url.startswith(scripted["url"]) for url in loaded), loaded
-
-    # For the screenshot: a frame inside the annotated event (a click on the truth bar lands on its first frame).
+    # The screenshot, with a frame inside the annotated event.
     middle = sum(query["relevant_windows"][0]) / 2
     browser.execute_script(f"document.getElementById('momentor-video').currentTime = {middle}")
     p.wait(lambda: not browser.execute_script("return document.getElementById('momentor-video').seeking"), 10)
-    os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
-    browser.save_screenshot(SCREENSHOT)
+    screenshot = SCREENSHOT if os.environ.get("MOMENTOR_UPDATE_SCREENSHOT") else str(tmp_path / "serve.png")
+    assert browser.save_screenshot(screenshot) and os.path.getsize(screenshot) > 10_000
+
+    # "New dialogue" forgets the turns: the next prompt holds only the new question.
+    before = p.handled()
+    p.all("#momentor-new")[0].click()
+    p.outcome(before)
+    assert not p.all(".momentor-turn")
+    assert p.ask("When does the shape appear?") is None and len(p.all(".momentor-turn")) == 1
+    assert tiny["tokenizer"].temp_output_id not in list(scripted["generator"].prompts[-1]["input_ids"])
+    assert scripted["generator"].encoded == 1
+
+    # Nothing the page loaded came from anywhere but this server.
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(scripted["url"]) for url in loaded), loaded
 
 
 def test_bad_input_shows_a_message_and_the_server_keeps_serving(tiny, scripted, browser):
@@ -409,6 +434,14 @@ def test_bad_input_shows_a_message_and_the_server_keeps_serving(tiny, scripted, 
     assert p.ask(grounding_question(query["query"])) is None
 
     assert "question is empty" in p.ask("")
+
+    big = tiny["root"] / "big.mp4"  # over the fixture's 1 MiB limit: Gradio refuses it in the page and on the server
+    big.write_bytes(b"\0" * (2 << 20))
+    p.upload(big)
+    p.wait(lambda: "exceed the maximum allowed size" in p.d.find_element(p.by.TAG_NAME, "body").text, 20)
+    post = ("const form = new FormData(); form.append('files', new Blob([new Uint8Array(arguments[0])]), 'big.mp4');"
+            "return fetch('gradio_api/upload', {method: 'POST', body: form}).then(r => r.status)")
+    assert p.d.execute_script(post, 2 << 20) == 413
     for path in (os.path.join(tiny["outside"], "secret.mp4"), os.path.join(tiny["allowed"], "link.mp4"), "/etc/passwd"):
         p.type("#momentor-path textarea", path)
         assert "outside the allowed directories" in p.ask("What happens?")
@@ -469,6 +502,10 @@ def test_the_real_command_answers_in_the_page(tiny, browser, tmp_path):
         line = server.stdout.readline()
         assert line.startswith("serving ") and f"http://127.0.0.1:{port}" in line, (line, server.stderr.read()
                                                                                   if server.poll() is not None else "")
+        own_address = _own_address()
+        if own_address:  # bound to loopback only: this host's other address does not answer
+            with pytest.raises(OSError), socket.create_connection((own_address, port), timeout=5):
+                pass
         p = Page(browser, f"http://127.0.0.1:{port}/")
         query = tiny["queries"][0]
         p.upload(tiny["videos"][query["vid"]])
@@ -484,7 +521,7 @@ def test_the_real_command_answers_in_the_page(tiny, browser, tmp_path):
         p.type("#momentor-path textarea", "/etc/passwd")
         assert "outside the allowed directories" in p.ask("What happens?")
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:

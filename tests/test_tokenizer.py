@@ -6,6 +6,7 @@ import pytest
 import sentencepiece as spm
 
 from momentor_jax import constants
+from momentor_jax.data import synthetic
 from momentor_jax.data import tokenizer as tokenizer_lib
 
 NUM_TEMPORAL = 16
@@ -36,7 +37,7 @@ VARIED_STRINGS = [
 @pytest.fixture(scope="module", params=["bpe", "unigram"])
 def model_path(request, tmp_path_factory):
     prefix = tmp_path_factory.mktemp(f"sp_{request.param}") / "sp"
-    return tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(prefix), 300, model_type=request.param)
+    return tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(), str(prefix), 300, model_type=request.param)
 
 
 @pytest.fixture(scope="module")

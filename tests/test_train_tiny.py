@@ -290,6 +290,61 @@ def _kill_and_resume(tmp_path, reference_run, overrides=(), workdir=None, data_d
         np.testing.assert_array_equal(result[name], reference[name], err_msg=name)
 
 
+def test_damaged_latest_checkpoint_is_set_aside_by_the_command(reference_run, tmp_path):
+    """The reference run's steps 4 and 6, step 6's parameters truncated: the command says so, sets 6 aside, trains
+    5-6 again from 4 and ends on the reference's parameters."""
+    workdir = tmp_path / "damaged"
+    shutil.copytree(os.path.join(reference_run["workdir"], "checkpoints"), workdir / "checkpoints")
+    shutil.copy(os.path.join(reference_run["workdir"], "config.json"), workdir / "config.json")
+    for path in glob.glob(str(workdir / "checkpoints" / "6" / "params" / "**" / "d" / "*"), recursive=True):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    command = _command(workdir, f"--config.data.dir={reference_run['data']}")
+    resumed = subprocess.run(command, cwd=REPO, env=_env(reference_run["cache"]), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert "checkpoint step 6 is damaged" in resumed.stderr and "6.damaged" in resumed.stderr
+    assert _progress_steps(resumed.stdout) == [5, 6]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6", "6.damaged"]
+    reference = _saved_params(reference_run["workdir"], TOTAL_STEPS)
+    result = _saved_params(str(workdir), TOTAL_STEPS)
+    for name in reference:
+        np.testing.assert_array_equal(result[name], reference[name], err_msg=name)
+
+
+def test_resuming_with_another_configuration_is_refused_by_name(reference_run, tmp_path):
+    workdir = tmp_path / "other"
+    shutil.copytree(os.path.join(reference_run["workdir"], "checkpoints", "4"), workdir / "checkpoints" / "4")
+    shutil.copy(os.path.join(reference_run["workdir"], "config.json"), workdir / "config.json")
+    other_sp = tmp_path / "tokenizer"
+    shutil.copytree(os.path.join(reference_run["data"], "tokenizer"), other_sp)
+    from sentencepiece import sentencepiece_model_pb2
+
+    from momentor_jax.data import tokenizer as tokenizer_lib
+    model_path = other_sp / tokenizer_lib.MODEL_FILENAME
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_path.read_bytes())
+    last, before = proto.pieces[-1], proto.pieces[-2]
+    last.piece, before.piece = before.piece, last.piece  # same vocabulary size, two ids swapped
+    model_path.write_bytes(proto.SerializeToString())
+    cases = {"batch_size: 8 -> 16": ["--config.batch_size=16"],
+             "variant: 'gesm' -> 'instruct'": [],  # configs/tiny.py:instruct on a :gesm workdir
+             "tokenizer_sha256": [f"--config.tokenizer={other_sp}"]}
+    processes = {}
+    for words, overrides in cases.items():
+        command = _command(workdir, f"--config.data.dir={reference_run['data']}", *overrides)
+        if "variant" in words:
+            command[3] = "--config=configs/tiny.py:instruct"
+        processes[words] = subprocess.Popen(command, cwd=REPO, env=_env(reference_run["cache"]),
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for words, process in processes.items():
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 2, (words, err[-3000:])
+        [line] = [x for x in err.splitlines() if x.startswith("error: ")]
+        assert "holds checkpoints of another run configuration" in line and words in line, (words, line)
+        assert "Traceback" not in err
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
+
+
 # ------------------------------------------------------------------------------------------ packed rows
 # Rows of 512 tokens hold two to three of the tiny data's ~220-token dialogues (positions restart per dialogue, so the
 # position limit only has to cover one).

@@ -1,5 +1,6 @@
 """Trainer pieces without the real model or data: mesh rules, schedule, FLOPs, configs, the step, the loop's
 non-finite stop and SIGTERM save, the data-state checkpoint item. A toy two-matrix model keeps compiles small."""
+import glob
 import math
 import os
 import signal
@@ -14,7 +15,7 @@ from configs import demo, momentor_7b, tiny
 from momentor_jax.models.config import MomentorConfig
 from momentor_jax.models import config as model_configs
 from momentor_jax.training import checkpoint as checkpoint_lib
-from momentor_jax.training import metrics_writer, optim, sharding, trainer
+from momentor_jax.training import flops, metrics_writer, optim, sharding, trainer
 
 VOCAB, EMBED, B, L = 32, 16, 8, 12
 
@@ -142,9 +143,9 @@ def test_training_flops_match_maxtext_when_all_train():
     attention = 3 * llm.num_layers * 2 * L_ * L_ * llm.num_heads * hd
     projector = 6 * cfg.num_frames * cfg.vision.hidden_size * llm.hidden_size
     expected = 6 * params * L_ + attention + projector
-    assert metrics_writer.training_flops_per_example(cfg, L_, "all") == pytest.approx(expected)
+    assert flops.training_flops_per_example(cfg, L_, "all") == pytest.approx(expected)
     # Frozen LLM body: no weight gradients there, so strictly less work.
-    assert metrics_writer.training_flops_per_example(cfg, L_, "momentor") < expected
+    assert flops.training_flops_per_example(cfg, L_, "momentor") < expected
 
 
 def test_progress_line():
@@ -191,8 +192,9 @@ def test_model_config_names_are_checked():
 
 
 def test_tokenizer_follows_the_model_configs_whitespace_mode(tmp_path):
+    from momentor_jax.data import synthetic
     from momentor_jax.data import tokenizer as tokenizer_lib
-    model_path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), str(tmp_path / "sp"), 300)
+    model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(), str(tmp_path / "sp"), 300)
     tokenizer_lib.MomentorTokenizer(model_path, 16).save(tmp_path / "tok")
     config = model_configs.tiny(added_token_whitespace="strip")
     for path in (model_path, str(tmp_path / "tok")):
@@ -263,6 +265,64 @@ def test_data_state_round_trip(tmp_path, state):
 def test_fresh_run_that_needs_pretrained_weights_refuses_random_init(tmp_path):
     with pytest.raises(ValueError, match="init_from to the GESM run's workdir"):
         run_toy(tmp_path, ToyIterator(), requires_init_from=True, variant="instruct")
+
+
+def _damage(step_dir, how):
+    """Deletes or truncates the files of a step's params item (what a preemption or a full disk leaves)."""
+    files = sorted(p for p in glob.glob(os.path.join(step_dir, "params", "**", "*"), recursive=True)
+                   if os.path.isfile(p) and "/d/" in p)
+    assert files, step_dir
+    if how == "metadata":
+        os.remove(os.path.join(step_dir, "params", "_METADATA"))
+    for path in files:
+        if how == "deleted":
+            os.remove(path)
+        elif how == "truncated":
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+
+
+@pytest.fixture(scope="module")
+def clean_toy_params(tmp_path_factory):
+    """Step 6 parameters of the toy run without any interruption."""
+    return jax.tree.leaves(run_toy(tmp_path_factory.mktemp("clean"), ToyIterator()).state.params)
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "metadata"])
+def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes(tmp_path, how, caplog, clean_toy_params):
+    stop_at = lambda i: i == 5 and os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+    first = run_toy(tmp_path, ToyIterator(on_batch=stop_at))
+    assert first.stopped_early and first.step == 5
+    _damage(str(tmp_path / "checkpoints" / "5"), how)
+    iterator = ToyIterator()
+    with caplog.at_level("WARNING"):
+        resumed = run_toy(tmp_path, iterator)
+    assert [s for s, _ in resumed.history] == [5, 6] and iterator.position == 6  # from step 4, data included
+    assert "checkpoint step 5 is damaged" in caplog.text and "5.damaged" in caplog.text
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5.damaged", "6"]  # keep_checkpoints=2
+    # The same run without the damage gives the same parameters at step 6.
+    for a, b in zip(jax.tree.leaves(resumed.state.params), clean_toy_params):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_no_intact_checkpoint_is_an_error_naming_what_was_set_aside(tmp_path):
+    run_toy(tmp_path, ToyIterator(), total_steps=2)
+    _damage(str(tmp_path / "checkpoints" / "2"), "deleted")
+    with pytest.raises(trainer.StartupError, match=r"no intact checkpoint; damaged steps set aside: .*2\.damaged"):
+        run_toy(tmp_path, ToyIterator())
+
+
+def test_a_checkpoint_of_other_shapes_names_the_parameter(tmp_path):
+    run_toy(tmp_path, ToyIterator(), total_steps=2)
+    global VOCAB
+    saved, VOCAB = VOCAB, VOCAB + 4
+    try:
+        with pytest.raises(trainer.StartupError, match=r"parameter projector/embed_tokens has shape \(32, 16\), "
+                                                      r"the model wants \(36, 16\)"):
+            run_toy(tmp_path, ToyIterator())
+    finally:
+        VOCAB = saved
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # a config change, not damage: nothing moved
 
 
 def test_packing_and_features_settings_of_the_7b_config():

@@ -1,7 +1,7 @@
 """Hugging Face <-> momentor_jax: reading/writing HF weight files and mapping LLaMA / CLIP-vision parameters.
 
-torch, transformers and safetensors are imported inside the functions that need them, so importing this module (as
-training does for `load_params`) stays light. Mapped weights are float32 numpy arrays; every mapping is an exact
+torch, transformers and safetensors are imported inside the functions that need them, so importing this module
+stays light. Mapped weights are float32 numpy arrays; every mapping is an exact
 transpose/reshape, so to_hf(from_hf(w)) == w bitwise.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 import tqdm
 
-from momentor_jax.checkpoint_io import load_params, save_params  # noqa: F401 (re-exported for training)
 from momentor_jax.models.config import LlamaConfig, VisionConfig
 
 Getter = Callable[[str], np.ndarray]

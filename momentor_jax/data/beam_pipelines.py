@@ -12,7 +12,8 @@ record as <out_dir>/.staging-frames/<id>.example; a GroupByKey on the shard numb
 step, which writes the shard's records (those already in it plus the staged ones) sorted by video id through an
 atomic TFRecordWriter and removes the staged files. A fresh run therefore writes the same shard bytes as the
 single-machine tool; a rerun or a retried step writes identical bytes; a run that dies after decoding keeps its
-staged records for the next one. Videos already in a shard are skipped when the pipeline is built (resume).
+staged records for the next one. Videos already in a shard are skipped when the pipeline is built (resume);
+a damaged shard keeps its intact records, and its damaged videos are decoded again (as extract.py repairs it).
 
 Features: one step per input shard (the single-machine tool's unit), the model loaded once per DoFn instance in
 setup(); output shards that exist are kept unless overwrite.
@@ -44,7 +45,7 @@ from momentor_jax.data import download as download_lib
 from momentor_jax.data import extract
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
-from momentor_jax.data import video as video_lib
+from momentor_jax.data import video_ids as id_rules
 
 STAGING_DIR = ".staging-frames"
 STAGED_SUFFIX = ".example"
@@ -80,14 +81,6 @@ def _run(pipeline: beam.Pipeline, out_dir: str, stage: str) -> StageRun:
     return StageRun(attrition.read_summary(out_dir, stage),
                     fileio.join(out_dir, attrition.FAILURES_FILE.format(stage=stage)),
                     fileio.join(out_dir, attrition.SUMMARY_FILE.format(stage=stage)), counters)
-
-
-def _require_local_shards(out_dir: str) -> None:
-    """Shards go through tfrecord.TFRecordWriter and extract's config check, which use local files (the
-    cloud-storage issue, #15, moves them onto fileio); a gs:// output would become a local folder named 'gs:'."""
-    if fileio.is_remote(out_dir):
-        raise ValueError(f"{out_dir}: shards are written to local (or mounted) directories only until the TFRecord "
-                         "writer goes through momentor_jax/fileio.py (issue #15)")
 
 
 def _pipeline(pipeline_args: Sequence[str]) -> beam.Pipeline:
@@ -141,15 +134,10 @@ def _local_file(path: str):
 
 
 def list_videos(video_dir: str) -> dict:
-    """{video_id: path} of a local or remote directory, with the single-machine tool's id and file rules."""
+    """{video_id: path} of a local or remote directory, by the single-machine tool's id rule (video_ids.py)."""
     if not fileio.is_remote(video_dir):
         return extract.list_videos(video_dir)
-    videos = {}
-    for name in fileio.listdir(video_dir):
-        if name.startswith(".") or not name.lower().endswith(video_lib.VIDEO_EXTENSIONS):
-            continue
-        videos.setdefault(extract.video_id_of(name), fileio.join(video_dir, name))
-    return videos
+    return id_rules.list_video_files(video_dir, fileio.listdir, fileio.join)
 
 
 def staged_path(out_dir: str, video_id: str) -> str:
@@ -210,33 +198,41 @@ class _ExtractFrames(beam.DoFn):
             self._pool = None
 
 
-def _shard_records(path: str) -> dict:
-    """{video_id: record} of a shard on disk; a missing or damaged shard has none (it is rewritten whole)."""
-    if not fileio.exists(path):
-        return {}
+def _shard_records(path: str) -> tuple:
+    """({video_id: record} of the shard's intact records, whether it is damaged), as the single-machine tool keeps
+    them: a damaged shard is salvaged record by record (its damaged videos were left out of the launcher's done set,
+    so they are decoded again)."""
+    existing = extract._existing(path)
+    if not existing.keep:
+        records = {frames_lib.record_video_id(d): d for d in tfrecord.iter_records(path)} if existing.ids else {}
+        return records, bool(existing.problems)
+    _log.warning("%s is damaged: keeping its %d intact records", path, len(existing.keep))
+    reader = fileio.RangeReader([path])
     try:
-        return {frames_lib.record_video_id(data): data for data in tfrecord.iter_records(path)}
-    except (tfrecord.TFRecordCorruptionError, frames_lib.RecordError) as e:
-        _log.warning("ignoring damaged shard %s (it will be rewritten): %s", path, e)
-        return {}
+        return {video_id: tfrecord.read_record_at(reader, 0, 0, offset, length)
+                for offset, length, video_id in existing.keep}, True
+    finally:
+        reader.close()
 
 
 class _WriteShard(beam.DoFn):
     """(shard, [video ids]) -> number of videos added: the shard's records plus the staged ones, by video id.
 
     The shard on disk is read when the step runs, not when the pipeline was built, so a retried step (its staged
-    files already moved into the shard) finds its videos there and writes nothing.
+    files already moved into the shard) finds its videos there and writes nothing. A damaged shard is rewritten
+    with its intact records even when nothing was added (an empty id asks for that check alone).
     """
 
     def __init__(self, out_dir: str, num_shards: int):
         self.out_dir, self.num_shards = out_dir, num_shards
 
     def process(self, element):
-        shard, video_ids = element
+        shard, ids = element
+        ids = sorted({video_id for video_id in ids if video_id})
         path = extract.shard_paths(self.out_dir, self.num_shards)[shard]
-        records = _shard_records(path)
+        records, damaged = _shard_records(path)
         added = {}
-        for video_id in sorted(set(video_ids)):
+        for video_id in ids:
             staged = staged_path(self.out_dir, video_id)
             if fileio.exists(staged):
                 if video_id not in records:
@@ -244,7 +240,7 @@ class _WriteShard(beam.DoFn):
             elif video_id not in records:
                 raise FileNotFoundError(f"{staged}: the staged frame record of {video_id} is gone and shard "
                                         f"{path} does not hold it")
-        if added:
+        if added or damaged:
             records.update(added)
             writer = tfrecord.TFRecordWriter(path, atomic=True)
             try:
@@ -255,7 +251,7 @@ class _WriteShard(beam.DoFn):
                 raise
             writer.close()
             _counter("shards_written").inc()
-        for video_id in sorted(set(video_ids)):  # every staged record is now in the shard
+        for video_id in ids:  # every staged record is now in the shard
             staged = staged_path(self.out_dir, video_id)
             if fileio.exists(staged):
                 fileio.remove(staged)
@@ -263,17 +259,21 @@ class _WriteShard(beam.DoFn):
 
 
 def _plan_frames(video_dir: str, out_dir: str, num_shards: int) -> tuple:
-    """(videos {id: path}, done ids, staged ids to write, [(id, path)] to decode), decided on the launcher."""
+    """(videos {id: path}, done ids, staged ids to write, [(id, path)] to decode, damaged shard numbers), decided
+    on the launcher."""
     videos = list_videos(video_dir)
-    done = set()
-    for path in extract.shard_paths(out_dir, num_shards):
-        done.update(extract._existing_ids(path))
+    done, damaged = set(), []
+    for shard, path in enumerate(extract.shard_paths(out_dir, num_shards)):
+        existing = extract._existing(path)
+        done.update(existing.ids)
+        if existing.problems:
+            damaged.append(shard)
     staged = _staged_ids(out_dir)
     for video_id in sorted(staged & done):  # moved into its shard by a run that stopped before cleaning up
         fileio.remove(staged_path(out_dir, video_id))
     staged = {v for v in staged - done if v in videos}
     todo = sorted((v, p) for v, p in videos.items() if v not in done and v not in staged)
-    return videos, done, staged, todo
+    return videos, done, staged, todo, damaged
 
 
 def extract_frames(video_dir: str, out_dir: str, pipeline_args: Sequence[str], num_frames: int = 300,
@@ -281,22 +281,21 @@ def extract_frames(video_dir: str, out_dir: str, pipeline_args: Sequence[str], n
     """The Beam twin of extract.extract_frames: same shard files, same records, plus frames_{failures,summary}."""
     if num_frames < 1 or size < 1 or num_shards < 1 or not 1 <= jpeg_quality <= 100:
         raise ValueError("num_frames, size and num_shards must be positive and jpeg_quality in [1, 100]")
-    _require_local_shards(out_dir)
     fileio.makedirs(out_dir)
     extract._check_config(out_dir, {"num_frames": num_frames, "size": size, "num_shards": num_shards,
                                     "jpeg_quality": jpeg_quality})
-    videos, done, staged, todo = _plan_frames(video_dir, out_dir, num_shards)
+    videos, done, staged, todo, damaged = _plan_frames(video_dir, out_dir, num_shards)
     already_done = sum(1 for v in videos if v in done)
-    _log.info("frames: %d videos, %d already in shards, %d staged by an earlier run, %d to decode",
-                 len(videos), already_done, len(staged), len(todo))
+    _log.info("frames: %d videos, %d already in shards, %d staged by an earlier run, %d to decode, %d damaged "
+              "shards to repair", len(videos), already_done, len(staged), len(todo), len(damaged))
 
     pipeline = _pipeline(pipeline_args)
     decoded = (pipeline | "videos" >> beam.Create(todo)
                | "spread videos" >> beam.Reshuffle()
                | "decode" >> beam.ParDo(_ExtractFrames(out_dir, num_frames, size, num_shards, jpeg_quality))
                .with_outputs("failed", main="staged"))
-    earlier = pipeline | "staged earlier" >> beam.Create(
-        sorted((extract.shard_of(v, num_shards), v) for v in staged))
+    earlier = pipeline | "staged earlier, damaged shards" >> beam.Create(
+        sorted((extract.shard_of(v, num_shards), v) for v in staged) + [(shard, "") for shard in damaged])
     added = ((decoded.staged, earlier) | "all staged" >> beam.Flatten()
              | "by shard" >> beam.GroupByKey()
              | "write shards" >> beam.ParDo(_WriteShard(out_dir, num_shards)))
@@ -355,8 +354,8 @@ def _present(video_path: str) -> set:
     """Ids with a finished file in video_path (names as download.existing_file checks them)."""
     if not fileio.isdir(video_path):
         return set()
-    return {extract.video_id_of(name) for name in fileio.listdir(video_path)
-            if not name.startswith(".") and name.lower().endswith(video_lib.VIDEO_EXTENSIONS)}
+    return {video_id for video_id in map(id_rules.video_id_from_filename, fileio.listdir(video_path))
+            if video_id is not None}
 
 
 def download_videos(video_ids: Sequence[str], video_path: str, pipeline_args: Sequence[str],
@@ -456,7 +455,6 @@ def extract_features(frames: str, out_dir: str, checkpoint: str, pipeline_args: 
     """
     from momentor_jax.data import features  # noqa: PLC0415 (jax only where features are made)
 
-    _require_local_shards(out_dir)
     paths = frames_lib.expand_paths(frames)
     fileio.makedirs(out_dir)
     records = [len(tfrecord.load_index(p)) for p in paths]

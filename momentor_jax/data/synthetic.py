@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import string
 from typing import Iterable, Optional
 
@@ -27,6 +28,8 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from momentor_jax.data import conversation
 
 BACKGROUND = (28, 28, 28)
 
@@ -370,3 +373,20 @@ def load_specs(out_dir: str) -> dict:
                            tuple(Event(SHAPES_BY_NAME[e["name"]], e["start"], e["end"], e["slot"])
                                  for e in v["events"]))
             for vid, v in truth.items()}
+
+
+def tokenizer_texts(num_sentences: int = 400, seed: int = 0) -> list[str]:
+    """Deterministic English-like sentences in the vocabulary of Momentor's prompts, to train the small sentencepiece
+    models of the synthetic data sets (train, the demo, the bench suites, tests)."""
+
+    rng = random.Random(seed)
+    subjects = ["a man", "the woman", "a dog", "the person", "a child", "the chef", "two people", "the car"]
+    verbs = ["runs", "jumps", "cooks food", "opens the door", "talks", "walks away", "picks up a cup", "waves"]
+    questions = ["What happens in the video?", "When does the event happen?", "Describe the segment.",
+                 "Localize every event in the video.", "Where is the object?", "What does the person do?"]
+    texts = [conversation.SYSTEM_PROMPT, "USER: ASSISTANT:"] + questions
+    for _ in range(num_sentences):
+        start = rng.uniform(0, 200)
+        texts.append(f"{rng.choice(subjects)} {rng.choice(verbs)} from {start:.2f} seconds to "
+                     f"{start + rng.uniform(1, 30):.1f}s, then {rng.choice(subjects)} {rng.choice(verbs)}.")
+    return texts

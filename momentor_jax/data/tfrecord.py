@@ -344,10 +344,23 @@ def load_index(path: str, key_fn: Optional[Callable[[bytes], str]] = None, salva
         index.problems = [f"{path}: record {i} at byte {index.offsets[i]}: unreadable (marked in {index_path(path)})"
                           for i, key in enumerate(index.keys or ()) if key is None and key_fn is not None]
         return index
+    shrank = None
+    if index is not None and size < index.end():  # records the sidecar knew are gone: truncation
+        cut = next(i for i, (o, n) in enumerate(zip(index.offsets, index.lengths))
+                   if o + _HEADER + n + _FOOTER > size)
+        shrank = (f"{path}: record {cut} at byte {index.offsets[cut]}: truncated: the shard is {size} bytes, "
+                  f"but {index_path(path)} records {len(index)} records ending at byte {index.end()} (delete the "
+                  "index if the shard was replaced on purpose)")
+        if not salvage:
+            raise TFRecordCorruptionError(shrank)
     logging.info("%s index for %s; rescanning", "stale" if index else "no", path)
-    index = scan_index(path, key_fn, salvage=salvage)
-    save_index(path, index)
-    return index
+    scanned = scan_index(path, key_fn, salvage=salvage)
+    if shrank is not None:  # keep the old sidecar, so every later start reports the loss too
+        lost = len(index) - len([o for o in index.offsets if o < scanned.end()])
+        scanned.problems.append(f"{shrank}; {lost} records lost")
+        return scanned
+    save_index(path, scanned)
+    return scanned
 
 
 # ------------------------------------------------------------------------------------------------ random access
@@ -382,9 +395,6 @@ class TFRecordDataSource:
             raise IndexError(f"record {i} out of range for {len(self)} records")
         shard = bisect.bisect_right(self._starts, i) - 1
         return shard, i - self._starts[shard]
-
-    def global_index(self, shard: int, record: int) -> int:
-        return self._starts[shard] + record
 
     def read(self, shard: int, record: int) -> bytes:
         index = self.indexes[shard]

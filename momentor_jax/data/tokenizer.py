@@ -62,7 +62,13 @@ class MomentorTokenizer:
         self.model_path = os.fspath(model_path)  # local or gs://
         if not fileio.exists(self.model_path):
             raise FileNotFoundError(f"sentencepiece model not found: {self.model_path}")
-        self._setup(fileio.read_bytes(self.model_path), num_temporal_tokens, added_token_whitespace)
+        try:
+            self._setup(fileio.read_bytes(self.model_path), num_temporal_tokens, added_token_whitespace)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 (sentencepiece and protobuf raise RuntimeError / DecodeError on foreign bytes)
+            raise ValueError(f"{self.model_path}: not a sentencepiece model ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
     def _setup(self, model_bytes: bytes, num_temporal_tokens: int, added_token_whitespace: str) -> None:
         self.added_token_whitespace = added_token_whitespace
@@ -245,7 +251,7 @@ class MomentorTokenizer:
         try:
             info = json.loads(fileio.read_text(info_path))
             num_temporal_tokens = int(info["num_temporal_tokens"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
             raise ValueError(f"{info_path}: not a Momentor added-token file ({e})") from e
         tokenizer = cls(fileio.join(directory, MODEL_FILENAME), num_temporal_tokens, added_token_whitespace)
         if info.get("added_tokens") != tokenizer.added_tokens:
@@ -287,21 +293,3 @@ def train_sentencepiece(texts: Sequence[str], out_prefix: str, vocab_size: int =
         raise ValueError(f"sentencepiece training for {out_prefix} failed (more or more varied text is needed "
                          f"for {vocab_size} pieces): {e}") from e
     return f"{out_prefix}.model"
-
-
-def demo_texts(num_sentences: int = 400, seed: int = 0) -> list[str]:
-    """Deterministic English-like sentences in the vocabulary of Momentor's prompts, to train small tokenizers."""
-    import random  # noqa: PLC0415
-    from momentor_jax.data import conversation  # noqa: PLC0415 (late import: conversation imports nothing from here)
-
-    rng = random.Random(seed)
-    subjects = ["a man", "the woman", "a dog", "the person", "a child", "the chef", "two people", "the car"]
-    verbs = ["runs", "jumps", "cooks food", "opens the door", "talks", "walks away", "picks up a cup", "waves"]
-    questions = ["What happens in the video?", "When does the event happen?", "Describe the segment.",
-                 "Localize every event in the video.", "Where is the object?", "What does the person do?"]
-    texts = [conversation.SYSTEM_PROMPT, "USER: ASSISTANT:"] + questions
-    for _ in range(num_sentences):
-        start = rng.uniform(0, 200)
-        texts.append(f"{rng.choice(subjects)} {rng.choice(verbs)} from {start:.2f} seconds to "
-                     f"{start + rng.uniform(1, 30):.1f}s, then {rng.choice(subjects)} {rng.choice(verbs)}.")
-    return texts

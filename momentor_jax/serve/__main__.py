@@ -19,12 +19,14 @@ directories can be fetched through the page; nothing is unpickled or executed; G
 share tunnel, API page, MCP server and server-side rendering are off, so nothing reaches the internet.
 Videos a browser cannot play (codecs other than H.264/VP8/VP9/AV1) are shown as a transcoded silent copy.
 
-Exit status: 0 after Ctrl-C; 2 on bad flags or input (checkpoint, annotations, directories), before the model loads.
+Exit status: 0 after Ctrl-C or SIGTERM (the server's temporary files, uploads included, are removed); 2 on bad flags
+or input (checkpoint, annotations, directories), before the model loads.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -132,7 +134,7 @@ def serve(predictor, checked: dict, previews: str) -> None:
     predictor.generator  # noqa: B018 (loads the parameters now, with progress lines, not on the first question)
     ground_truth = checked["ground_truth"]
     engine = chat.Engine(predictor, previews, int(FLAGS.max_upload_mb * 2**20), checked["allowed"],
-                         FLAGS.cache_videos, ground_truth)
+                         FLAGS.cache_videos, ground_truth, upload_dir=os.environ["GRADIO_TEMP_DIR"])
     examples = ground_truth.examples(FLAGS.num_examples) if ground_truth else []
     header = f"Checkpoint `{predictor.located.params_dir}`."
     if ground_truth:
@@ -144,17 +146,20 @@ def serve(predictor, checked: dict, previews: str) -> None:
                      f"(and fetch files under {', '.join(checked['allowed']) or 'no --allowed_dir'})")
     app.launch(**app_lib.launch_settings(host, FLAGS.port, int(FLAGS.max_upload_mb * 2**20),
                                          [*checked["allowed"], previews]))
+    # SIGTERM (a service manager, `kill`) stops the server like Ctrl-C, so its temporary files are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {predictor.checkpoint} at http://{shown}:{FLAGS.port} (Ctrl-C stops)", flush=True)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         print("stopped", file=sys.stderr, flush=True)
     finally:
         app.close()
 
 
 if __name__ == "__main__":
+    cli.cpu_decode_flags()  # before JAX starts, as predict
     _define_flags()
     cli.run(main)

@@ -4,11 +4,10 @@
     launch_settings(...) -> dict                                 the keyword arguments of launch (safe defaults)
 
 Page ids (what the browser test drives): #momentor-upload (file input), #momentor-path (typed path),
-#momentor-question, #momentor-ask, #momentor-new, #momentor-message (`.momentor-status` whose data-request is a new
-number with every request handled, holding the error of the last one if it failed), #momentor-examples,
-#momentor-player-pane
-(holding video#momentor-video), #momentor-dialogue (turns, `.momentor-time` links, `.momentor-window` bars with
-data-start / data-end in seconds).
+#momentor-question, #momentor-ask, #momentor-new, #momentor-examples, #momentor-message (`.momentor-status`, whose
+data-request is a new number with every request handled, holding the error of the last one if it failed),
+#momentor-player-pane (holding video#momentor-video), #momentor-dialogue (turns, `.momentor-time` links,
+`.momentor-window` bars with data-start / data-end in seconds).
 
 Handlers never raise: a refused input (media.InputRefused) is shown as it is in #momentor-message, anything else
 as "internal error" with its type and message (the traceback goes to the server's stderr), and the server keeps

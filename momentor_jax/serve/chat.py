@@ -1,14 +1,15 @@
 """The web demo's back end: videos checked, decoded and encoded once (cached by content), multi-turn dialogues.
 
     engine = Engine(predictor, work_dir, max_upload_bytes, allowed_dirs, cache_videos=8, ground_truth=None,
-                    generator=None)
+                    generator=None, upload_dir=None)
     video = engine.open_video(upload_path, typed_path)    -> Video (a typed path wins when both are given)
     dialogue = engine.ask(video, question, dialogue)      -> Dialogue with the new Turn last
     engine.truth(video, question)                         -> None or (label, windows, titles) for the timeline
 
 Every refusal is media.InputRefused with the message the page shows: a typed path outside --allowed_dir, an upload
-over the size limit, a file PyAV does not decode as video, an empty question, a dialogue that no longer fits the
-model's context. A video is read only after media.probe accepts it.
+over the size limit or outside `upload_dir` (Gradio's upload folder, when given), a file PyAV does not decode as
+video, an empty question, a dialogue that no longer fits the model's context. A video is read only after
+media.probe accepts it.
 
 Videos are keyed by the sha256 of their bytes: the frame embeddings [1, M, D] of the last `cache_videos` videos stay
 on the device, so every question about a video after the first (and the same file uploaded again) skips decoding
@@ -62,13 +63,14 @@ class Dialogue:
 class Engine:
     def __init__(self, predictor, work_dir: str, max_upload_bytes: int, allowed_dirs: Sequence[str] = (),
                  cache_videos: int = 8, ground_truth: Optional[annotated.GroundTruth] = None,
-                 generator: Any = None, progress: bool = True):
+                 generator: Any = None, progress: bool = True, upload_dir: Optional[str] = None):
         if cache_videos < 1:
             raise ValueError(f"cache_videos must be >= 1, got {cache_videos}")
         self.predictor, self.work_dir = predictor, work_dir
         self.max_upload_bytes, self.allowed_dirs = max_upload_bytes, [os.path.realpath(d) for d in allowed_dirs]
         self.cache_videos, self.ground_truth, self.progress = cache_videos, ground_truth, progress
         self._generator = generator
+        self.upload_dir = os.path.realpath(upload_dir) if upload_dir else None
         self._cache: collections.OrderedDict = collections.OrderedDict()  # key -> (embeddings, duration, browser)
         self._lock = threading.Lock()
         self.stats = {"videos_encoded": 0, "cache_hits": 0, "answers": 0}
@@ -89,6 +91,9 @@ class Engine:
             path = media.resolve_typed_path(typed_path, self.allowed_dirs)
         elif upload_path:
             path = os.path.realpath(upload_path)
+            if self.upload_dir and os.path.commonpath([path, self.upload_dir]) != self.upload_dir:
+                # Gradio accepts only its own uploads already; this holds even if a request names another file.
+                raise media.InputRefused(f"{os.path.basename(path)}: not an upload of this server")
             media.check_size(path, self.max_upload_bytes)
         else:
             raise media.InputRefused("upload a video or type its path first")

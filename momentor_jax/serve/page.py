@@ -62,7 +62,7 @@ def player_html(url: Optional[str], name: str = "", duration: float = 0.0, note:
                 'then ask about it.</div></div>')
     caption = " · ".join(part for part in (html.escape(name), f"{duration:.1f} s", html.escape(note)) if part)
     return (f'<div class="momentor-player"><video id="{PLAYER_ID}" src="{html.escape(url, quote=True)}" controls '
-            f'preload="auto" playsinline data-duration="{duration:.3f}"></video>'
+            f'preload="metadata" playsinline data-duration="{duration:.3f}"></video>'
             f'<div class="momentor-caption">{caption}</div></div>')
 
 

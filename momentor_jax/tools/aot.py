@@ -134,7 +134,7 @@ class CompiledStep:
     max_length: int
     num_params: int
     num_trainable: int
-    model_flops_per_step: float      # analytic (metrics_writer.training_flops_per_example x batch)
+    model_flops_per_step: float      # analytic (training/flops.training_flops_per_example x batch)
 
 
 def abstract_batch(model_config, batch_size: int, max_length: int, sharding, videos_per_row: int = 0) -> dict:
@@ -149,11 +149,11 @@ def abstract_batch(model_config, batch_size: int, max_length: int, sharding, vid
 def lower_train_step(config, devices: list, batch_size: Optional[int] = None):
     """(jax.stages.Lowered, CompiledStep fields but `compiled`) for `config` on a mesh over `devices`.
 
-    Uses the trainer's own pieces (StateFactory, make_train_step and the shardings of compile_train_step), so what
-    compiles here is what the trainer runs.
+    Uses the trainer's own pieces (StateFactory, make_train_step and the shardings of trainer.compile_train_step),
+    so what compiles here is what the trainer runs.
     """
     from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
-    from momentor_jax.training import metrics_writer, optim, sharding, trainer  # noqa: PLC0415
+    from momentor_jax.training import flops, optim, sharding, trainer  # noqa: PLC0415
 
     batch_size = int(batch_size or config.batch_size)
     max_length = int(config.max_length)
@@ -179,7 +179,7 @@ def lower_train_step(config, devices: list, batch_size: Optional[int] = None):
     info = dict(mesh_shape=dict(mesh.shape), batch_size=batch_size, max_length=max_length,
                 num_params=count(factory.abstract.trainable) + count(factory.abstract.frozen),
                 num_trainable=count(factory.abstract.trainable),
-                model_flops_per_step=batch_size * metrics_writer.training_flops_per_example(
+                model_flops_per_step=batch_size * flops.training_flops_per_example(
                     model_config, max_length, config.trainable, max(videos, 1)))
     return lowered, info
 
@@ -190,7 +190,8 @@ def _with_batch_size(config, batch_size: int):
     return config
 
 
-def compile_train_step(config, devices: list, batch_size: Optional[int] = None) -> CompiledStep:
+def compile_for_devices(config, devices: list, batch_size: Optional[int] = None) -> CompiledStep:
+    """The train step of `config` compiled ahead of time for `devices` (e.g. a TPU topology's, on this host)."""
     lowered, info = lower_train_step(config, devices, batch_size)
     return CompiledStep(compiled=lowered.compile(), **info)
 
@@ -257,7 +258,7 @@ def try_compile(config, devices, target: TpuTarget, batch_size: int) -> tuple[Op
                                                                             Optional[MemoryReport], str]:
     """(step, memory, '') when it compiles; (None, None, reason) when XLA reports it out of memory."""
     try:
-        step = compile_train_step(config, devices, batch_size)
+        step = compile_for_devices(config, devices, batch_size)
     except Exception as e:  # noqa: BLE001 - only out-of-memory is an answer; anything else is a bug to raise
         if _is_oom(e):
             return None, None, str(e).strip().splitlines()[0][:300]

@@ -7,6 +7,11 @@
 Saves are asynchronous and atomic (orbax writes into a temporary directory and renames it when every process is
 done), so a crash mid-save leaves the previous step restorable. Restoring takes an abstract target whose leaves carry
 the shardings wanted now, so a checkpoint written on one mesh shape loads onto another.
+
+Before a restore, the saved parameter names and shapes are compared with the model's (ValueError naming the first
+parameter that differs: a config change, not damage). A step that cannot be read back (files deleted or truncated,
+e.g. by a preemption or a full disk) is damaged: `restore_latest_intact` renames it to `<step>.damaged` (kept for
+inspection; orbax ignores the name), says so, and restores the newest step that reads back whole.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -24,6 +29,10 @@ from etils import epath
 from momentor_jax import fileio
 
 PARAMS, TRAIN, DATA = "params", "train", "data"
+
+
+class ParameterMismatch(ValueError):
+    """Saved parameter names or shapes that differ from the model's (a config change, not damage)."""
 
 
 # --------------------------------------------------------------------------------------------- data iterator state
@@ -156,6 +165,58 @@ class Checkpointer:
         out = self.manager.restore(step, args=args)
         return Restored(step=step, params=out[PARAMS], train=out[TRAIN], data_state=out[DATA])
 
+    def check_params(self, step: int, abstract_params: Any) -> None:
+        """ValueError naming the first parameter whose name or shape differs between step and model."""
+        metadata = self.manager.item_metadata(step)[PARAMS]
+        saved = metadata.tree if hasattr(metadata, "tree") else metadata
+        if not jax.tree_util.tree_leaves(saved):  # no metadata at all: damage, not another model
+            raise FileNotFoundError(f"{self.directory / str(step) / PARAMS}: no parameter metadata")
+        check_same_tree(saved, abstract_params, f"checkpoint {self.directory / str(step)}")
+
+    def set_aside(self, step: int) -> str:
+        """Renames a damaged step to `<step>.damaged` (`.damaged-2`, ... if taken); returns the new path."""
+        source = self.directory / str(step)
+        target, n = self.directory / f"{step}.damaged", 1
+        while target.exists():
+            n += 1
+            target = self.directory / f"{step}.damaged-{n}"
+        if jax.process_index() == 0:
+            source.rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self.manager.reload()
+        return str(target)
+
+    def restore_latest_intact(self, abstract_params: Any, abstract_train: Any,
+                              log: Callable[[str], None] = logging.warning) -> Optional[Restored]:
+        """The newest step that restores whole, setting damaged newer ones aside; None when there is no step.
+        A parameter name or shape that differs from the model raises ValueError (not damage: nothing is moved)."""
+        damaged = []
+        while True:
+            step = self.latest_step()
+            if step is None:
+                if damaged:
+                    raise ValueError(f"{self.directory}: no intact checkpoint; damaged steps set aside: "
+                                     f"{', '.join(damaged)} (rerun to start from scratch, or restore them)")
+                return None
+            try:
+                self.check_params(step, abstract_params)
+            except ParameterMismatch:
+                raise
+            except Exception as e:  # noqa: BLE001 (unreadable metadata: the step is damaged)
+                reason = e
+            else:
+                try:
+                    return self.restore(step, abstract_params, abstract_train)
+                except Exception as e:  # noqa: BLE001 (orbax / tensorstore raise many types on missing data)
+                    reason = e
+            first_line = (str(reason).strip().splitlines() or [""])[0][:300]
+            moved = self.set_aside(step)
+            damaged.append(moved)
+            log(f"checkpoint step {step} is damaged ({type(reason).__name__}: {first_line}); set aside as {moved}; "
+                "trying the previous step")
+
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         args = ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract_params)})
         return self.manager.restore(step, args=args)[PARAMS]
@@ -179,6 +240,9 @@ def restore_params_from_workdir(workdir: str, abstract_params: Any, step: Option
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{directory}: no finished checkpoint to warm-start from")
+        metadata = manager.item_metadata(step)[PARAMS]
+        check_same_tree(metadata.tree if hasattr(metadata, "tree") else metadata, abstract_params,
+                        f"init_from {directory / str(step)}")
         args = ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract_params)})
         return manager.restore(step, args=args)[PARAMS], step
     finally:
@@ -205,15 +269,15 @@ def restore_imported_params(path: str, abstract_params: Any) -> Any:
 
 
 def check_same_tree(saved: Any, expected: Any, source: str) -> None:
-    """Raises ValueError naming the first differing parameter names / shapes."""
+    """Raises ParameterMismatch (a ValueError) naming the first differing parameter names / shapes."""
     saved, expected = _flat(saved), _flat(expected)
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{source}: parameter names differ from the model: missing {missing[:5]}, "
+        raise ParameterMismatch(f"{source}: parameter names differ from the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]} ({len(missing)} missing, {len(unexpected)} unexpected)")
     for name, target in expected.items():
         if tuple(saved[name].shape) != tuple(target.shape):
-            raise ValueError(f"{source}: parameter {name} has shape {tuple(saved[name].shape)}, "
+            raise ParameterMismatch(f"{source}: parameter {name} has shape {tuple(saved[name].shape)}, "
                              f"the model wants {tuple(target.shape)}")
 
 

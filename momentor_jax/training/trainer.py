@@ -30,12 +30,18 @@ from momentor_jax.models import partition
 from momentor_jax.models.loss import compute_loss
 from momentor_jax.models.config import MomentorConfig
 from momentor_jax.training import checkpoint as checkpoint_lib
+from momentor_jax.training import flops as flops_lib
 from momentor_jax.training import metrics_writer as metrics_lib
 from momentor_jax.training import optim, sharding
 
 
 class NonFiniteError(RuntimeError):
     """Raised when a step produced a non-finite loss or gradient; the bad state is never checkpointed."""
+
+
+class StartupError(ValueError):
+    """A run that cannot start as configured (config, data, tokenizer, checkpoint); the message names the field,
+    file or parameter. `train` reports it in one line."""
 
 
 # ---------------------------------------------------------------------------------------------- 1. train state
@@ -392,19 +398,24 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
 
 
 def _initial_state(config, factory: StateFactory, ckpt: checkpoint_lib.Checkpointer, data_iterator):
-    latest = ckpt.latest_step()
-    if latest is not None:
-        abstract_train = factory.train_part(factory.abstract)
-        restored = ckpt.restore(latest, factory.abstract_params, abstract_train)
+    try:
+        restored = ckpt.restore_latest_intact(factory.abstract_params, factory.train_part(factory.abstract))
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    if restored is not None:
         data_iterator.set_state(restored.data_state)
-        logging.info("resumed from step %d (%s)", latest, ckpt.directory)
-        return factory.assemble(restored.params, restored.train), latest
+        logging.info("resumed from step %d (%s)", restored.step, ckpt.directory)
+        return factory.assemble(restored.params, restored.train), restored.step
     if config.init_from:
-        return factory.from_params(warm_start_params(config.init_from, factory), config.seed), 0
+        try:
+            params = warm_start_params(config.init_from, factory)
+        except (ValueError, FileNotFoundError) as e:
+            raise StartupError(str(e)) from None
+        return factory.from_params(params, config.seed), 0
     if config.get("requires_init_from", False):
         hint = ("the GESM run's workdir" if config.get("variant") == "instruct"
                 else "an imported checkpoint (python -m momentor_jax.convert import_hf)")
-        raise ValueError(f"this config starts from pretrained weights: set --config.init_from to {hint}")
+        raise StartupError(f"this config starts from pretrained weights: set --config.init_from to {hint}")
     return factory.random_init(config.seed), 0
 
 
@@ -413,9 +424,9 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
     mesh, max_length = factory.mesh, config.max_length
     buffer, history = _MetricsBuffer(), []
     tokens_per_step = config.batch_size * max_length
-    flops_per_step = config.batch_size * metrics_lib.training_flops_per_example(
+    flops_per_step = config.batch_size * flops_lib.training_flops_per_example(
         model_config, max_length, config.trainable, max(videos_per_row(config), 1))
-    peak = metrics_lib.peak_flops_per_device(config.peak_flops_per_device) * jax.device_count()
+    peak = flops_lib.peak_flops_per_device(config.peak_flops_per_device) * jax.device_count()
     timer_start, timer_step = time.perf_counter(), start_step
     stopped_early, step = False, start_step
 
@@ -592,20 +603,23 @@ def resolve_total_steps(config, num_examples: int, examples_per_row: float = 1.0
 def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
     """Trains (or resumes) the run in `workdir` as `config` says; every process calls this."""
     from momentor_jax.data.loader import make_train_loader  # noqa: PLC0415 (data stack only where training)
-    model_config = MomentorConfig.from_dict(config.model)
-    mesh = sharding.make_mesh(config.mesh)
-    check_config(config, model_config, mesh)
-    paths = data_paths(config)
-    tokenizer = load_tokenizer(paths["tokenizer"], model_config)
-    data_config = {"examples": paths["examples"], "frames": paths["frames"], "read_threads": config.data.read_threads,
-                   "system_prompt": config.data.system_prompt}
-    loader = make_train_loader(
-        data_config, tokenizer=tokenizer, num_frames=model_config.num_frames, max_length=config.max_length,
-        global_batch_size=config.batch_size, seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), num_epochs=None, worker_count=config.data.worker_count,
-        use_features=config.data.use_features, image_size=model_config.vision.image_size,
-        packing=packing_options(config))
-    total_steps = resolve_total_steps(config, loader.num_examples, loader.examples_per_row)
+    try:  # everything here is the user's config, files or data: one line naming what is wrong
+        model_config = MomentorConfig.from_dict(config.model)
+        mesh = sharding.make_mesh(config.mesh)
+        check_config(config, model_config, mesh)
+        paths = data_paths(config)
+        tokenizer = load_tokenizer(paths["tokenizer"], model_config)
+        data_config = {"examples": paths["examples"], "frames": paths["frames"],
+                       "read_threads": config.data.read_threads, "system_prompt": config.data.system_prompt}
+        loader = make_train_loader(
+            data_config, tokenizer=tokenizer, num_frames=model_config.num_frames, max_length=config.max_length,
+            global_batch_size=config.batch_size, seed=config.seed, process_index=jax.process_index(),
+            process_count=jax.process_count(), num_epochs=None, worker_count=config.data.worker_count,
+            use_features=config.data.use_features, image_size=model_config.vision.image_size,
+            packing=packing_options(config))
+        total_steps = resolve_total_steps(config, loader.num_examples, loader.examples_per_row)
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
+        raise StartupError(str(e).strip("'\"") if isinstance(e, KeyError) else str(e)) from e
     init_batch = momentor_lib.example_batch(model_config, 1, config.max_length, videos_per_row=videos_per_row(config))
     return run_loop(config=config, workdir=workdir, fns=fns or momentor_fns(model_config), model_config=model_config,
                     mesh=mesh, data_iterator=loader, total_steps=total_steps, init_batch=init_batch)

@@ -47,6 +47,18 @@ def record_qid(record: Any, index: int, source: str) -> str:
     return str(record["qid"])
 
 
+def prediction_qid(record: Any, index: int, pred_source: str, known: Mapping, seen, gt_source: str) -> tuple:
+    """(qid, where) of prediction record #index+1: its qid must be one of `known` (the ground truth's) and not in
+    `seen` (the qids already predicted); else ValueError naming the record."""
+    qid = record_qid(record, index, pred_source)
+    where = f"{pred_source}, record #{index + 1} (qid {qid})"
+    if qid not in known:
+        raise ValueError(f"{where}: unknown qid (not in {gt_source})")
+    if qid in seen:
+        raise ValueError(f"{where}: duplicate qid")
+    return qid, where
+
+
 def record_field(record: Mapping, field: str, where: str) -> Any:
     if field not in record:
         raise ValueError(f"{where}: missing '{field}'")
@@ -75,12 +87,7 @@ def top1_ious(predictions: Sequence[Mapping], ground_truth: Sequence[Mapping], p
         gt_windows[qid] = [w[:2] for w in windows]
     top1: Dict[str, Optional[Window]] = {}
     for index, record in enumerate(predictions):
-        qid = record_qid(record, index, pred_source)
-        where = f"{pred_source}, record #{index + 1} (qid {qid})"
-        if qid not in gt_windows:
-            raise ValueError(f"{where}: unknown qid (not in {gt_source})")
-        if qid in top1:
-            raise ValueError(f"{where}: duplicate qid")
+        qid, where = prediction_qid(record, index, pred_source, gt_windows, top1, gt_source)
         windows = _windows(record, "pred_relevant_windows", where)
         top1[qid] = windows[0][:2] if windows else None
     return {qid: (max(window_iou(top1[qid], g) for g in gts) if top1.get(qid) is not None else 0.0)

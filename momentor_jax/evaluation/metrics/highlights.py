@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from momentor_jax.evaluation.metrics.grounding import parse_window, record_field, record_qid
+from momentor_jax.evaluation.metrics.grounding import parse_window, prediction_qid, record_field, record_qid
 
 MR_IOU_THRESHOLDS = [float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10)]
 R1_IOU_THRESHOLDS = MR_IOU_THRESHOLDS
@@ -244,12 +244,7 @@ def evaluate_highlights(submission: Sequence[Mapping], ground_truth: Sequence[Ma
     gt = _gt_queries(ground_truth, gt_source, need_mr, need_hl)
     queries, seen = [], set()
     for index, record in enumerate(submission):
-        qid = record_qid(record, index, pred_source)
-        where = f"{pred_source}, record #{index + 1} (qid {qid})"
-        if qid not in gt:
-            raise ValueError(f"{where}: unknown qid (not in {gt_source})")
-        if qid in seen:
-            raise ValueError(f"{where}: duplicate qid")
+        qid, where = prediction_qid(record, index, pred_source, gt, seen, gt_source)
         seen.add(qid)
         query = dict(gt[qid], qid=qid)
         if need_mr:

@@ -19,7 +19,9 @@ import sys
 
 from momentor_jax import cli  # imports no jax: the suite sets its environment first
 
-SUITES = ("peak", "train", "torch", "decode", "loader", "gpu")
+# Suite name -> module (the `torch` suite's module is not called torch: it imports the real one).
+SUITES = {"peak": "peak", "train": "train", "torch": "pytorch_ref", "decode": "decode", "loader": "loader",
+          "gpu": "gpu"}
 
 
 def main(argv=None) -> int:
@@ -32,7 +34,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read when jax first imports (the suite modules import it)
     if suite == "decode":
         cli.cpu_decode_flags()
-    module = importlib.import_module(f"momentor_jax.tools.bench.{suite}")
+    module = importlib.import_module(f"momentor_jax.tools.bench.{SUITES[suite]}")
 
     def define_flags(flag_values, suite_argv):
         from absl import flags  # noqa: PLC0415

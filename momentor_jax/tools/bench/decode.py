@@ -23,8 +23,8 @@ transformers decode step over that floor, the best ratio any batch-1 decoder cou
 
 On XLA:CPU at batch 1 the decode `while_loop` holds no scatter (a one-row cache write simplifies to a
 dynamic-update-slice), so XLA's small-while-loop hoisting compiles the whole loop as one "small call" whose matmuls
-do not run through the threaded dot runtime: ~30 ms per step against ~21 ms with
-`XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0` (the weight floor was ~20 ms).
+do not run through the threaded dot runtime; this lifts that (timings in docs/measurements.md):
+    XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0
 `python -m momentor_jax.tools.bench decode`, `predict` and `evaluate` set it before JAX starts on the CPU unless
 XLA_FLAGS already sets backend options (cli.cpu_decode_flags); the JSON records XLA_FLAGS under `hardware`.
 
@@ -34,13 +34,13 @@ transformers feeds the plain row E_in[k], so later tokens may differ.
 """
 from __future__ import annotations
 
-from absl import flags
 import os
 import statistics
 import time
 
 import jax
 import numpy as np
+from absl import flags
 
 from momentor_jax.tools.bench import common, shared_weights, synthetic_inputs
 
@@ -120,7 +120,7 @@ class TorchSide:
 
 def decode_step_weights(params) -> list:
     """Every weight matrix a decode step reads in full, as 2-D [inputs, outputs] arrays contracted over the axes the
-    model contracts (a tall [D x heads, head_dim] matvec runs ~25% slower than the model's [D, heads x head_dim]):
+    model contracts (a tall [D x heads, head_dim] matvec is slower than the model's [D, heads x head_dim]):
     the LLM's kernels (not the embedding table, of which a step reads one row per token) and the output tables
     (LM head, or the tied table, and E_out)."""
     llm = dict(params["llm"])

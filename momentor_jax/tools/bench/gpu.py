@@ -22,12 +22,13 @@ step over the measured copy bandwidth gives the bandwidth use.
 """
 from __future__ import annotations
 
-from absl import flags
 import glob
 import importlib.util
 import os
 import shutil
 import time
+
+from absl import flags
 
 
 def _nvidia_gpu_visible() -> bool:

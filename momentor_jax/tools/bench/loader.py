@@ -25,7 +25,6 @@ shapes: their JPEGs are small (~3 KB at 224 px) and decode about 1.5x faster tha
 """
 from __future__ import annotations
 
-from absl import flags
 import contextlib
 import json
 import os
@@ -35,6 +34,7 @@ import time
 
 import av
 import numpy as np
+from absl import flags
 
 from momentor_jax import fileio
 from momentor_jax.data import extract, synthetic

@@ -74,5 +74,5 @@ def render_dataset(out_dir: str, num_videos: int, num_frames: int, image_size: i
 
 def make_tokenizer(out_dir: str, num_temporal_tokens: int) -> tokenizer_lib.MomentorTokenizer:
     """A 300-piece sentencepiece model trained on the demo texts, with `num_temporal_tokens` temporal tokens."""
-    path = tokenizer_lib.train_sentencepiece(tokenizer_lib.demo_texts(), os.path.join(out_dir, "sp"), 300)
+    path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(), os.path.join(out_dir, "sp"), 300)
     return tokenizer_lib.MomentorTokenizer(path, num_temporal_tokens)

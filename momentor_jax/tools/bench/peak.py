@@ -5,11 +5,10 @@ array copy (read + write) gives the bandwidth. Both run on the default JAX backe
 """
 from __future__ import annotations
 
-from absl import flags
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from momentor_jax.tools.bench import common
 

@@ -32,8 +32,9 @@ def fp32_model_config(config) -> MomentorConfig:
 def random_params(config: MomentorConfig, seed: int = 0) -> dict:
     """Every Momentor parameter drawn with numpy: N(0, 0.02) tables and kernels, norm scales near 1, small biases
     (not the trivial ones/zeros, so a mistake in a norm or bias shows in the comparison)."""
-    from momentor_jax.models.momentor import Momentor, example_batch  # noqa: PLC0415
     import flax.linen as nn  # noqa: PLC0415
+
+    from momentor_jax.models.momentor import Momentor, example_batch  # noqa: PLC0415
 
     batch = example_batch(config, 1, 8)
     shapes = jax.eval_shape(lambda: nn.unbox(Momentor(config).init(jax.random.PRNGKey(0), batch)["params"]))
@@ -116,9 +117,8 @@ def configure_torch() -> dict:
     """Imports torch with one thread per usable core and OpenMP's passive wait policy (unless the environment
     already sets OMP_WAIT_POLICY); returns both settings for the printed line and the JSON.
 
-    On a shared, oversubscribed machine the default policy (spinning at every parallel-region barrier) made
-    transformers generate ~8x slower with 2 threads than with 1 (10-12 s against 1.1-1.4 s for 16 tokens at
-    load ~6 on 2 cores), which would credit JAX with PyTorch's scheduling trouble; passive waiting gave 1.3-1.8 s.
+    On a shared, oversubscribed machine the default policy (spinning at every parallel-region barrier) slows
+    PyTorch down several times over, which would credit JAX with PyTorch's scheduling trouble (docs/measurements.md).
     """
     if "torch" in sys.modules:
         policy = "torch was imported before: OMP_WAIT_POLICY=" + os.environ.get("OMP_WAIT_POLICY", "(unset)")

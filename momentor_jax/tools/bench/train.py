@@ -8,7 +8,7 @@ trainer.make_train_step, jitted with the trainer's shardings and the state donat
 memory with the loader's layout (uint8 frames, <vid_start> M x <vid_patch> <vid_end>, dialogue turns with temporal
 placeholders, loss only on the replies) and stays on the device, so only the step is timed.
 
-Model FLOPs follow MaxText (metrics_writer.training_flops_per_example). MFU = model FLOPs / median step time / peak,
+Model FLOPs follow MaxText (training/flops.training_flops_per_example). MFU = model FLOPs / median step time / peak,
 where the peak is the best matmul rate this process measured: the `peak` suite before the steps, a short probe
 before each step and the matmul again after them (on a shared host some of them run while other processes hold
 cores; the best keeps MFU conservative). `cpu_cores_busy` says how many cores the steps actually had, and
@@ -18,7 +18,6 @@ lowered with its layer stacks unrolled (a compiled scan is counted as one layer)
 """
 from __future__ import annotations
 
-from absl import flags
 import dataclasses
 import os
 import statistics
@@ -29,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from momentor_jax import constants
 from momentor_jax.tools.bench import common, peak
@@ -149,15 +149,18 @@ def length_model_batches(model_config, batch_size: int, max_length: int, options
 
     rng = np.random.default_rng(seed)
     temp_output = constants.special_token_ids(model_config.llm.vocab_size)["temp_output"]
+    # One random video for every dialogue: the step's cost does not depend on the pixels, and hundreds of distinct
+    # 32-frame videos would take gigabytes.
+    if model_config.use_cached_features:
+        video_key = "features"
+        video = rng.standard_normal((model_config.num_frames, model_config.vision_feature_dim), dtype=np.float32)
+    else:
+        video_key, size = "frames", model_config.vision.image_size
+        video = rng.integers(0, 256, (model_config.num_frames, size, size, 3), dtype=np.uint8)
     elements, rows = [], []
     for n in lengths:
         element = _encoded(*_dialogue(rng, int(n), model_config), max_length, temp_output)
-        if model_config.use_cached_features:
-            element["features"] = rng.standard_normal((model_config.num_frames, model_config.vision_feature_dim),
-                                                      dtype=np.float32)
-        else:
-            size = model_config.vision.image_size
-            element["frames"] = rng.integers(0, 256, (model_config.num_frames, size, size, 3), dtype=np.uint8)
+        element[video_key] = video
         element["durations"] = np.float32(rng.uniform(30.0, 900.0))
         elements.append(element)
         if len(elements) % options.buffer_size == 0 or len(elements) == len(lengths):
@@ -359,7 +362,7 @@ def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[
     done), model and compiler FLOPs per step, achieved FLOP/s and, given `peak_flops_per_s` and/or `probe_size`
     (a square matmul of that side timed before each step), `peak_flops_per_s` and `mfu` (see `with_mfu`).
     """
-    from momentor_jax.training import metrics_writer, trainer  # noqa: PLC0415
+    from momentor_jax.training import flops, trainer  # noqa: PLC0415
 
     bench = build_train_step(config, batch_size, local_batch)
     probe = matmul_probe(bench.model_config.llm.dtype, probe_size) if probe_size else None
@@ -369,8 +372,8 @@ def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[
         raise trainer.NonFiniteError(f"the benchmark step produced a non-finite loss or gradient: {metrics}")
     video_key = "features" if bench.model_config.use_cached_features else "frames"
     videos = bench.batch[video_key].shape[1] if "num_videos" in bench.batch else 1  # packed: V slots per row
-    model_flops = bench.batch_size * metrics_writer.training_flops_per_example(bench.model_config, bench.max_length,
-                                                                               config.trainable, videos)
+    model_flops = bench.batch_size * flops.training_flops_per_example(bench.model_config, bench.max_length,
+                                                                      config.trainable, videos)
     segment_ids = np.asarray(jax.device_get(bench.batch["segment_ids"]))
     useful_tokens = int(np.count_nonzero(segment_ids))
     examples = int(np.sum(np.max(segment_ids, axis=-1)))

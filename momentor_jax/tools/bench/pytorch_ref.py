@@ -17,13 +17,13 @@ tokens/s (B x L per forward+backward) and `ratio` = JAX tokens/s / PyTorch token
 """
 from __future__ import annotations
 
-from absl import flags
 import os
 import statistics
 import time
 
 import jax
 import numpy as np
+from absl import flags
 
 from momentor_jax.tools.bench import common, shared_weights, synthetic_inputs
 
