@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 ENV_PROJECT = "MOMENTOR_TPU_PROJECT"
 ENV_ZONE = "MOMENTOR_TPU_ZONE"
@@ -208,11 +208,14 @@ def gcsfuse_mount(bucket: str, mount: str | None) -> tuple[str, str]:
     name = bucket.removeprefix("gs://").rstrip("/")
     if not _BUCKET_RE.match(name) or ".." in name:
         raise LaunchError(f"--gcsfuse_bucket={bucket!r}: not a bucket name (lower-case letters, digits, . _ -)")
-    mount = mount or f"/mnt/{name}"
+    return name, check_mount(mount or f"/mnt/{name}")
+
+
+def check_mount(mount: str) -> str:
     parts = mount.split("/")
     if not mount.startswith("/") or not all(_SAFE_RE.match(p) for p in parts[1:]) or ".." in parts:
-        raise LaunchError(f"--gcsfuse_mount={mount!r}: use an absolute path of plain names, e.g. /mnt/{name}")
-    return name, mount
+        raise LaunchError(f"--gcsfuse_mount={mount!r}: use an absolute path of plain names, e.g. /mnt/BUCKET")
+    return mount
 
 
 def gcsfuse_mount_script(bucket: str, mount: str | None) -> str:
@@ -269,11 +272,10 @@ def load_config(config: str):
         raise LaunchError(f"--config={config!r}: {type(e).__name__}: {e}") from None
 
 
-def check_train_config(config: str, overrides: Sequence[str], allow_local: bool,
-                       mount: Optional[str] = None) -> None:
+def check_train_config(config: str, overrides: Sequence[str], allow_local: bool, mounts: Sequence[str] = ()) -> None:
     """What `train` would otherwise report only in the workers' logs: the config file and its variant, every
-    `--config.key` override naming a key the config has, and the data on gs:// or under the Cloud Storage FUSE
-    `mount` that `setup --gcsfuse_bucket` made on every worker (workers share nothing else)."""
+    `--config.key` override naming a key the config has, and the data on gs:// or under a bucket mount that `setup
+    --gcsfuse_bucket` made on every worker (workers share nothing else)."""
     loaded = load_config(config)
     values = {}
     for flag in overrides:
@@ -289,10 +291,10 @@ def check_train_config(config: str, overrides: Sequence[str], allow_local: bool,
         loaded.data.get("synthetic_videos", 0) > 0)
     if data_dir is None and needs_dir:
         raise LaunchError(f"{config}: data.dir is unset; add --config.data.dir=gs://BUCKET/data")
-    on_mount = mount is not None and os.path.normpath(str(data_dir)).startswith(os.path.normpath(mount) + os.sep)
+    on_mount = any(str(data_dir) == m or str(data_dir).startswith(m.rstrip("/") + "/") for m in mounts)
     if data_dir is not None and not str(data_dir).startswith("gs://") and not on_mount and not allow_local:
         raise LaunchError(f"data.dir={data_dir!r}: workers share nothing but GCS; use a gs:// path, a path under "
-                          "the mount given with --gcsfuse_mount (or --allow_local_workdir for a single-host VM)")
+                          "the --gcsfuse_mount that setup mounted, or --allow_local_workdir for a single-host VM")
 
 
 def train_commands(args, overrides: Sequence[str]) -> list[list[str]]:
@@ -303,7 +305,8 @@ def train_commands(args, overrides: Sequence[str]) -> list[list[str]]:
         raise LaunchError(f"--workdir={workdir!r}: workers share nothing but GCS; use a gs:// path "
                           "(or --allow_local_workdir for a single-host VM)")
     argv = train_argv(args.config, workdir, overrides)
-    check_train_config(args.config, overrides, args.allow_local_workdir, args.gcsfuse_mount)
+    mounts = [check_mount(args.gcsfuse_mount)] if args.gcsfuse_mount else []
+    check_train_config(args.config, overrides, args.allow_local_workdir, mounts)
     return [ssh(args, remote_train_script([("train", argv)], run_name, args.remote_dir))]
 
 
@@ -403,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run_name", help="names the logs and the default workdir (default: workdir basename or --name)")
     p.add_argument("--remote_dir", default="momentor_jax")
     p.add_argument("--allow_local_workdir", action="store_true", help="allow a non-gs:// workdir (single host)")
-    p.add_argument("--gcsfuse_mount", help="the mount `setup --gcsfuse_bucket` made: a data.dir under it is shared "
-                   "by every worker")
+    p.add_argument("--gcsfuse_mount", help="the mount point `setup --gcsfuse_bucket` made on every worker: "
+                   "data.dir may lie under it")
 
     p = action("logs", "show the end of the training logs")
     p.add_argument("--run_name")

@@ -92,6 +92,11 @@ def test_setup_mounts_a_bucket_with_gcsfuse_on_every_worker(capsys, tmp_path):
                 ["--gcsfuse_bucket=my-data", "--gcsfuse_mount=/mnt/$(reboot)"]):
         assert tpu.main(["setup", "--name=mtr-1", *bad, "--dry_run"]) == 2
         assert "--gcsfuse_" in capsys.readouterr().err
+    # train: data.dir under the declared mount is accepted, elsewhere it is refused as before.
+    train = ["train", "--name=mtr-1", "--config=configs/tiny.py", "--workdir=gs://b/w"]
+    assert dry_run(capsys, *train, "--gcsfuse_mount=/mnt/data", "--config.data.dir=/mnt/data/moment10m")
+    assert tpu.main([*train, "--gcsfuse_mount=/mnt/data", "--config.data.dir=/home/me/data", "--dry_run"]) == 2
+    assert "--gcsfuse_mount" in capsys.readouterr().err
 
 
 def test_train_on_all_workers(capsys):
