@@ -415,10 +415,6 @@ def _checkpoint_tree(workdir, step):
 
 
 def test_evals_match_a_separate_loss_of_the_checkpoint_and_leave_training_unchanged(reference_run, evals_run):
-    from momentor_jax.data.loader import make_eval_examples
-    from momentor_jax.models.loss import compute_loss
-    from momentor_jax.models.momentor import Momentor
-
     losses = _tensorboard_scalars(evals_run["workdir"], "eval/loss")
     accuracies = _tensorboard_scalars(evals_run["workdir"], "eval/temporal_acc")
     assert sorted(losses) == sorted(accuracies) == [2, 4, 6]
@@ -434,28 +430,35 @@ def test_evals_match_a_separate_loss_of_the_checkpoint_and_leave_training_unchan
     for name in reference:
         np.testing.assert_array_equal(trained[name], reference[name], err_msg=name)
 
-    # The checkpointed parameters of steps 4 and 6, applied to the same 6 examples in one batch on one device.
+    for step in (4, 6):
+        loss, accuracy = _separate_eval(evals_run["workdir"], step, reference_run["data"], tiny.get_config())
+        np.testing.assert_allclose(losses[step], loss, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(accuracies[step], accuracy, rtol=1e-5, atol=1e-6)
+    assert losses[6] < losses[2]
+
+
+def _separate_eval(workdir, step, data, config, num_examples=6):
+    """Loss and temporal accuracy of the checkpointed parameters at `step` on the first examples of the training
+    JSONL, in one unsharded batch."""
+    from momentor_jax.data.loader import make_eval_examples
+    from momentor_jax.models.loss import compute_loss
+    from momentor_jax.models.momentor import Momentor
     from momentor_jax.training.trainer import load_tokenizer
-    model_config = model_configs.tiny()
-    config = tiny.get_config()
-    data = reference_run["data"]
+
+    model_config = model_configs.MomentorConfig.from_dict(config.model)
     examples = make_eval_examples(
         {"examples": os.path.join(data, "gesm_train.jsonl"), "frames": os.path.join(data, "frames"),
-         "system_prompt": config.data.system_prompt}, tokenizer=load_tokenizer(os.path.join(data, "tokenizer"),
-                                                                               model_config),
-        num_frames=model_config.num_frames, max_length=config.max_length, max_examples=6)
+         "system_prompt": config.data.system_prompt},
+        tokenizer=load_tokenizer(os.path.join(data, "tokenizer"), model_config), num_frames=model_config.num_frames,
+        max_length=config.max_length, max_examples=num_examples)
     rows = list(examples)
-    assert len(rows) == 6
-    batch = {k: np.stack([r[k] for r in rows]) for k in ("input_ids", "targets", "loss_mask", "segment_ids",
-                                                          "positions", "token_times", "target_times", "frames",
-                                                          "durations")}
-    model = Momentor(model_config)
-    for step in (4, 6):
-        logits, _ = model.apply({"params": _checkpoint_tree(evals_run["workdir"], step)}, batch)
-        loss, aux = compute_loss(logits, batch, model_config)
-        np.testing.assert_allclose(losses[step], float(loss), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(accuracies[step], float(aux["temporal_accuracy"]), rtol=1e-5, atol=1e-6)
-    assert losses[6] < losses[2]
+    assert len(rows) == num_examples
+    keys = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "token_times", "target_times", "frames",
+            "durations")
+    batch = {k: np.stack([r[k] for r in rows]) for k in keys}
+    logits, _ = Momentor(model_config).apply({"params": _checkpoint_tree(workdir, step)}, batch)
+    loss, aux = compute_loss(logits, batch, model_config)
+    return float(loss), float(aux["temporal_accuracy"])
 
 
 def test_evals_kill_and_resume_is_bitwise_identical(reference_run, evals_run, tmp_path):
@@ -481,3 +484,19 @@ def test_evals_config_errors_name_the_key(reference_run, tmp_path):
             config.evals[key] = value
         with pytest.raises(trainer.StartupError, match=words):
             trainer.train(config, str(tmp_path / "e"))
+
+
+def test_evals_of_a_packed_run_use_unpacked_rows_and_leave_training_unchanged(packed_reference_run, tmp_path):
+    config = _packed_config(packed_reference_run["data"], mesh=(2, 2, 2))
+    config.evals.every_steps, config.evals.examples = 3, "gesm_train.jsonl"
+    config.evals.max_examples, config.evals.batch_size = 6, 4
+    result = trainer.train(config, str(tmp_path))
+    assert [s for s, _ in result.history] == list(range(1, TOTAL_STEPS + 1))
+    losses = _tensorboard_scalars(str(tmp_path), "eval/loss")
+    assert sorted(losses) == [3, TOTAL_STEPS]
+    loss, _ = _separate_eval(str(tmp_path), TOTAL_STEPS, packed_reference_run["data"], config)
+    np.testing.assert_allclose(losses[TOTAL_STEPS], loss, rtol=1e-5, atol=1e-6)
+    trained, reference = _saved_params(str(tmp_path), TOTAL_STEPS), _saved_params(packed_reference_run["workdir"],
+                                                                                  TOTAL_STEPS)
+    for name in reference:
+        np.testing.assert_array_equal(trained[name], reference[name], err_msg=name)

@@ -6,7 +6,8 @@ batch_size (global rows per evaluation batch; 0: batch_size / grad_accum_steps).
 
 The examples come through the loader's deterministic held-out pass (data/loader.EvalExamples: file order, every
 example once, this process's slice), their videos from the training frame shards, encoded as training encodes them.
-Global batches of evals.batch_size rows are sharded over (data, fsdp) like the train step's; each process fills its
+Global batches of evals.batch_size rows (one dialogue per row, also when training packs rows: the model reads the
+layout from the frames' rank) are sharded over (data, fsdp) like the train step's; each process fills its
 last batches with copies of a loaded example whose loss_mask is zero, so all processes run the same number of
 batches and the copies weigh nothing. The jitted step measures with trainer.token_sums (the train step's own loss
 terms) on the state's current parameters with a fixed dropout key; it reads the state and nothing else, so training
@@ -57,9 +58,6 @@ def check_config(config, mesh) -> None:
         return
     if not evals.get("examples"):
         raise ValueError("evals.every_steps > 0 needs evals.examples (held-out JSONL path(s))")
-    if config.data.get("packing", False):
-        raise ValueError("evals.every_steps > 0 is not supported with data.packing yet (evaluation batches are "
-                         "unpacked rows)")
     size, dp = eval_batch_size(config), sharding.data_parallel_size(mesh)
     if size % dp or size % jax.process_count():
         raise ValueError(f"evals.batch_size {size} is not divisible by the data-parallel size {dp} "
