@@ -500,3 +500,52 @@ def test_evals_of_a_packed_run_use_unpacked_rows_and_leave_training_unchanged(pa
                                                                                   TOTAL_STEPS)
     for name in reference:
         np.testing.assert_array_equal(trained[name], reference[name], err_msg=name)
+
+
+def _grounding_annotations(data, path, num_videos=2):
+    """QVHighlights-style queries on the first training videos, windows in each record's first half."""
+    import json
+    videos = frames_lib.FrameRecordIndex(os.path.join(data, "frames"))
+    vids = []
+    with open(os.path.join(data, "gesm_train.jsonl")) as f:
+        for line in f:
+            vid = json.loads(line)["id"]
+            if vid not in vids:
+                vids.append(vid)
+            if len(vids) == num_videos:
+                break
+    with open(path, "w") as f:
+        for qid, vid in enumerate(vids):
+            duration = float(videos.get(vid)["duration"])
+            f.write(json.dumps({"qid": qid, "vid": vid, "query": "something moves", "duration": duration,
+                                "relevant_windows": [[0.0, round(duration / 2, 2)]]}) + "\n")
+    return str(path)
+
+
+def test_grounding_evals_equal_evaluate_on_the_checkpoint(reference_run, tmp_path):
+    from momentor_jax import evaluate
+
+    annotations = _grounding_annotations(reference_run["data"], tmp_path / "grounding.jsonl")
+    workdir = tmp_path / "grounding_run"
+    proc = subprocess.run(_command(workdir, f"--config.data.dir={reference_run['data']}",
+                                   "--config.evals.grounding_every_steps=3",
+                                   f"--config.evals.grounding_annotations={annotations}",
+                                   "--config.evals.max_new_tokens=16"),
+                          cwd=REPO, env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    r1, miou = (_tensorboard_scalars(str(workdir), f"eval/{k}") for k in ("R1_0.5", "mIoU"))
+    assert sorted(r1) == sorted(miou) == [3, TOTAL_STEPS]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("eval at step ")]
+    assert len(lines) == 2 and all("grounding R1@0.5" in line and "2 queries" in line for line in lines), lines
+
+    metrics = evaluate.evaluate(str(workdir), "grounding", annotations, str(tmp_path / "out"),
+                                frames_dir=os.path.join(reference_run["data"], "frames"), batch_size=8,
+                                max_new_tokens=16, num_timelines=0, progress=False)
+    assert metrics["num_queries"] == 2
+    np.testing.assert_allclose([r1[TOTAL_STEPS], miou[TOTAL_STEPS]], [metrics["R1@0.5"], metrics["mIoU"]],
+                               rtol=1e-6, atol=1e-4)
+
+    trained, reference = _saved_params(str(workdir), TOTAL_STEPS), _saved_params(reference_run["workdir"],
+                                                                                 TOTAL_STEPS)
+    for name in reference:
+        np.testing.assert_array_equal(trained[name], reference[name], err_msg=name)

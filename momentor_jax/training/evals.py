@@ -15,6 +15,13 @@ is the same with and without evaluation.
 
 Results: `loss` = supervised-token mean over all the examples, `temporal_acc` = the train step's temporal accuracy
 over all temporal target tokens, `examples` = rows evaluated (TensorBoard: eval/loss, eval/temporal_acc).
+
+Grounding (`GroundingEval`) every evals.grounding_every_steps steps (0: off): R1@0.5 and mIoU (percent) on the first
+evals.grounding_max_queries queries of evals.grounding_annotations (any grounding format evaluation/annotations.py
+reads; relative to data.dir unless absolute or gs://), videos from the training frame shards, answered by the
+state's current parameters in memory with greedy decoding of at most evals.max_new_tokens tokens, through the code
+`python -m momentor_jax.evaluate` runs (evaluate.answer_and_score). TensorBoard: eval/R1_0.5 (tags allow no '@'),
+eval/mIoU.
 """
 from __future__ import annotations
 
@@ -41,6 +48,11 @@ def every_steps(config) -> int:
     return int(evals.get("every_steps", 0)) if evals is not None else 0
 
 
+def grounding_every_steps(config) -> int:
+    evals = config.get("evals")
+    return int(evals.get("grounding_every_steps", 0)) if evals is not None else 0
+
+
 def eval_batch_size(config) -> int:
     return int(config.evals.batch_size) or config.batch_size // max(config.grad_accum_steps, 1)
 
@@ -50,10 +62,13 @@ def check_config(config, mesh) -> None:
     evals = config.get("evals")
     if evals is None:
         return
-    for key, minimum in (("every_steps", 0), ("max_examples", 1), ("batch_size", 0)):
+    for key, minimum in (("every_steps", 0), ("max_examples", 1), ("batch_size", 0), ("grounding_every_steps", 0),
+                         ("grounding_max_queries", 1), ("max_new_tokens", 1)):
         value = evals.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"evals.{key} must be an integer >= {minimum}, got {value!r}")
+    if evals.grounding_every_steps and not evals.get("grounding_annotations"):
+        raise ValueError("evals.grounding_every_steps > 0 needs evals.grounding_annotations (a grounding file)")
     if not evals.every_steps:
         return
     if not evals.get("examples"):
@@ -64,20 +79,20 @@ def check_config(config, mesh) -> None:
                          f"(mesh {dict(mesh.shape)}) and {jax.process_count()} processes")
 
 
-def example_paths(config) -> list:
-    """config.evals.examples as a list of paths/globs, relative ones joined to data.dir."""
+def example_paths(config, key: str = "examples") -> list:
+    """config.evals.<key> as a list of paths/globs, relative ones joined to data.dir."""
     paths = []
-    for path in str(config.evals.examples).split(","):
+    for path in str(config.evals[key]).split(","):
         path = path.strip()
         if not path:
             continue
         if not (os.path.isabs(path) or fileio.is_remote(path)):
             if not config.data.dir:
-                raise ValueError(f"evals.examples {path!r} is relative: set data.dir or give an absolute path")
+                raise ValueError(f"evals.{key} {path!r} is relative: set data.dir or give an absolute path")
             path = fileio.join(config.data.dir, path)
         paths.append(path)
     if not paths:
-        raise ValueError("evals.examples names no file")
+        raise ValueError(f"evals.{key} names no file")
     return paths
 
 
@@ -169,3 +184,41 @@ class HeldOutEval:
 
 def _stack(rows: list) -> dict:
     return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+
+
+class GroundingEval:
+    """R1@0.5 and mIoU of a TrainState's parameters on held-out grounding queries (evaluate's code path)."""
+
+    def __init__(self, config, frames, tokenizer, model_config):
+        from momentor_jax import evaluate  # noqa: PLC0415
+        from momentor_jax.data import conversation  # noqa: PLC0415
+        from momentor_jax.evaluation import tasks  # noqa: PLC0415
+        from momentor_jax.inference import generate  # noqa: PLC0415
+        [annotations] = example_paths(config, "grounding_annotations")
+        self.every = grounding_every_steps(config)
+        self.task = tasks.make_task("grounding", annotations)
+        self.queries = self.task.queries[:int(config.evals.grounding_max_queries)]
+        self.source = evaluate.VideoSource(model_config, frames_dir=frames)
+        self.model_config, self.tokenizer = model_config, tokenizer
+        self.system_prompt = config.data.system_prompt or conversation.SYSTEM_PROMPT
+        self.sampling = generate.SamplingConfig(max_new_tokens=int(config.evals.max_new_tokens))
+        self.batch_size = eval_batch_size(config)
+
+    def evaluate(self, params) -> dict:
+        from momentor_jax import evaluate  # noqa: PLC0415
+        from momentor_jax.inference import generate  # noqa: PLC0415
+        generator = generate.Generator(params, self.model_config, self.tokenizer, self.system_prompt, self.sampling)
+        return evaluate.answer_and_score(self.task, self.queries, generator, self.source, self.batch_size)
+
+    def maybe_run(self, step: int, state, writer) -> Optional[dict]:
+        if step % self.every:
+            return None
+        started = time.perf_counter()
+        logging.info("step %d: grounding evaluation on %d queries ...", step, len(self.queries))
+        metrics = self.evaluate(state.params)
+        # TensorBoard tags allow no '@' (tensorboardX would rewrite it to '_' anyway).
+        writer.write_scalars(step, {"R1_0.5": metrics["R1@0.5"], "mIoU": metrics["mIoU"]}, prefix="eval")
+        writer.print(f"eval at step {step}: grounding R1@0.5 {metrics['R1@0.5']:.1f} | mIoU {metrics['mIoU']:.1f} | "
+                     f"{metrics['num_queries']} queries ({metrics['num_unparsable']} unparsable), "
+                     f"{time.perf_counter() - started:.1f} s")
+        return metrics

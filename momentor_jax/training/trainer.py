@@ -376,11 +376,13 @@ def build_state_factory(config, model_config: MomentorConfig, mesh, total_steps:
 
 
 def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfig, mesh, data_iterator,
-             total_steps: int, init_batch: Optional[dict] = None, eval_examples=None) -> TrainResult:
+             total_steps: int, init_batch: Optional[dict] = None, eval_examples=None,
+             grounding_eval=None) -> TrainResult:
     """Creates or restores the state and trains to `total_steps`. `data_iterator` yields per-process numpy
     batches and has get_state() / set_state(); `init_batch` (default: one zero example of the model's batch layout)
     only gives shapes for parameter creation; `eval_examples` (data/loader.EvalExamples) are evaluated every
-    config.evals.every_steps steps (training/evals.py)."""
+    config.evals.every_steps steps, `grounding_eval` (evals.GroundingEval) runs every
+    config.evals.grounding_every_steps (training/evals.py)."""
     started = time.perf_counter()
     logging.info("creating the train state (shapes and shardings; restore, warm start or a compiled random init) ...")
     factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
@@ -398,13 +400,14 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
         if start_step == 0:
             writer.write_text(0, "config", "```\n" + str(config) + "\n```")
         step_fn = compile_train_step(make_train_step(fns, tx, schedule, config.grad_accum_steps), factory)
-        evaluator = None
+        evaluators = [grounding_eval] if grounding_eval is not None else []
         if eval_examples is not None:
             from momentor_jax.training import evals as evals_lib  # noqa: PLC0415 (it builds on this module)
-            evaluator = evals_lib.HeldOutEval(eval_examples, fns, factory, evals_lib.eval_batch_size(config),
-                                              evals_lib.every_steps(config))
+            evaluators.insert(0, evals_lib.HeldOutEval(eval_examples, fns, factory,
+                                                       evals_lib.eval_batch_size(config),
+                                                       evals_lib.every_steps(config)))
         return _train(config, state, start_step, total_steps, step_fn, factory, ckpt, writer, stop,
-                      data_iterator, model_config, evaluator)
+                      data_iterator, model_config, evaluators)
     finally:
         stop.restore()
         ckpt.close()   # waits for the save in flight
@@ -434,7 +437,7 @@ def _initial_state(config, factory: StateFactory, ckpt: checkpoint_lib.Checkpoin
 
 
 def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, writer, stop, data_iterator,
-           model_config, evaluator=None) -> TrainResult:
+           model_config, evaluators=()) -> TrainResult:
     mesh, max_length = factory.mesh, config.max_length
     buffer, history = _MetricsBuffer(), []
     tokens_per_step = config.batch_size * max_length
@@ -489,7 +492,7 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
                 scalars["epoch"] = epoch
             writer.write_scalars(step, scalars)
             writer.log_progress(step, total_steps, scalars, eta)
-        if evaluator is not None:
+        for evaluator in evaluators:
             evaluator.maybe_run(step, state, writer)
         if last or preempted or ckpt.should_save(step):
             _save(ckpt, step, state, factory, data_iterator, buffer, history)
@@ -640,9 +643,12 @@ def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
         eval_examples = None
         if evals_lib.every_steps(config):
             eval_examples = evals_lib.open_examples(config, paths["frames"], tokenizer, model_config)
+        grounding_eval = None
+        if evals_lib.grounding_every_steps(config):
+            grounding_eval = evals_lib.GroundingEval(config, paths["frames"], tokenizer, model_config)
     except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
         raise StartupError(str(e).strip("'\"") if isinstance(e, KeyError) else str(e)) from e
     init_batch = momentor_lib.example_batch(model_config, 1, config.max_length, videos_per_row=videos_per_row(config))
     return run_loop(config=config, workdir=workdir, fns=fns or momentor_fns(model_config), model_config=model_config,
                     mesh=mesh, data_iterator=loader, total_steps=total_steps, init_batch=init_batch,
-                    eval_examples=eval_examples)
+                    eval_examples=eval_examples, grounding_eval=grounding_eval)
