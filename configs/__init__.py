@@ -91,6 +91,23 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.data.max_videos_per_row = 8
     c.data.packing_buffer = 256        # dialogues per packing window (decoded and held in memory together)
 
+    # Evaluation during training (training/evals.py): held-out loss and temporal accuracy every `every_steps`
+    # steps (0: off) on the first `max_examples` of `examples` (JSONL path(s) or globs, comma-separated, relative to
+    # data.dir unless absolute or gs://; their videos come from the training frame shards), in batches of
+    # `batch_size` (0: batch_size / grad_accum_steps). Written as eval/loss and eval/temporal_acc.
+    c.evals = ml_collections.ConfigDict()
+    c.evals.every_steps = 0
+    c.evals.examples = config_dict.placeholder(str)
+    c.evals.max_examples = 256
+    c.evals.batch_size = 0
+    # Grounding R1@0.5 and mIoU every `grounding_every_steps` steps (0: off) on the first `grounding_max_queries`
+    # queries of `grounding_annotations` (a file `python -m momentor_jax.evaluate --task grounding` reads, relative
+    # to data.dir unless absolute or gs://), greedy answers of at most `max_new_tokens` tokens.
+    c.evals.grounding_every_steps = 0
+    c.evals.grounding_annotations = config_dict.placeholder(str)
+    c.evals.grounding_max_queries = 64
+    c.evals.max_new_tokens = 32
+
     c.model = model_section(model_config)
     c.model.num_frames = num_frames_ref
     c.model.use_cached_features = c.data.get_ref("use_features")

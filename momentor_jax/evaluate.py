@@ -198,26 +198,60 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
                          "(the first batch includes compilation)")
         return generate.Generator(params, config, tokenizer, system_prompt, sampling)
 
-    def to_record(result) -> dict:
-        query = by_qid[result.item.key]
-        record = {"qid": query.qid, "vid": query.vid, "question": query.question}
-        if result.error is not None:
-            logging.warning("query %s: %s; scored as a miss", query.qid, result.error)
-            return {**record, "answer": None, "parsed": False, "video_duration": None, "error": result.error}
-        return {**record, "answer": result.answer.text, "parsed": result.answer.parsed,
-                "video_duration": result.video_duration, "error": None}
-
-    items = [batch.Item(q.qid, q.vid, q.question) for q in queries]
-    load_video = batch.unavailable_on(source.get, MissingVideo)
-    results.answer_and_log(items, log, make_generator, load_video, batch_size, to_record,
+    results.answer_and_log(_items(queries), log, make_generator, batch.unavailable_on(source.get, MissingVideo),
+                           batch_size, lambda result: _to_record(by_qid[result.item.key], result),
                            desc=f"evaluate {task_name}", progress=progress)
     return _finish(task, queries, results.latest(log.records, by_qid), out_dir, checkpoint, num_timelines)
 
 
+def _items(queries) -> list:
+    from momentor_jax.inference import batch  # noqa: PLC0415
+    return [batch.Item(q.qid, q.vid, q.question) for q in queries]
+
+
+def _to_record(query, result) -> dict:
+    """One answer record (answers.jsonl) of a query from its inference/batch.Result."""
+    record = {"qid": query.qid, "vid": query.vid, "question": query.question}
+    if result.error is not None:
+        logging.warning("query %s: %s; scored as a miss", query.qid, result.error)
+        return {**record, "answer": None, "parsed": False, "video_duration": None, "error": result.error}
+    return {**record, "answer": result.answer.text, "parsed": result.answer.parsed,
+            "video_duration": result.video_duration, "error": None}
+
+
+def answer_and_score(task, queries, generator, source: VideoSource, batch_size: int) -> dict:
+    """The task's metrics (plus num_queries, num_unparsable, num_missing_videos) of a loaded generator's answers,
+    kept in memory (evaluation during training, training/evals.py); `evaluate` is this with answers logged to disk
+    and the outputs written."""
+    from momentor_jax.inference import batch  # noqa: PLC0415
+    by_qid = {q.qid: q for q in queries}
+    records = {}
+    for done in batch.answer_items(generator, _items(queries), batch.unavailable_on(source.get, MissingVideo),
+                                   batch_size):
+        records.update((r.item.key, _to_record(by_qid[r.item.key], r)) for r in done)
+    return _score(task, queries, records, 0)[0]
+
+
 def _finish(task, queries, records: dict, out_dir: str, checkpoint: str, num_timelines: int) -> dict:
     """Submission, answers.jsonl, metrics.json and timeline.png from one answer record per query."""
-    from momentor_jax.evaluation import annotations as annotations_lib  # noqa: PLC0415
     from momentor_jax.evaluation import plots  # noqa: PLC0415
+
+    metrics, predictions, answers, rows = _score(task, queries, records, num_timelines)
+    fileio.makedirs(out_dir)
+    submission = task.write(predictions, out_dir)
+    fileio.write_text(fileio.join(out_dir, "answers.jsonl"), "".join(json.dumps(a) + "\n" for a in answers))
+    metrics.update(checkpoint=checkpoint if fileio.is_remote(checkpoint) else os.path.abspath(checkpoint),
+                   predictions=submission)
+    fileio.write_text(fileio.join(out_dir, "metrics.json"), json.dumps(metrics, indent=1))
+    if rows:
+        plots.plot_timelines(rows, fileio.join(out_dir, "timeline.png"), title=f"{task.name}: {checkpoint}",
+                             total=len(queries))
+    return metrics
+
+
+def _score(task, queries, records: dict, num_timelines: int) -> tuple:
+    """(metrics, predictions, answer records, timeline rows) from one answer record per query."""
+    from momentor_jax.evaluation import annotations as annotations_lib  # noqa: PLC0415
 
     predictions, answers, rows = {}, [], []
     unparsable = missing = 0
@@ -244,20 +278,10 @@ def _finish(task, queries, records: dict, out_dir: str, checkpoint: str, num_tim
         if len(rows) < num_timelines:
             row = task.timeline(query, predictions[query.qid], duration)
             rows.append(dict(row, status=_status(record)))
-
-    fileio.makedirs(out_dir)
-    submission = task.write(predictions, out_dir)
-    fileio.write_text(fileio.join(out_dir, "answers.jsonl"), "".join(json.dumps(a) + "\n" for a in answers))
     metrics = dict(task.score(predictions))
     metrics.update(task=task.name, num_queries=len(queries), num_unparsable=unparsable, num_missing_videos=missing,
-                   ground_truth_notes=notes,
-                   checkpoint=checkpoint if fileio.is_remote(checkpoint) else os.path.abspath(checkpoint),
-                   predictions=submission)
-    fileio.write_text(fileio.join(out_dir, "metrics.json"), json.dumps(metrics, indent=1))
-    if rows:
-        plots.plot_timelines(rows, fileio.join(out_dir, "timeline.png"), title=f"{task.name}: {checkpoint}",
-                             total=len(queries))
-    return metrics
+                   ground_truth_notes=notes)
+    return metrics, predictions, answers, rows
 
 
 def main(argv) -> None:

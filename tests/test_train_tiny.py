@@ -391,3 +391,161 @@ def test_packed_run_logs_packing_and_matches_single_device(packed_reference_run,
 
 def test_packed_kill_and_resume_is_bitwise_identical(packed_reference_run, tmp_path):
     _kill_and_resume(tmp_path, packed_reference_run, PACKED)
+
+
+# ------------------------------------------------------------------------------------ evaluation in training
+# The first 6 training examples as the held-out set, in global batches of 4 on (2, 2, 2): one full batch and one
+# filled with zero-weight copies.
+EVALS = ("--config.evals.every_steps=2", "--config.evals.examples=gesm_train.jsonl", "--config.evals.max_examples=6",
+         "--config.evals.batch_size=4")
+
+
+@pytest.fixture(scope="module")
+def evals_run(reference_run):
+    workdir = reference_run["root"] / "evals"
+    proc = subprocess.run(_command(workdir, f"--config.data.dir={reference_run['data']}", *EVALS), cwd=REPO,
+                          env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return {"workdir": str(workdir), "stdout": proc.stdout}
+
+
+def _checkpoint_tree(workdir, step):
+    path = fileio.join(workdir, "checkpoints", str(step), "params")
+    return ocp.StandardCheckpointer().restore(path)
+
+
+def test_evals_match_a_separate_loss_of_the_checkpoint_and_leave_training_unchanged(reference_run, evals_run):
+    losses = _tensorboard_scalars(evals_run["workdir"], "eval/loss")
+    accuracies = _tensorboard_scalars(evals_run["workdir"], "eval/temporal_acc")
+    assert sorted(losses) == sorted(accuracies) == [2, 4, 6]
+    lines = [line for line in evals_run["stdout"].splitlines() if line.startswith("eval at step ")]
+    assert [int(line.split()[3].rstrip(":")) for line in lines] == [2, 4, 6]
+    assert all("| 6 examples" in line for line in lines), lines
+    assert _progress_steps(evals_run["stdout"]) == list(range(1, TOTAL_STEPS + 1))
+
+    # Training is bit-identical to the reference run without evaluation.
+    trained, reference = _saved_params(evals_run["workdir"], TOTAL_STEPS), _saved_params(reference_run["workdir"],
+                                                                                          TOTAL_STEPS)
+    assert set(trained) == set(reference)
+    for name in reference:
+        np.testing.assert_array_equal(trained[name], reference[name], err_msg=name)
+
+    for step in (4, 6):
+        loss, accuracy = _separate_eval(evals_run["workdir"], step, reference_run["data"], tiny.get_config())
+        np.testing.assert_allclose(losses[step], loss, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(accuracies[step], accuracy, rtol=1e-5, atol=1e-6)
+    assert losses[6] < losses[2]
+
+
+def _separate_eval(workdir, step, data, config, num_examples=6):
+    """Loss and temporal accuracy of the checkpointed parameters at `step` on the first examples of the training
+    JSONL, in one unsharded batch."""
+    from momentor_jax.data.loader import make_eval_examples
+    from momentor_jax.models.loss import compute_loss
+    from momentor_jax.models.momentor import Momentor
+    from momentor_jax.training.trainer import load_tokenizer
+
+    model_config = model_configs.MomentorConfig.from_dict(config.model)
+    examples = make_eval_examples(
+        {"examples": os.path.join(data, "gesm_train.jsonl"), "frames": os.path.join(data, "frames"),
+         "system_prompt": config.data.system_prompt},
+        tokenizer=load_tokenizer(os.path.join(data, "tokenizer"), model_config), num_frames=model_config.num_frames,
+        max_length=config.max_length, max_examples=num_examples)
+    rows = list(examples)
+    assert len(rows) == num_examples
+    keys = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "token_times", "target_times", "frames",
+            "durations")
+    batch = {k: np.stack([r[k] for r in rows]) for k in keys}
+    logits, _ = Momentor(model_config).apply({"params": _checkpoint_tree(workdir, step)}, batch)
+    loss, aux = compute_loss(logits, batch, model_config)
+    return float(loss), float(aux["temporal_accuracy"])
+
+
+def test_evals_kill_and_resume_is_bitwise_identical(reference_run, evals_run, tmp_path):
+    _kill_and_resume(tmp_path, reference_run, EVALS)
+    # The resumed run's own events file (the killed run's may end in a torn record).
+    resumed = max(glob.glob(str(tmp_path / "killed" / "tensorboard" / "events.out.tfevents.*")), key=os.path.getmtime)
+    values = {}
+    for record in tfrecord.iter_records(resumed):
+        event = event_pb2.Event.FromString(record)
+        values.update({event.step: v.simple_value for v in event.summary.value if v.tag == "eval/loss"})
+    assert values[TOTAL_STEPS] == _tensorboard_scalars(evals_run["workdir"], "eval/loss")[TOTAL_STEPS]
+
+
+def test_evals_config_errors_name_the_key(reference_run, tmp_path):
+    base = dict(data=reference_run["data"])
+    cases = {"evals.every_steps must be an integer >= 0": {"every_steps": -1},
+             "needs evals.examples": {"every_steps": 2},
+             "evals.batch_size 3 is not divisible": {"every_steps": 2, "examples": "gesm_train.jsonl",
+                                                     "batch_size": 3}}
+    for words, evals in cases.items():
+        config = _config(base["data"], mesh=(2, 2, 2))
+        for key, value in evals.items():
+            config.evals[key] = value
+        with pytest.raises(trainer.StartupError, match=words):
+            trainer.train(config, str(tmp_path / "e"))
+
+
+def test_evals_of_a_packed_run_use_unpacked_rows_and_leave_training_unchanged(packed_reference_run, tmp_path):
+    config = _packed_config(packed_reference_run["data"], mesh=(2, 2, 2))
+    config.evals.every_steps, config.evals.examples = 3, "gesm_train.jsonl"
+    config.evals.max_examples, config.evals.batch_size = 6, 4
+    result = trainer.train(config, str(tmp_path))
+    assert [s for s, _ in result.history] == list(range(1, TOTAL_STEPS + 1))
+    losses = _tensorboard_scalars(str(tmp_path), "eval/loss")
+    assert sorted(losses) == [3, TOTAL_STEPS]
+    loss, _ = _separate_eval(str(tmp_path), TOTAL_STEPS, packed_reference_run["data"], config)
+    np.testing.assert_allclose(losses[TOTAL_STEPS], loss, rtol=1e-5, atol=1e-6)
+    trained, reference = _saved_params(str(tmp_path), TOTAL_STEPS), _saved_params(packed_reference_run["workdir"],
+                                                                                  TOTAL_STEPS)
+    for name in reference:
+        np.testing.assert_array_equal(trained[name], reference[name], err_msg=name)
+
+
+def _grounding_annotations(data, path, num_videos=2):
+    """QVHighlights-style queries on the first training videos, windows in each record's first half."""
+    import json
+    videos = frames_lib.FrameRecordIndex(os.path.join(data, "frames"))
+    vids = []
+    with open(os.path.join(data, "gesm_train.jsonl")) as f:
+        for line in f:
+            vid = json.loads(line)["id"]
+            if vid not in vids:
+                vids.append(vid)
+            if len(vids) == num_videos:
+                break
+    with open(path, "w") as f:
+        for qid, vid in enumerate(vids):
+            duration = float(videos.get(vid)["duration"])
+            f.write(json.dumps({"qid": qid, "vid": vid, "query": "something moves", "duration": duration,
+                                "relevant_windows": [[0.0, round(duration / 2, 2)]]}) + "\n")
+    return str(path)
+
+
+def test_grounding_evals_equal_evaluate_on_the_checkpoint(reference_run, tmp_path):
+    from momentor_jax import evaluate
+
+    annotations = _grounding_annotations(reference_run["data"], tmp_path / "grounding.jsonl")
+    workdir = tmp_path / "grounding_run"
+    proc = subprocess.run(_command(workdir, f"--config.data.dir={reference_run['data']}",
+                                   "--config.evals.grounding_every_steps=3",
+                                   f"--config.evals.grounding_annotations={annotations}",
+                                   "--config.evals.max_new_tokens=16"),
+                          cwd=REPO, env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    r1, miou = (_tensorboard_scalars(str(workdir), f"eval/{k}") for k in ("R1_0.5", "mIoU"))
+    assert sorted(r1) == sorted(miou) == [3, TOTAL_STEPS]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("eval at step ")]
+    assert len(lines) == 2 and all("grounding R1@0.5" in line and "2 queries" in line for line in lines), lines
+
+    metrics = evaluate.evaluate(str(workdir), "grounding", annotations, str(tmp_path / "out"),
+                                frames_dir=os.path.join(reference_run["data"], "frames"), batch_size=8,
+                                max_new_tokens=16, num_timelines=0, progress=False)
+    assert metrics["num_queries"] == 2
+    np.testing.assert_allclose([r1[TOTAL_STEPS], miou[TOTAL_STEPS]], [metrics["R1@0.5"], metrics["mIoU"]],
+                               rtol=1e-6, atol=1e-4)
+
+    trained, reference = _saved_params(str(workdir), TOTAL_STEPS), _saved_params(reference_run["workdir"],
+                                                                                 TOTAL_STEPS)
+    for name in reference:
+        np.testing.assert_array_equal(trained[name], reference[name], err_msg=name)

@@ -544,18 +544,20 @@ class EvalExamples:
 
     Each item: the encoded arrays (when a tokenizer is given), `frames` or `features`, `durations` (a float32
     scalar), `id` (the video id) and `example` (the JSONL record). Bad records are skipped and counted in
-    `num_skipped_records` (per pass); examples without a frame record in `num_missing_videos`.
+    `num_skipped_records` (per pass); examples without a frame record in `num_missing_videos`. max_examples keeps
+    the first that many examples (with a video) before the processes split them; `num_total` counts them.
     """
 
     def __init__(self, examples: Union[str, Sequence[str]], frames: Union[str, Sequence[str]], *, tokenizer,
                  num_frames: int, max_length: int, process_index: int = 0, process_count: int = 1,
                  use_features: bool = False, read_threads: int = 4, system_prompt: Optional[str] = None,
-                 image_size: Optional[int] = None):
+                 image_size: Optional[int] = None, max_examples: Optional[int] = None):
         kept, self.videos, self.num_missing_videos = open_examples(examples, frames)
         self.num_bad_frame_records = self.videos.num_bad_records
         self._load = LoadExample(kept, self.videos, tokenizer, num_frames, max_length, use_features=use_features,
                                  keep_ids=True, system_prompt=system_prompt, image_size=image_size)
-        self._indices = grain.MapDataset.range(len(kept))[process_index::process_count]
+        self.num_total = len(kept) if max_examples is None else min(len(kept), max_examples)
+        self._indices = grain.MapDataset.range(self.num_total)[process_index::process_count]
         self._read_threads = read_threads
         self.num_skipped_records = 0
         self.num_clipped_times = 0
@@ -580,10 +582,11 @@ class EvalExamples:
 
 def make_eval_examples(data_config: Any, *, tokenizer, num_frames: int, max_length: int, process_index: int = 0,
                        process_count: int = 1, use_features: bool = False,
-                       image_size: Optional[int] = None) -> EvalExamples:
+                       image_size: Optional[int] = None, max_examples: Optional[int] = None) -> EvalExamples:
     """`EvalExamples` over data_config's `examples` and `frames` (no shuffle, no repeat, every example once)."""
     return EvalExamples(_config_value(data_config, "examples"), _config_value(data_config, "frames"),
                         tokenizer=tokenizer, num_frames=num_frames, max_length=max_length,
                         process_index=process_index, process_count=process_count, use_features=use_features,
                         read_threads=int(_config_value(data_config, "read_threads", 4)),
-                        system_prompt=_config_value(data_config, "system_prompt"), image_size=image_size)
+                        system_prompt=_config_value(data_config, "system_prompt"), image_size=image_size,
+                        max_examples=max_examples)

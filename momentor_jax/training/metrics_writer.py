@@ -53,11 +53,16 @@ class MetricsWriter:
                 _events_through_fileio(logdir.split("://", 1)[0])
             self._writer = SummaryWriter(logdir=logdir, flush_secs=30)
 
-    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    def write_scalars(self, step: int, scalars: Mapping[str, float], prefix: str = "train") -> None:
         if not self._writer:
             return
         for key, value in scalars.items():
-            self._writer.add_scalar(f"train/{key}", float(value), global_step=step)
+            self._writer.add_scalar(f"{prefix}/{key}", float(value), global_step=step)
+
+    def print(self, line: str) -> None:
+        """One console line (process 0 only)."""
+        if self.enabled:
+            print(line, flush=True)
 
     def write_text(self, step: int, tag: str, text: str) -> None:
         if self._writer:

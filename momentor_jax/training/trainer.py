@@ -5,7 +5,8 @@ Sections, top to bottom:
   2. The train step: loss on the trainable split only, micro-batch accumulation, clipping + AdamW.
   3. Warm starts (`init_from`).
   4. The loop: restore or create the state; data -> global batch -> step; metrics fetched only at log and
-     checkpoint steps; async checkpoints; SIGTERM; non-finite stop.
+     checkpoint steps; held-out evaluation every config.evals.every_steps (training/evals.py); async checkpoints;
+     SIGTERM; non-finite stop.
   5. `train(config, workdir)`: config checks, tokenizer, Grain loader, step count, then the loop.
 """
 from __future__ import annotations
@@ -175,27 +176,34 @@ def _split_micro_batches(batch: dict, num_micro: int) -> dict:
     return jax.tree.map(split, batch)
 
 
+def token_sums(fns: ModelFns, params, batch: dict, rng) -> dict:
+    """The batch's loss terms as token sums (means x token counts), so batches and micro-batches add up; the train
+    step and the evaluation step (training/evals.py) both measure with this."""
+    logits = fns.apply(params, batch, rng)
+    loss, aux = fns.loss(logits, batch)
+    n_text, n_temp = aux["num_text_tokens"], aux["num_temporal_tokens"]
+    sums = {
+        "loss": loss * (n_text + n_temp),
+        "text_loss": aux["text_loss"] * n_text,
+        "temporal_loss": aux["temporal_loss"] * n_temp,
+        "num_tokens": n_text + n_temp,
+        "num_text_tokens": n_text,
+        "num_temporal_tokens": n_temp,
+        "num_input_tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),
+        # dialogues: each row's largest segment id (1 per row unpacked)
+        "num_examples": jnp.sum(jnp.max(batch["segment_ids"], axis=-1)).astype(jnp.float32),
+    }
+    if "temporal_accuracy" in aux:
+        sums["temporal_accuracy"] = aux["temporal_accuracy"] * n_temp
+    return sums
+
+
 def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     grad_accum_steps: int = 1) -> Callable:
     """(state, batch) -> (state, metrics). Pure; jit it with shardings (see `compile_train_step`)."""
 
     def summed_loss(trainable, frozen, batch, rng):
-        logits = fns.apply(partition.merge_params(trainable, frozen), batch, rng)
-        loss, aux = fns.loss(logits, batch)
-        n_text, n_temp = aux["num_text_tokens"], aux["num_temporal_tokens"]
-        sums = {
-            "loss": loss * (n_text + n_temp),
-            "text_loss": aux["text_loss"] * n_text,
-            "temporal_loss": aux["temporal_loss"] * n_temp,
-            "num_tokens": n_text + n_temp,
-            "num_text_tokens": n_text,
-            "num_temporal_tokens": n_temp,
-            "num_input_tokens": jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32),
-            # dialogues: each row's largest segment id (1 per row unpacked)
-            "num_examples": jnp.sum(jnp.max(batch["segment_ids"], axis=-1)).astype(jnp.float32),
-        }
-        if "temporal_accuracy" in aux:
-            sums["temporal_accuracy"] = aux["temporal_accuracy"] * n_temp
+        sums = token_sums(fns, partition.merge_params(trainable, frozen), batch, rng)
         # Differentiating the token sum (not the mean) lets micro-batches add up to the full-batch gradient.
         return sums["loss"], sums
 
@@ -368,10 +376,13 @@ def build_state_factory(config, model_config: MomentorConfig, mesh, total_steps:
 
 
 def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfig, mesh, data_iterator,
-             total_steps: int, init_batch: Optional[dict] = None) -> TrainResult:
+             total_steps: int, init_batch: Optional[dict] = None, eval_examples=None,
+             grounding_eval=None) -> TrainResult:
     """Creates or restores the state and trains to `total_steps`. `data_iterator` yields per-process numpy
     batches and has get_state() / set_state(); `init_batch` (default: one zero example of the model's batch layout)
-    only gives shapes for parameter creation."""
+    only gives shapes for parameter creation; `eval_examples` (data/loader.EvalExamples) are evaluated every
+    config.evals.every_steps steps, `grounding_eval` (evals.GroundingEval) runs every
+    config.evals.grounding_every_steps (training/evals.py)."""
     started = time.perf_counter()
     logging.info("creating the train state (shapes and shardings; restore, warm start or a compiled random init) ...")
     factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
@@ -389,8 +400,14 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
         if start_step == 0:
             writer.write_text(0, "config", "```\n" + str(config) + "\n```")
         step_fn = compile_train_step(make_train_step(fns, tx, schedule, config.grad_accum_steps), factory)
+        evaluators = [grounding_eval] if grounding_eval is not None else []
+        if eval_examples is not None:
+            from momentor_jax.training import evals as evals_lib  # noqa: PLC0415 (it builds on this module)
+            evaluators.insert(0, evals_lib.HeldOutEval(eval_examples, fns, factory,
+                                                       evals_lib.eval_batch_size(config),
+                                                       evals_lib.every_steps(config)))
         return _train(config, state, start_step, total_steps, step_fn, factory, ckpt, writer, stop,
-                      data_iterator, model_config)
+                      data_iterator, model_config, evaluators)
     finally:
         stop.restore()
         ckpt.close()   # waits for the save in flight
@@ -420,7 +437,7 @@ def _initial_state(config, factory: StateFactory, ckpt: checkpoint_lib.Checkpoin
 
 
 def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, writer, stop, data_iterator,
-           model_config) -> TrainResult:
+           model_config, evaluators=()) -> TrainResult:
     mesh, max_length = factory.mesh, config.max_length
     buffer, history = _MetricsBuffer(), []
     tokens_per_step = config.batch_size * max_length
@@ -475,6 +492,8 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
                 scalars["epoch"] = epoch
             writer.write_scalars(step, scalars)
             writer.log_progress(step, total_steps, scalars, eta)
+        for evaluator in evaluators:
+            evaluator.maybe_run(step, state, writer)
         if last or preempted or ckpt.should_save(step):
             _save(ckpt, step, state, factory, data_iterator, buffer, history)
         if preempted:
@@ -557,6 +576,8 @@ def check_config(config, model_config: MomentorConfig, mesh) -> None:
     if config.log_every_steps < 1 or config.checkpoint_every_steps < 1:
         raise ValueError("log_every_steps and checkpoint_every_steps must be >= 1")
     packing_options(config)  # validates data.packing's settings
+    from momentor_jax.training import evals as evals_lib  # noqa: PLC0415 (it builds on this module)
+    evals_lib.check_config(config, mesh)
 
 
 def packing_options(config):
@@ -603,6 +624,7 @@ def resolve_total_steps(config, num_examples: int, examples_per_row: float = 1.0
 def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
     """Trains (or resumes) the run in `workdir` as `config` says; every process calls this."""
     from momentor_jax.data.loader import make_train_loader  # noqa: PLC0415 (data stack only where training)
+    from momentor_jax.training import evals as evals_lib  # noqa: PLC0415 (it builds on this module)
     try:  # everything here is the user's config, files or data: one line naming what is wrong
         model_config = MomentorConfig.from_dict(config.model)
         mesh = sharding.make_mesh(config.mesh)
@@ -618,8 +640,15 @@ def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
             use_features=config.data.use_features, image_size=model_config.vision.image_size,
             packing=packing_options(config))
         total_steps = resolve_total_steps(config, loader.num_examples, loader.examples_per_row)
+        eval_examples = None
+        if evals_lib.every_steps(config):
+            eval_examples = evals_lib.open_examples(config, paths["frames"], tokenizer, model_config)
+        grounding_eval = None
+        if evals_lib.grounding_every_steps(config):
+            grounding_eval = evals_lib.GroundingEval(config, paths["frames"], tokenizer, model_config)
     except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
         raise StartupError(str(e).strip("'\"") if isinstance(e, KeyError) else str(e)) from e
     init_batch = momentor_lib.example_batch(model_config, 1, config.max_length, videos_per_row=videos_per_row(config))
     return run_loop(config=config, workdir=workdir, fns=fns or momentor_fns(model_config), model_config=model_config,
-                    mesh=mesh, data_iterator=loader, total_steps=total_steps, init_batch=init_batch)
+                    mesh=mesh, data_iterator=loader, total_steps=total_steps, init_batch=init_batch,
+                    eval_examples=eval_examples, grounding_eval=grounding_eval)
