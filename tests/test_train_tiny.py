@@ -364,11 +364,16 @@ def _packed_config(data_dir, **overrides):
 def packed_reference_run(reference_run):
     """The reference run's command and data with packing on, mesh (2, 2, 2)."""
     workdir = reference_run["root"] / "packed_reference"
-    proc = subprocess.run(_command(workdir, f"--config.data.dir={reference_run['data']}", *PACKED), cwd=REPO,
+    return {"workdir": str(workdir), "stdout": _run_on_reference_data(reference_run, workdir, *PACKED),
+            "cache": reference_run["cache"], "data": reference_run["data"]}
+
+
+def _run_on_reference_data(reference_run, workdir, *overrides) -> str:
+    """The command on the reference run's data (and compilation cache); its stdout."""
+    proc = subprocess.run(_command(workdir, f"--config.data.dir={reference_run['data']}", *overrides), cwd=REPO,
                           env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return {"workdir": str(workdir), "stdout": proc.stdout, "cache": reference_run["cache"],
-            "data": reference_run["data"]}
+    return proc.stdout
 
 
 def test_packed_run_logs_packing_and_matches_single_device(packed_reference_run, tmp_path):
@@ -403,10 +408,7 @@ EVALS = ("--config.evals.every_steps=2", "--config.evals.examples=gesm_train.jso
 @pytest.fixture(scope="module")
 def evals_run(reference_run):
     workdir = reference_run["root"] / "evals"
-    proc = subprocess.run(_command(workdir, f"--config.data.dir={reference_run['data']}", *EVALS), cwd=REPO,
-                          env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return {"workdir": str(workdir), "stdout": proc.stdout}
+    return {"workdir": str(workdir), "stdout": _run_on_reference_data(reference_run, workdir, *EVALS)}
 
 
 def _checkpoint_tree(workdir, step):
@@ -527,15 +529,12 @@ def test_grounding_evals_equal_evaluate_on_the_checkpoint(reference_run, tmp_pat
 
     annotations = _grounding_annotations(reference_run["data"], tmp_path / "grounding.jsonl")
     workdir = tmp_path / "grounding_run"
-    proc = subprocess.run(_command(workdir, f"--config.data.dir={reference_run['data']}",
-                                   "--config.evals.grounding_every_steps=3",
-                                   f"--config.evals.grounding_annotations={annotations}",
-                                   "--config.evals.max_new_tokens=16"),
-                          cwd=REPO, env=_env(reference_run["cache"]), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    stdout = _run_on_reference_data(reference_run, workdir, "--config.evals.grounding_every_steps=3",
+                                    f"--config.evals.grounding_annotations={annotations}",
+                                    "--config.evals.max_new_tokens=16")
     r1, miou = (_tensorboard_scalars(str(workdir), f"eval/{k}") for k in ("R1_0.5", "mIoU"))
     assert sorted(r1) == sorted(miou) == [3, TOTAL_STEPS]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("eval at step ")]
+    lines = [line for line in stdout.splitlines() if line.startswith("eval at step ")]
     assert len(lines) == 2 and all("grounding R1@0.5" in line and "2 queries" in line for line in lines), lines
 
     metrics = evaluate.evaluate(str(workdir), "grounding", annotations, str(tmp_path / "out"),
