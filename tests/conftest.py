@@ -3,6 +3,7 @@
 GCS: `gcs_server` (session) is fake-gcs-server on loopback behind a fault proxy (momentor_jax/tools/gcs_emulator.py);
 `gcs_bucket` gives each test its own empty bucket, 'gs://<name>', with the proxy's faults cleared.
 """
+import gc
 import itertools
 import os
 
@@ -35,8 +36,13 @@ def gcs_server():
 
 @pytest.fixture
 def gcs_bucket(gcs_server):
+    # Earlier tests in this long-lived process leave garbage of many C extensions (Beam, PyAV, gradio, torch);
+    # collected here, on the main thread, it is not finalized later on fsspec's event-loop thread, where a
+    # collection once crashed the test process (a segfault in a finalizer during a gs:// upload).
+    gc.collect()
     gcs_server.proxy.reset()
     from momentor_jax import gcs
     gcs.reset()
     yield gcs_server.make_bucket(f"test-bucket-{os.getpid()}-{next(_BUCKETS)}")
     gcs_server.proxy.reset()
+    gc.collect()
