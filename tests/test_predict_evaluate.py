@@ -8,16 +8,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+import tiny_checkpoints
 from PIL import Image
 
-from momentor_jax import checkpoint_io
 from momentor_jax.data import extract, synthetic
 from momentor_jax.data import tokenizer as tokenizer_lib
 from momentor_jax.evaluate import evaluate
 from momentor_jax.evaluation import annotations, parsing, plots, tasks
 from momentor_jax.inference import generate, load
 from momentor_jax.models import config as model_configs
-from momentor_jax.models.momentor import Momentor, example_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM_PROMPT = "You are Momentor, a video assistant."
@@ -27,20 +27,6 @@ def _run(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=300)
-
-
-def _random_params(config, seed=0):
-    """Random parameters of the model's shapes (norm scales 1), without the slow un-jitted flax init."""
-    shapes = jax.eval_shape(Momentor(config).init, jax.random.PRNGKey(0), example_batch(config, 1, 16))["params"]
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        leaf = leaf.unbox() if hasattr(leaf, "unbox") else leaf
-        if jax.tree_util.keystr(path).endswith("['scale']"):
-            return np.ones(leaf.shape, leaf.dtype)
-        return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes, is_leaf=lambda x: hasattr(x, "unbox"))
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +46,8 @@ def tiny_setup(tmp_path_factory):
     model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(200), str(root / "sp"), vocab_size=base)
     tokenizer = tokenizer_lib.MomentorTokenizer(model_path, config.num_temporal_tokens)
 
-    params = _random_params(config)
-    params["tpm"]["output_embedding"] = params["tpm"]["output_embedding"] * 40.0
     converted = str(root / "converted")
-    checkpoint_io.save_params(converted, params, config)
-    tokenizer.save(os.path.join(converted, "tokenizer"))
+    params = tiny_checkpoints.save_writing_times(converted, config, tokenizer)
 
     workdir = root / "run"  # the layout momentor_jax.train writes
     (workdir / "checkpoints" / "3").mkdir(parents=True)

@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pytest
 
-from momentor_jax import checkpoint_io
+import tiny_checkpoints
+
 from momentor_jax.data import synthetic
 from momentor_jax.data import tokenizer as tokenizer_lib
 from momentor_jax.data.encode import build_prompt
@@ -41,21 +42,6 @@ SCRIPTED_TIMES = (0.25, 0.6)  # normalized: the scripted answer's window is [0.2
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 
 
-def _random_params(config, seed=0):
-    import jax
-    from momentor_jax.models.momentor import Momentor, example_batch
-    shapes = jax.eval_shape(Momentor(config).init, jax.random.PRNGKey(0), example_batch(config, 1, 16))["params"]
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        leaf = leaf.unbox() if hasattr(leaf, "unbox") else leaf
-        if jax.tree_util.keystr(path).endswith("['scale']"):
-            return np.ones(leaf.shape, leaf.dtype)
-        return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes, is_leaf=lambda x: hasattr(x, "unbox"))
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Synthetic videos (the last two held out, with grounding annotations), a tokenizer, a converted tiny random
@@ -68,11 +54,8 @@ def tiny(tmp_path_factory):
     model_path = tokenizer_lib.train_sentencepiece(synthetic.tokenizer_texts(200), str(root / "sp"),
                                                    vocab_size=config.llm.vocab_size - 5)
     tokenizer = tokenizer_lib.MomentorTokenizer(model_path, config.num_temporal_tokens)
-    params = _random_params(config)
-    params["tpm"]["output_embedding"] = params["tpm"]["output_embedding"] * 40.0
     converted = str(root / "converted")
-    checkpoint_io.save_params(converted, params, config)
-    tokenizer.save(os.path.join(converted, "tokenizer"))
+    tiny_checkpoints.save_writing_times(converted, config, tokenizer)
 
     queries = [json.loads(line) for line in open(os.path.join(raw, "grounding_heldout.jsonl"))]
     videos = {q["vid"]: os.path.join(raw, "videos", q["vid"] + ".mp4") for q in queries}
