@@ -44,7 +44,7 @@ BATCH_KEYS = {
     "loss_mask": "float32 [B, L]: 1 where targets[i] is supervised (assistant replies and their </s>)",
     "segment_ids": "int32 [B, L]: k = 1..K for the k-th dialogue of the row (1 unpacked), 0 for padding",
     "positions": "int32 [B, L]: position ids 0, 1, 2, ..., restarting at each dialogue of a packed row",
-    "token_times": "float32 [B, L]: normalized time p in [0, 1] at each placeholder position, 0 elsewhere",
+    "placeholder_times": "float32 [B, L]: normalized time p in [0, 1] at each placeholder position, 0 elsewhere",
     "target_times": "float32 [B, L]: normalized time where targets[i] is <TEMP-OUTPUT>, 0 elsewhere",
     "frames": "uint8 [B, M, H, W, 3] (packed: [B, V, M, H, W, 3]): RGB frames, CLIP geometry, not normalized",
     "features": "float32 [B, M, F] (packed: [B, V, M, F]): cached pooled ViT features instead of frames",

@@ -32,7 +32,7 @@ def test_synthetic_batch_has_the_loader_layout():
         temporal = batch["targets"][row] == special["temp_output"]
         assert temporal.any() and np.all(batch["target_times"][row][~temporal] == 0)
         placeholders = (ids == special["temp_output"]) | (ids == special["temp_input"])
-        assert np.all(batch["token_times"][row][~placeholders] == 0)
+        assert np.all(batch["placeholder_times"][row][~placeholders] == 0)
         np.testing.assert_array_equal(batch["positions"][row, :real], np.arange(real))
 
 

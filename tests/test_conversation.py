@@ -115,11 +115,11 @@ def test_fixed_shapes_padding_and_positions(examples, tokenizer):
     for key, value in out.items():
         assert value.shape == (MAX_LENGTH,), key
     assert out["input_ids"].dtype == np.int32 and out["loss_mask"].dtype == np.float32
-    assert out["token_times"].dtype == np.float32 and out["positions"].dtype == np.int32
+    assert out["placeholder_times"].dtype == np.float32 and out["positions"].dtype == np.int32
     n = int(out["segment_ids"].sum())
     np.testing.assert_array_equal(out["segment_ids"], (np.arange(MAX_LENGTH) < n).astype(np.int32))
     np.testing.assert_array_equal(out["positions"][:n], np.arange(n))
-    for key in ("input_ids", "positions", "token_times"):
+    for key in ("input_ids", "positions", "placeholder_times"):
         assert not out[key][n:].any(), key
     ids = out["input_ids"].tolist()
     at = ids.index(tokenizer.special_ids["vid_start"])
@@ -127,7 +127,7 @@ def test_fixed_shapes_padding_and_positions(examples, tokenizer):
     assert ids.count(tokenizer.special_ids["vid_patch"]) == NUM_FRAMES
 
 
-def test_token_times_line_up_with_placeholders(tokenizer):
+def test_placeholder_times_line_up_with_placeholders(tokenizer):
     example = {"id": "v", "conversations": [
         {"User": "From <TEMP-INPUT> to <TEMP-INPUT>, and at <TEMP-INPUT>?",
          "Assistant": "<TEMP-OUTPUT> to <TEMP-OUTPUT>."},
@@ -136,13 +136,13 @@ def test_token_times_line_up_with_placeholders(tokenizer):
     out = encode.encode_example(example, tokenizer, DURATION, NUM_FRAMES, MAX_LENGTH)
     ids = out["input_ids"]
     # 2 s past the 60 s end is within the tolerance: clipped (and counted by the loader)
-    np.testing.assert_allclose(out["token_times"][ids == tokenizer.temp_input_id], [0.05, 0.1, 1.0])
+    np.testing.assert_allclose(out["placeholder_times"][ids == tokenizer.temp_input_id], [0.05, 0.1, 1.0])
     assert encode.count_past_end(example, DURATION) == 1
     with pytest.raises(ValueError, match=r"example v: temporal_input_times\[2\] = 90.0 s is past the video's end"):
         encode.encode_example(dict(example, temporal_input_times=[3.0, 6.0, 90.0]), tokenizer, DURATION, NUM_FRAMES,
                               MAX_LENGTH)
-    np.testing.assert_allclose(out["token_times"][ids == tokenizer.temp_output_id], [0.0, 0.25, 0.5, 0.75])
-    assert not out["token_times"][(ids != tokenizer.temp_input_id) & (ids != tokenizer.temp_output_id)].any()
+    np.testing.assert_allclose(out["placeholder_times"][ids == tokenizer.temp_output_id], [0.0, 0.25, 0.5, 0.75])
+    assert not out["placeholder_times"][(ids != tokenizer.temp_input_id) & (ids != tokenizer.temp_output_id)].any()
     is_output_target = out["targets"] == tokenizer.temp_output_id
     assert is_output_target.sum() == 4 and out["loss_mask"][is_output_target].all()
     np.testing.assert_allclose(out["target_times"][is_output_target], [0.0, 0.25, 0.5, 0.75])
@@ -162,7 +162,7 @@ def test_truncation_drops_whole_trailing_turns(examples, tokenizer):
             np.testing.assert_array_equal(cut[key], first[key][:max_length], err_msg=key)
     exact = encode.encode_example(two_turns, tokenizer, DURATION, NUM_FRAMES, n_full)
     assert int(exact["segment_ids"].sum()) == n_full
-    np.testing.assert_array_equal(exact["token_times"], full["token_times"][:n_full])
+    np.testing.assert_array_equal(exact["placeholder_times"], full["placeholder_times"][:n_full])
     with pytest.raises(ValueError, match=r"example vidB: the first turn needs"):
         encode.encode_example(two_turns, tokenizer, DURATION, NUM_FRAMES, n_first - 1)
 
@@ -190,7 +190,7 @@ def test_text_format_examples_use_the_same_path(tmp_path, tokenizer, reference):
         n = int(out["segment_ids"].sum())
         expected = [tokenizer.bos_id] + reference.encode(full_prompt_text(example), add_special_tokens=False)
         assert out["input_ids"][:n].tolist() == expected
-        assert not out["token_times"].any() and not out["target_times"].any()
+        assert not out["placeholder_times"].any() and not out["target_times"].any()
 
 
 def test_short_system_prompt_for_tiny_models(examples, tokenizer, reference):
@@ -214,7 +214,7 @@ def test_build_prompt_for_generation(examples, tokenizer, reference):
     ids = prompt["input_ids"]
     assert ids.tolist() == [tokenizer.bos_id] + reference.encode(text, add_special_tokens=False)
     assert tokenizer.decode(ids).endswith(" ASSISTANT:")
-    np.testing.assert_allclose(prompt["token_times"][ids == tokenizer.temp_input_id],
+    np.testing.assert_allclose(prompt["placeholder_times"][ids == tokenizer.temp_input_id],
                                np.array(two_turns["temporal_input_times"]) / DURATION, rtol=1e-6)
     assert (ids == tokenizer.temp_output_id).sum() == 0  # the last reply's times are not in the prompt
 
@@ -224,6 +224,6 @@ def test_build_prompt_for_generation(examples, tokenizer, reference):
     trained = encode.encode_example(two_turns, tokenizer, DURATION, NUM_FRAMES, MAX_LENGTH)
     n = len(full["input_ids"])
     np.testing.assert_array_equal(full["input_ids"], trained["input_ids"][:n])
-    np.testing.assert_array_equal(full["token_times"], trained["token_times"][:n])
+    np.testing.assert_array_equal(full["placeholder_times"], trained["placeholder_times"][:n])
     # the generation prompt is a prefix of the training sequence
     np.testing.assert_array_equal(ids, trained["input_ids"][:len(ids)])

@@ -434,7 +434,7 @@ def test_fuzz_example_encoding(tok):
             continue
         times = out["target_times"]
         ok = np.isfinite(times).all() and (times >= 0).all() and (times <= 1).all() and \
-            np.isfinite(out["token_times"]).all()
+            np.isfinite(out["placeholder_times"]).all()
         case.outcome("accepted") if valid and ok else case.fail(f"accepted (valid={valid}, finite={ok})")
 
 

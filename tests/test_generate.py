@@ -34,16 +34,16 @@ def _prompts(config):
         rows.append(ids)
     width = max(map(len, rows)) + 3
     input_ids = np.zeros((2, width), np.int32)
-    token_times = np.zeros((2, width), np.float32)
+    placeholder_times = np.zeros((2, width), np.float32)
     for r, ids in enumerate(rows):
         input_ids[r, :len(ids)] = ids
-        token_times[r, len(ids) - 2] = 0.25 + 0.5 * r
+        placeholder_times[r, len(ids) - 2] = 0.25 + 0.5 * r
     lengths = np.array([len(r) for r in rows], np.int32)
     features = rng.normal(size=(2, config.num_frames, config.vision_feature_dim)).astype(np.float32)
-    return input_ids, token_times, lengths, features
+    return input_ids, placeholder_times, lengths, features
 
 
-def _reference(config, params, input_ids, token_times, length, features, eos_id):
+def _reference(config, params, input_ids, placeholder_times, length, features, eos_id):
     """Greedy decoding of one row with a full forward over prompt + generated tokens at every step (no cache).
 
     The sequence is right-padded to a fixed width so the forward compiles once; causal attention keeps the last
@@ -58,7 +58,7 @@ def _reference(config, params, input_ids, token_times, length, features, eos_id)
     def last_logits(params, tokens, times, count):
         v = {"params": params}
         video = model.apply(v, features[None], method=Momentor.encode_video)
-        prompt = model.apply(v, input_ids[None, :length], token_times[None, :length], video,
+        prompt = model.apply(v, input_ids[None, :length], placeholder_times[None, :length], video,
                              method=Momentor.embed_inputs)
         fed = model.apply(v, tokens[None], times[None], method=Momentor.embed_generated)
         embeds = jnp.concatenate([prompt, fed], axis=1)
@@ -83,15 +83,15 @@ def test_cached_generation_matches_full_forwards(tiny_model, temporal_boost):
     config, params = tiny_model
     # A larger E_out makes the random model write temporal tokens, so their refined feed-back is exercised too.
     params = dict(params, tpm=dict(params["tpm"], output_embedding=params["tpm"]["output_embedding"] * temporal_boost))
-    input_ids, token_times, lengths, features = _prompts(config)
+    input_ids, placeholder_times, lengths, features = _prompts(config)
     eos_id = 2
-    out = generate.generate_tokens(params, input_ids, token_times, lengths, features, jax.random.PRNGKey(0),
+    out = generate.generate_tokens(params, input_ids, placeholder_times, lengths, features, jax.random.PRNGKey(0),
                                    config=config, sampling=generate.SamplingConfig(max_new_tokens=MAX_NEW),
                                    eos_id=eos_id)
     tokens, times = np.asarray(out["tokens"]), np.asarray(out["times"])
     saw_temporal = False
     for row in range(2):
-        ref_tokens, ref_times = _reference(config, params, input_ids[row], token_times[row], lengths[row],
+        ref_tokens, ref_times = _reference(config, params, input_ids[row], placeholder_times[row], lengths[row],
                                            features[row], eos_id)
         n = len(ref_tokens)
         np.testing.assert_array_equal(tokens[row, :n], ref_tokens)
@@ -111,8 +111,9 @@ def test_decoding_layout_unrolls_the_llm_only_and_decodes_the_same_tokens(tiny_m
     kernel = unrolled["llm"]["layers_1"]["mlp"]["up_proj"]["kernel"]
     assert np.shares_memory(kernel, host["llm"]["layers"]["mlp"]["up_proj"]["kernel"])  # a view, no copy
     assert generate.decoding_layout(unrolled, decode_config) == (unrolled, decode_config)
-    input_ids, token_times, lengths, features = _prompts(config)
-    outs = [generate.generate_tokens(p, input_ids, token_times, lengths, features, jax.random.PRNGKey(0), config=c,
+    input_ids, placeholder_times, lengths, features = _prompts(config)
+    outs = [generate.generate_tokens(p, input_ids, placeholder_times, lengths, features, jax.random.PRNGKey(0),
+                                     config=c,
                                      sampling=generate.SamplingConfig(max_new_tokens=MAX_NEW), eos_id=2)
             for p, c in ((params, config), (unrolled, decode_config))]
     jax.tree.map(np.testing.assert_array_equal, *outs)
@@ -120,9 +121,9 @@ def test_decoding_layout_unrolls_the_llm_only_and_decodes_the_same_tokens(tiny_m
 
 def test_sampling_stays_in_vocabulary_and_avoids_placeholders(tiny_model):
     config, params = tiny_model
-    input_ids, token_times, lengths, features = _prompts(config)
+    input_ids, placeholder_times, lengths, features = _prompts(config)
     sampling = generate.SamplingConfig(max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.9)
-    out = generate.generate_tokens(params, input_ids, token_times, lengths, features, jax.random.PRNGKey(1),
+    out = generate.generate_tokens(params, input_ids, placeholder_times, lengths, features, jax.random.PRNGKey(1),
                                    config=config, sampling=sampling, eos_id=2)
     tokens = np.asarray(out["tokens"])
     assert tokens.min() >= 0 and tokens.max() < config.llm.vocab_size + config.num_temporal_tokens

@@ -57,7 +57,7 @@ def fingerprints(batches):
     out = []
     for batch in batches:
         for i in range(len(batch["durations"])):
-            out.append((batch["input_ids"][i].tobytes(), batch["token_times"][i].tobytes(),
+            out.append((batch["input_ids"][i].tobytes(), batch["placeholder_times"][i].tobytes(),
                         batch["target_times"][i].tobytes(), float(batch["durations"][i])))
     return out
 
@@ -66,7 +66,7 @@ def test_batches_have_the_contract_shapes(data, tokenizer):
     iterator = train_loader(data, tokenizer)
     batch = next(iterator)
     expected = {"input_ids": np.int32, "targets": np.int32, "loss_mask": np.float32, "segment_ids": np.int32,
-                "positions": np.int32, "token_times": np.float32, "target_times": np.float32}
+                "positions": np.int32, "placeholder_times": np.float32, "target_times": np.float32}
     assert set(batch) == set(expected) | {"frames", "durations"}
     assert set(batch) <= set(constants.BATCH_KEYS)
     for key, dtype in expected.items():

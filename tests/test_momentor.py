@@ -48,7 +48,7 @@ def make_batch(cfg, seed, rows=((0.3, (0.1, 0.55)), (0.8, (0.0, 1.0)))):
         batch["input_ids"][r, :n] = ids
         batch["segment_ids"][r] = 0
         batch["segment_ids"][r, :n] = 1
-        batch["token_times"][r, :n] = times
+        batch["placeholder_times"][r, :n] = times
         # targets[i] = ids[i + 1], supervised where ids[i + 1] belongs to the reply.
         batch["targets"][r, :n - 1] = ids[1:]
         batch["loss_mask"][r, :n - 1] = supervised[1:]
@@ -207,14 +207,14 @@ def test_embeddings_splice_frames_times_and_temporal_ids(tiny):
     special = constants.special_token_ids(cfg.llm.vocab_size)
     video = method(cfg, "encode_video")(params, batch["frames"])
     assert video.shape == (2, cfg.num_frames, cfg.llm.hidden_size)
-    embeds = method(cfg, "embed_inputs")(params, batch["input_ids"], batch["token_times"], video)
+    embeds = method(cfg, "embed_inputs")(params, batch["input_ids"], batch["placeholder_times"], video)
 
     e_in = params["tpm"]["input_embedding"]
     for r in range(2):
         ids = batch["input_ids"][r]
         np.testing.assert_array_equal(embeds[r, ids == special["vid_patch"]], video[r])
         for pos in np.flatnonzero((ids == special["temp_input"]) | (ids == special["temp_output"])):
-            np.testing.assert_allclose(embeds[r, pos], tpm.interpolate(e_in, batch["token_times"][r, pos]),
+            np.testing.assert_allclose(embeds[r, pos], tpm.interpolate(e_in, batch["placeholder_times"][r, pos]),
                                        rtol=1e-6, atol=1e-7)
         text = (ids < special["vid_patch"]) | (ids == special["vid_start"]) | (ids == special["vid_end"])
         assert text.sum() >= 10
@@ -277,12 +277,13 @@ def test_kv_cache_prefill_and_decode_match_full_forward(tiny):
     split = 20
     full_ids[0, split] = cfg.llm.vocab_size + 9  # a generated temporal token fed back at position `split`
     full_batch = dict(batch, input_ids=full_ids, segment_ids=(np.arange(SEQ_LEN) <= split)[None].astype(np.int32),
-                      positions=batch["positions"][:1], token_times=batch["token_times"][:1],
+                      positions=batch["positions"][:1], placeholder_times=batch["placeholder_times"][:1],
                       frames=batch["frames"][:1])
     full_logits, _ = forward(cfg)(params, full_batch)
 
     prefill = dict(full_batch, input_ids=full_ids[:, :split], segment_ids=np.ones((1, split), np.int32),
-                   positions=full_batch["positions"][:, :split], token_times=full_batch["token_times"][:, :split])
+                   positions=full_batch["positions"][:, :split],
+                   placeholder_times=full_batch["placeholder_times"][:, :split])
     cache = init_cache(cfg.llm, 1, SEQ_LEN)
     prefill_logits, cache = forward(cfg)(params, prefill, cache)
     np.testing.assert_allclose(prefill_logits, full_logits[:, :split], rtol=1e-4, atol=1e-4)
@@ -318,8 +319,8 @@ def test_check_batch_names_the_problem(tiny):
     bad["input_ids"][0, 0] = cfg.llm.vocab_size + cfg.num_temporal_tokens
     with pytest.raises(ValueError, match=r"input_ids\[0, 0\]"):
         check_batch(bad, cfg)
-    with pytest.raises(ValueError, match="token_times"):
-        check_batch(dict(batch, token_times=batch["token_times"] + 2.0), cfg)
+    with pytest.raises(ValueError, match="placeholder_times"):
+        check_batch(dict(batch, placeholder_times=batch["placeholder_times"] + 2.0), cfg)
 
 
 def test_sharded_forward_matches_single_device(tiny_boxed):

@@ -50,12 +50,13 @@ def test_options_are_validated():
 def _element(n, max_length, seed, video_shape=(2, 3)):
     rng = np.random.default_rng(seed)
     e = {key: np.zeros(max_length, dtype) for key, dtype in (("input_ids", np.int32), ("targets", np.int32),
-                                                             ("loss_mask", np.float32), ("token_times", np.float32),
+                                                             ("loss_mask", np.float32),
+                                                             ("placeholder_times", np.float32),
                                                              ("target_times", np.float32))}
     e["input_ids"][:n] = rng.integers(1, 100, n)
     e["targets"][:n - 1] = e["input_ids"][1:n]
     e["loss_mask"][:n - 1] = 1
-    e["token_times"][:n] = rng.random(n)
+    e["placeholder_times"][:n] = rng.random(n)
     e["segment_ids"] = (np.arange(max_length) < n).astype(np.int32)
     e["positions"] = np.where(np.arange(max_length) < n, np.arange(max_length), 0).astype(np.int32)
     e["features"] = rng.random(video_shape).astype(np.float32)

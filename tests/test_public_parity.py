@@ -56,7 +56,7 @@ def _batch(cfg, seed=0) -> dict:
         rows.append((question, answer, input_times, output_times))
         length = max(length, len(question) + len(answer))
     batch = {key: np.zeros((len(rows), length), dtype) for key, dtype in (
-        ("input_ids", np.int32), ("targets", np.int32), ("loss_mask", np.float32), ("token_times", np.float32),
+        ("input_ids", np.int32), ("targets", np.int32), ("loss_mask", np.float32), ("placeholder_times", np.float32),
         ("target_times", np.float32))}
     for r, (question, answer, input_times, output_times) in enumerate(rows):
         question = question[:1] + text(length - len(question) - len(answer)) + question[1:]
@@ -66,7 +66,7 @@ def _batch(cfg, seed=0) -> dict:
         times[ids == special["temp_output"]] = output_times
         supervised = np.arange(length) >= len(question)
         batch["input_ids"][r] = ids
-        batch["token_times"][r] = times
+        batch["placeholder_times"][r] = times
         batch["loss_mask"][r, :-1] = supervised[1:]
         batch["targets"][r, :-1] = np.where(supervised[1:], ids[1:], 0)
         batch["target_times"][r, :-1] = np.where(ids[1:] == special["temp_output"], times[1:], 0.0) * supervised[1:]

@@ -193,7 +193,7 @@ def test_dialogue_prompt_puts_earlier_answers_back_with_temporal_placeholders(ti
                         tiny["tokenizer"], tiny["config"].num_frames, for_generation=True, duration=video.duration,
                         temporal_output_times=expected, system_prompt=SYSTEM_PROMPT)
     np.testing.assert_array_equal(scripted.prompts[-1]["input_ids"], want["input_ids"])
-    np.testing.assert_allclose(scripted.prompts[-1]["token_times"], want["token_times"])
+    np.testing.assert_allclose(scripted.prompts[-1]["placeholder_times"], want["placeholder_times"])
     assert len(dialogue.turns) == 2 and scripted.encoded == 1 and engine.stats["videos_encoded"] == 1
     # Another video starts a new dialogue; the truth lane follows the question's annotated query.
     assert engine.truth(video, first)[1] == tuple(tuple(w) for w in query["relevant_windows"])

@@ -455,8 +455,8 @@ def _separate_eval(workdir, step, data, config, num_examples=6):
         max_length=config.max_length, max_examples=num_examples)
     rows = list(examples)
     assert len(rows) == num_examples
-    keys = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "token_times", "target_times", "frames",
-            "durations")
+    keys = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "placeholder_times", "target_times",
+            "frames", "durations")
     batch = {k: np.stack([r[k] for r in rows]) for k in keys}
     logits, _ = Momentor(model_config).apply({"params": _checkpoint_tree(workdir, step)}, batch)
     loss, aux = compute_loss(logits, batch, model_config)

@@ -154,7 +154,7 @@ class TorchMomentor(torch.nn.Module):
             frame_temporal = (token_transfer(times, temporal_in) + token_transfer(times, temporal_out)) / 2
         return self.mm_projector(features) + frame_temporal
 
-    def embed_inputs(self, input_ids: torch.Tensor, token_times: torch.Tensor, video_features: torch.Tensor,
+    def embed_inputs(self, input_ids: torch.Tensor, placeholder_times: torch.Tensor, video_features: torch.Tensor,
                      tables) -> torch.Tensor:
         """Token embeddings with each row's video spliced in after <vid_start> and its placeholders replaced."""
         temporal_in = tables[0]
@@ -177,14 +177,14 @@ class TorchMomentor(torch.nn.Module):
             placeholders = (ids == self.special["temp_input"]) | (ids == self.special["temp_output"])
             if placeholders.any():
                 embeds = embeds.clone()
-                embeds[placeholders] = token_transfer(token_times[row][placeholders], temporal_in, self.positions)
+                embeds[placeholders] = token_transfer(placeholder_times[row][placeholders], temporal_in, self.positions)
             rows.append(embeds)
         return torch.stack(rows, 0)
 
-    def prompt_embeds(self, input_ids, token_times, frames) -> torch.Tensor:
+    def prompt_embeds(self, input_ids, placeholder_times, frames) -> torch.Tensor:
         """inputs_embeds [B, L, D] of a prompt with its video (for `generate`)."""
         tables = self.temporal_tables()
-        return self.embed_inputs(input_ids, token_times, self.encode_video(frames, tables), tables)
+        return self.embed_inputs(input_ids, placeholder_times, self.encode_video(frames, tables), tables)
 
     def _video(self, batch: dict) -> torch.Tensor:
         return batch["features"] if self.config.use_cached_features else batch["frames"]
@@ -192,7 +192,7 @@ class TorchMomentor(torch.nn.Module):
     def logits_and_loss(self, batch: dict):
         """(logits [B, L, V + N], loss) of a batch of torch tensors (constants.BATCH_KEYS, no padding)."""
         tables = self.temporal_tables()
-        inputs_embeds = self.embed_inputs(batch["input_ids"], batch["token_times"],
+        inputs_embeds = self.embed_inputs(batch["input_ids"], batch["placeholder_times"],
                                           self.encode_video(self._video(batch), tables), tables)
         hidden = self.llm.model(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
         head = torch.cat([self.llm.lm_head.weight[:self.vocab_size], tables[1]], 0)

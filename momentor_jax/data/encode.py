@@ -49,7 +49,7 @@ _VIDEO_TEXT_TOKENS = (constants.VIDEO_TOKEN, constants.VID_START_TOKEN, constant
 def encode_example(example: Mapping[str, Any], tokenizer: MomentorTokenizer, duration: float, num_frames: int,
                    max_length: int, system_prompt: str = conversation.SYSTEM_PROMPT) -> dict[str, np.ndarray]:
     """Arrays of shape [max_length] for BATCH_KEYS input_ids, targets, loss_mask, segment_ids, positions,
-    token_times, target_times. Trailing turns that do not fit are dropped whole (with their times).
+    placeholder_times, target_times. Trailing turns that do not fit are dropped whole (with their times).
     `system_prompt`: keep the default except for tiny test models (see conversation.prompt_pieces)."""
     example_id = example.get("id", "<no id>")
     turns = _turns(example, example_id)
@@ -90,7 +90,7 @@ def build_prompt(conversations: Sequence[Mapping[str, Optional[str]]] | Mapping[
     ids = np.concatenate([ids for ids, _ in _encode_turns(turns, tokenizer, num_frames, "prompt", system_prompt)])
     times = _place_times(ids, tokenizer, input_times[:_count_in(turns, constants.TEMP_INPUT_TOKEN)],
                          output_times[:_count_in(turns, constants.TEMP_OUTPUT_TOKEN)], duration, "prompt")
-    return {"input_ids": ids.astype(np.int32), "token_times": times}
+    return {"input_ids": ids.astype(np.int32), "placeholder_times": times}
 
 
 def video_span_ids(tokenizer: MomentorTokenizer, num_frames: int) -> np.ndarray:
@@ -216,8 +216,8 @@ def _fixed_length(ids: np.ndarray, supervised: np.ndarray, times: np.ndarray, to
     loss_mask[:n - 1] = supervised[1:]
     targets = np.zeros(max_length, np.int32)
     targets[:n - 1] = np.where(supervised[1:], ids[1:], 0)
-    token_times = np.zeros(max_length, np.float32)
-    token_times[:n] = times
+    placeholder_times = np.zeros(max_length, np.float32)
+    placeholder_times[:n] = times
     target_times = np.zeros(max_length, np.float32)
     target_times[:n - 1] = np.where(targets[:n - 1] == tokenizer.temp_output_id, times[1:], 0.0)
     segment_ids = np.zeros(max_length, np.int32)
@@ -225,4 +225,4 @@ def _fixed_length(ids: np.ndarray, supervised: np.ndarray, times: np.ndarray, to
     positions = np.zeros(max_length, np.int32)
     positions[:n] = np.arange(n)
     return {"input_ids": input_ids, "targets": targets, "loss_mask": loss_mask, "segment_ids": segment_ids,
-            "positions": positions, "token_times": token_times, "target_times": target_times}
+            "positions": positions, "placeholder_times": placeholder_times, "target_times": target_times}

@@ -58,7 +58,7 @@ from momentor_jax.data import tfrecord
 
 SKIPPED_KEY = "_num_skipped"
 CLIPPED_KEY = "_num_clipped_times"
-ENCODED_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "token_times", "target_times")
+ENCODED_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "placeholder_times", "target_times")
 MAX_CONSECUTIVE_BAD = 1000
 _SHOW_IDS = 5
 

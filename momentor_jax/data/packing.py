@@ -2,7 +2,7 @@
 
 A packed row (the per-row layout the model and the loss read; constants.BATCH_KEYS):
 
-    input_ids, targets, loss_mask, token_times, target_times   [L]   the dialogues one after another, then padding
+    input_ids, targets, loss_mask, placeholder_times, target_times   [L]   the dialogues one after another, then padding
     segment_ids   int32 [L]   k = 1..K for the k-th dialogue of the row, 0 on padding
     positions     int32 [L]   0, 1, 2, ... restarting at every dialogue (rotary embeddings see each one from 0)
     frames        uint8 [V, M, H, W, 3]  or  features float32 [V, M, F]: the row's videos in segment order, zero
@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import grain
 import numpy as np
 
-TEXT_KEYS = ("input_ids", "targets", "loss_mask", "token_times", "target_times")
+TEXT_KEYS = ("input_ids", "targets", "loss_mask", "placeholder_times", "target_times")
 VIDEO_KEYS = ("frames", "features")
 SKIPPED_KEY = "_num_skipped"  # = loader.SKIPPED_KEY (not imported: the loader imports this module)
 CLIPPED_KEY = "_num_clipped_times"  # = loader.CLIPPED_KEY

@@ -111,21 +111,21 @@ def encode_videos(params, video, *, config: MomentorConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_id"))
-def generate_tokens(params, input_ids, token_times, prompt_lengths, video, rng, *, config: MomentorConfig,
+def generate_tokens(params, input_ids, placeholder_times, prompt_lengths, video, rng, *, config: MomentorConfig,
                     sampling: SamplingConfig, eos_id: int) -> dict:
     """`encode_videos` then `generate_from_embeds` in one program; video frames [B, M, H, W, 3] or features
     [B, M, F]. See `generate_from_embeds` for the rest."""
     video_embeds = encode_videos(params, video, config=config)
-    return generate_from_embeds(params, input_ids, token_times, prompt_lengths, video_embeds, rng, config=config,
+    return generate_from_embeds(params, input_ids, placeholder_times, prompt_lengths, video_embeds, rng, config=config,
                                 sampling=sampling, eos_id=eos_id)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "eos_id"))
-def generate_from_embeds(params, input_ids, token_times, prompt_lengths, video_embeds, rng, *,
+def generate_from_embeds(params, input_ids, placeholder_times, prompt_lengths, video_embeds, rng, *,
                          config: MomentorConfig, sampling: SamplingConfig, eos_id: int) -> dict:
     """Decode after right-padded prompts.
 
-    input_ids/token_times [B, L] (real tokens first, `prompt_lengths` [B] of them), video_embeds [B, M, D] from
+    input_ids/placeholder_times [B, L] (real tokens first, `prompt_lengths` [B] of them), video_embeds [B, M, D] from
     `encode_videos`; params in the config's layout (decode faster: pass `decoding_layout`'s params and config,
     converted once). Returns {'tokens' [B, T] int32 (after </s>: 0), 'times' [B, T] float32 normalized time of
     each temporal token (0 elsewhere), 'num_tokens' [B] int32 generated tokens up to and including </s>}.
@@ -138,7 +138,7 @@ def generate_from_embeds(params, input_ids, token_times, prompt_lengths, video_e
     vocab_size = config.llm.vocab_size
     has_temporal = config.tpm_enabled
 
-    embeds = model.apply(variables, input_ids, token_times, video_embeds, method=Momentor.embed_inputs)
+    embeds = model.apply(variables, input_ids, placeholder_times, video_embeds, method=Momentor.embed_inputs)
     cache = llama.init_cache(config.llm, batch_size, prompt_len + steps, to_dtype(config.llm.dtype))
     positions = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), (batch_size, prompt_len))
     segment_ids = (positions < prompt_lengths[:, None]).astype(jnp.int32)
@@ -253,7 +253,7 @@ def _bucket(length: int, bucket: int = PROMPT_BUCKET) -> int:
 def question_prompt(question: str, tokenizer: MomentorTokenizer, num_frames: int,
                     system_prompt: str = conversation.SYSTEM_PROMPT, duration: float = 1.0,
                     input_times: Sequence[float] = ()) -> dict:
-    """{'input_ids', 'token_times'} of the generation prompt for one question about one video."""
+    """{'input_ids', 'placeholder_times'} of the generation prompt for one question about one video."""
     return build_prompt([{"User": question, "Assistant": None}], tokenizer, num_frames, for_generation=True,
                         duration=duration, temporal_input_times=input_times, system_prompt=system_prompt)
 
@@ -309,7 +309,7 @@ class Generator:
 
     def answer_prompts(self, prompts: Sequence[dict], video_embeds, durations: Sequence[float],
                        batch_size: Optional[int] = None) -> list[Answer]:
-        """As `answer_encoded`, for prompts already built ({'input_ids', 'token_times'}, e.g. a whole dialogue by
+        """As `answer_encoded`, for prompts already built ({'input_ids', 'placeholder_times'}, e.g. a whole dialogue by
         encode.build_prompt(..., for_generation=True))."""
         count = len(prompts)
         if count == 0:
@@ -328,15 +328,15 @@ class Generator:
             raise ValueError(f"prompt of {width} tokens + max_new_tokens {self.sampling.max_new_tokens} exceeds "
                              f"max_position_embeddings {max_positions}")
         input_ids = np.zeros((batch_size, width), np.int32)
-        token_times = np.zeros((batch_size, width), np.float32)
+        placeholder_times = np.zeros((batch_size, width), np.float32)
         input_ids[:, 0] = self.tokenizer.bos_id
         for row, p in enumerate(prompts):
             input_ids[row, :len(p["input_ids"])] = p["input_ids"]
-            token_times[row, :len(p["token_times"])] = p["token_times"]
+            placeholder_times[row, :len(p["placeholder_times"])] = p["placeholder_times"]
         if count < batch_size:  # padding rows repeat the last video; their answers are dropped
             video_embeds = jnp.concatenate([video_embeds, jnp.repeat(video_embeds[-1:], batch_size - count, 0)])
         self._rng, rng = jax.random.split(self._rng)
-        out = generate_from_embeds(self.params, input_ids, token_times, lengths, video_embeds, rng,
+        out = generate_from_embeds(self.params, input_ids, placeholder_times, lengths, video_embeds, rng,
                                    config=self.config, sampling=self.sampling, eos_id=self.tokenizer.eos_id)
         tokens, times = np.asarray(out["tokens"]), np.asarray(out["times"])
         return [render_answer(tokens[i], times[i], float(durations[i]), self.tokenizer) for i in range(count)]

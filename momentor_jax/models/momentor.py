@@ -7,8 +7,8 @@ Submodules (their names are the parameter tree that `convert/` builds):
     llm        LlamaModel
 
 Token ids (constants.py): ids < V are text rows of the LLaMA table; <TEMP-INPUT>/<TEMP-OUTPUT> placeholders are
-replaced by the interpolated E_in' at `token_times`; an id V + k (a generated temporal token fed back) takes E_in'[k];
-the j-th <vid_patch> of a row takes the j-th projected frame of that row's video. Every shape is fixed, so a
+replaced by the interpolated E_in' at `placeholder_times`; an id V + k (a generated temporal token fed back) takes
+E_in'[k]; the j-th <vid_patch> of a row takes the j-th projected frame of that row's video. Every shape is fixed, so a
 forward jits once per configuration and batch shape.
 """
 from __future__ import annotations
@@ -133,10 +133,10 @@ class Momentor(nn.Module):
             embeds = jnp.where(is_patch[..., None], spliced, embeds)
         return nn.with_logical_constraint(embeds, ("batch", "length", "embed"))
 
-    def embed_inputs(self, input_ids, token_times=None, video_embeds=None, segment_ids=None) -> jax.Array:
-        """Input embeddings [B, L, D]: text rows, temporal placeholders at `token_times`, frames at <vid_patch>
+    def embed_inputs(self, input_ids, placeholder_times=None, video_embeds=None, segment_ids=None) -> jax.Array:
+        """Input embeddings [B, L, D]: text rows, temporal placeholders at `placeholder_times`, frames at <vid_patch>
         (the k-th <vid_patch> of a row takes video_embeds[:, k]: with packed rows, the j-th video's M frames)."""
-        return self._embed(input_ids, token_times, None, video_embeds, segment_ids)
+        return self._embed(input_ids, placeholder_times, None, video_embeds, segment_ids)
 
     def embed_generated(self, token_ids, times=None) -> jax.Array:
         """Embedding of generated tokens [B, T] (id < V, or temporal id V + k) -> [B, T, D].
@@ -172,7 +172,7 @@ class Momentor(nn.Module):
         video = self.video_from_batch(batch)
         video_embeds = None if video is None else self.encode_video(video)
         packed = video is not None and video.ndim in (4, 6)
-        embeds = self.embed_inputs(batch["input_ids"], batch.get("token_times"), video_embeds,
+        embeds = self.embed_inputs(batch["input_ids"], batch.get("placeholder_times"), video_embeds,
                                    batch["segment_ids"] if packed else None)
         return self.forward_embeds(embeds, batch["positions"], batch["segment_ids"], cache)
 
@@ -197,7 +197,7 @@ def example_batch(config: MomentorConfig, batch_size: int, seq_len: int, with_vi
         "loss_mask": np.zeros((batch_size, seq_len), np.float32),
         "segment_ids": np.ones((batch_size, seq_len), np.int32),
         "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch_size, seq_len)).copy(),
-        "token_times": np.zeros((batch_size, seq_len), np.float32),
+        "placeholder_times": np.zeros((batch_size, seq_len), np.float32),
         "target_times": np.zeros((batch_size, seq_len), np.float32),
         "durations": np.ones((batch_size,), np.float32),
     }
@@ -244,7 +244,7 @@ def check_batch(batch: dict, config: MomentorConfig, name: str = "batch") -> Non
 
 
 def _check_times(batch: dict, name: str) -> None:
-    for field in ("token_times", "target_times"):
+    for field in ("placeholder_times", "target_times"):
         if field in batch:
             times = np.asarray(batch[field])
             if np.any(~np.isfinite(times)) or np.any((times < 0) | (times > 1)):

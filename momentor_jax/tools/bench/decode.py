@@ -86,7 +86,7 @@ class JaxSide:
     def __call__(self, prompt: dict, new_tokens: int) -> np.ndarray:
         batch_size, length = prompt["input_ids"].shape
         out = self.generate.generate_tokens(
-            self.params, prompt["input_ids"], prompt["token_times"], np.full((batch_size,), length, np.int32),
+            self.params, prompt["input_ids"], prompt["placeholder_times"], np.full((batch_size,), length, np.int32),
             prompt["frames"], jax.random.PRNGKey(0), config=self.config,
             sampling=self.generate.SamplingConfig(max_new_tokens=new_tokens), eos_id=NO_EOS)
         return np.asarray(out["tokens"])
@@ -111,7 +111,7 @@ class TorchSide:
             self.generation_configs[new_tokens] = self.new_config(new_tokens)
         with torch.inference_mode():
             inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in prompt.items()}
-            embeds = self.reference.prompt_embeds(inputs["input_ids"], inputs["token_times"], inputs["frames"])
+            embeds = self.reference.prompt_embeds(inputs["input_ids"], inputs["placeholder_times"], inputs["frames"])
             out = self.reference.llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2],
                                                                                               dtype=torch.long),
                                               generation_config=self.generation_configs[new_tokens])

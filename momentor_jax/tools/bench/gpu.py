@@ -95,7 +95,8 @@ def decode_prompt(model_config, batch_size: int, question_tokens: int = 24, seed
                      + rng.integers(3, text_limit, 2).tolist(), np.int32)
     times = np.where(ids == special["temp_input"], 0.25, 0.0).astype(np.float32)
     size = model_config.vision.image_size
-    return {"input_ids": np.repeat(ids[None], batch_size, 0), "token_times": np.repeat(times[None], batch_size, 0),
+    return {"input_ids": np.repeat(ids[None], batch_size, 0),
+            "placeholder_times": np.repeat(times[None], batch_size, 0),
             "frames": rng.integers(0, 256, (batch_size, model_config.num_frames, size, size, 3), dtype=np.uint8)}
 
 
@@ -129,7 +130,7 @@ def measure_decode(model_config, batch_sizes, new_tokens: int, repeats: int = 3,
 
         def answer(tokens: int):
             sampling = generate.SamplingConfig(max_new_tokens=tokens)
-            out = generate.generate_tokens(params, prompt["input_ids"], prompt["token_times"], lengths,
+            out = generate.generate_tokens(params, prompt["input_ids"], prompt["placeholder_times"], lengths,
                                            prompt["frames"], jax.random.PRNGKey(0), config=model_config,
                                            sampling=sampling, eos_id=NO_EOS)
             return jax.block_until_ready(out)

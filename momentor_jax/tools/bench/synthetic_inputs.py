@@ -42,27 +42,27 @@ def training_batch(config: MomentorConfig, batch_size: int, length: int, seed: i
         raise ValueError(f"length {length} is too short for a row with {config.num_frames} frames")
     rng = np.random.default_rng(seed)
     input_ids = np.zeros((batch_size, length), np.int32)
-    token_times = np.zeros((batch_size, length), np.float32)
+    placeholder_times = np.zeros((batch_size, length), np.float32)
     for row in range(batch_size):
         ids = np.concatenate([head, _text(rng, length - len(head), config)]).astype(np.int32)
         ids[1:1 + LEADING_TEXT] = _text(rng, LEADING_TEXT, config)
         question = rng.choice(np.arange(len(head), answer_start), placeholders, replace=False)
         answer = rng.choice(np.arange(answer_start + 1, length), placeholders, replace=False)
         ids[question], ids[answer] = special["temp_input"], special["temp_output"]
-        token_times[row, question] = rng.uniform(0.0, 1.0, placeholders)
-        token_times[row, answer] = rng.uniform(0.0, 1.0, placeholders)
+        placeholder_times[row, question] = rng.uniform(0.0, 1.0, placeholders)
+        placeholder_times[row, answer] = rng.uniform(0.0, 1.0, placeholders)
         input_ids[row] = ids
     targets = np.zeros_like(input_ids)
     targets[:, :-1] = input_ids[:, 1:]
     loss_mask = np.zeros((batch_size, length), np.float32)
     loss_mask[:, answer_start:length - 1] = 1.0
-    target_times = np.zeros_like(token_times)
-    target_times[:, :-1] = np.where(targets[:, :-1] == special["temp_output"], token_times[:, 1:], 0.0)
+    target_times = np.zeros_like(placeholder_times)
+    target_times[:, :-1] = np.where(targets[:, :-1] == special["temp_output"], placeholder_times[:, 1:], 0.0)
     return {
         "input_ids": input_ids, "targets": targets, "loss_mask": loss_mask,
         "segment_ids": np.ones((batch_size, length), np.int32),
         "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch_size, length)).copy(),
-        "token_times": token_times, "target_times": target_times,
+        "placeholder_times": placeholder_times, "target_times": target_times,
         "durations": np.full((batch_size,), 60.0, np.float32),
         "frames": frames(config, batch_size, seed),
     }
@@ -70,7 +70,7 @@ def training_batch(config: MomentorConfig, batch_size: int, length: int, seed: i
 
 def generation_prompt(config: MomentorConfig, batch_size: int, question_tokens: int = 32, seed: int = 0) -> dict:
     """The same question prompt in every row (one <TEMP-INPUT> at time 0.25), each row with its own video:
-    {'input_ids', 'token_times' [B, L], 'frames' [B, M, H, W, 3]}."""
+    {'input_ids', 'placeholder_times' [B, L], 'frames' [B, M, H, W, 3]}."""
     special = constants.special_token_ids(config.llm.vocab_size)
     rng = np.random.default_rng(seed)
     ids = np.concatenate([[BOS_ID], _text(rng, LEADING_TEXT, config), _video_span(config),
@@ -79,5 +79,5 @@ def generation_prompt(config: MomentorConfig, batch_size: int, question_tokens: 
     placeholder = len(ids) - question_tokens // 2
     ids[placeholder], times[placeholder] = special["temp_input"], 0.25
     return {"input_ids": np.repeat(ids[None], batch_size, axis=0),
-            "token_times": np.repeat(times[None], batch_size, axis=0),
+            "placeholder_times": np.repeat(times[None], batch_size, axis=0),
             "frames": frames(config, batch_size, seed)}

@@ -63,7 +63,7 @@ def synthetic_batch(model_config, batch_size: int, max_length: int, seed: int = 
 
     columns = {key: np.zeros((batch_size, max_length), dtype) for key, dtype in (
         ("input_ids", np.int32), ("targets", np.int32), ("loss_mask", np.float32), ("segment_ids", np.int32),
-        ("positions", np.int32), ("token_times", np.float32), ("target_times", np.float32))}
+        ("positions", np.int32), ("placeholder_times", np.float32), ("target_times", np.float32))}
     for row in range(batch_size):
         ids, supervised = list(head_ids), [False] * len(head_ids)
         fill = int(max_length * rng.uniform(0.75, 1.0))
@@ -84,7 +84,7 @@ def synthetic_batch(model_config, batch_size: int, max_length: int, seed: int = 
         c["loss_mask"][:n - 1] = supervised[1:]
         c["targets"][:n - 1] = np.where(supervised[1:], ids[1:], 0)
         c["target_times"][:n - 1] = np.where(c["targets"][:n - 1] == special["temp_output"], times[1:], 0.0)
-        c["token_times"][:n] = times
+        c["placeholder_times"][:n] = times
         c["segment_ids"][:n] = 1
         c["positions"][:n] = np.arange(n)
     batch = dict(columns, durations=rng.uniform(30.0, 300.0, batch_size).astype(np.float32))
@@ -129,12 +129,12 @@ def _encoded(ids, supervised, times, max_length: int, temp_output: int) -> dict:
     n = len(ids)
     out = {key: np.zeros(max_length, dtype) for key, dtype in (
         ("input_ids", np.int32), ("targets", np.int32), ("loss_mask", np.float32), ("segment_ids", np.int32),
-        ("positions", np.int32), ("token_times", np.float32), ("target_times", np.float32))}
+        ("positions", np.int32), ("placeholder_times", np.float32), ("target_times", np.float32))}
     out["input_ids"][:n] = ids
     out["loss_mask"][:n - 1] = supervised[1:]
     out["targets"][:n - 1] = np.where(supervised[1:], ids[1:], 0)
     out["target_times"][:n - 1] = np.where(out["targets"][:n - 1] == temp_output, times[1:], 0.0)
-    out["token_times"][:n] = times
+    out["placeholder_times"][:n] = times
     out["segment_ids"][:n] = 1
     out["positions"][:n] = np.arange(n)
     return out
