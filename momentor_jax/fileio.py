@@ -84,25 +84,24 @@ def join(path, *parts) -> str:
     return out
 
 
-def exists(path) -> bool:
+def _path_test(path, local, remote: str) -> bool:
+    """local(path) for a local path, else the filesystem's method named `remote` on the bucket path."""
     if not is_remote(path):
-        return os.path.exists(path)
+        return local(path)
     fs, p = _fs(path)
-    return fs.exists(p)
+    return getattr(fs, remote)(p)
+
+
+def exists(path) -> bool:
+    return _path_test(path, os.path.exists, "exists")
 
 
 def isdir(path) -> bool:
-    if not is_remote(path):
-        return os.path.isdir(path)
-    fs, p = _fs(path)
-    return fs.isdir(p)
+    return _path_test(path, os.path.isdir, "isdir")
 
 
 def isfile(path) -> bool:
-    if not is_remote(path):
-        return os.path.isfile(path)
-    fs, p = _fs(path)
-    return fs.isfile(p)
+    return _path_test(path, os.path.isfile, "isfile")
 
 
 def size(path) -> int:

@@ -153,9 +153,29 @@ def frame_times_problem(frame_times: np.ndarray) -> Optional[str]:
 
 def parse_frame_record(data: bytes, num_frames: Optional[int] = None) -> dict:
     """Serialized frame record -> {video_id, duration, frame_times float32 [M], frames uint8 [M, H, W, 3]}."""
+    return _parse_record(_parse_example(data), num_frames, "frames")
+
+
+def parse_feature_record(data: bytes, num_frames: Optional[int] = None) -> dict:
+    """Serialized feature record -> {video_id, duration, frame_times float32 [M], features float32 [M, F]}."""
+    return _parse_record(_parse_example(data), num_frames, "features")
+
+
+def parse_video_record(data: bytes, num_frames: Optional[int] = None) -> dict:
+    """Either kind of record, told apart by its 'frames' or 'features' field."""
     feature = _parse_example(data)
+    return _parse_record(feature, num_frames, "features" if "features" in feature else "frames")
+
+
+def _parse_record(feature, num_frames: Optional[int], kind: str) -> dict:
+    """The common fields plus `kind` ('frames' or 'features') read from a parsed Example's feature map."""
     out = _common_fields(feature, num_frames)
-    video_id, count = out["video_id"], len(out["frame_times"])
+    read = _decode_frames if kind == "frames" else _read_features
+    out[kind] = read(feature, out["video_id"], len(out["frame_times"]))
+    return out
+
+
+def _decode_frames(feature, video_id: str, count: int) -> np.ndarray:
     height = int(_scalar(feature, "height", "int64_list", video_id))
     width = int(_scalar(feature, "width", "int64_list", video_id))
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
@@ -173,28 +193,15 @@ def parse_frame_record(data: bytes, num_frames: Optional[int] = None) -> dict:
         if pixels.shape != (height, width, 3):
             raise RecordError(f"video {video_id}: frame {i} is {pixels.shape}, expected {(height, width, 3)}")
         frames[i] = pixels
-    out["frames"] = frames
-    return out
+    return frames
 
 
-def parse_feature_record(data: bytes, num_frames: Optional[int] = None) -> dict:
-    """Serialized feature record -> {video_id, duration, frame_times float32 [M], features float32 [M, F]}."""
-    feature = _parse_example(data)
-    out = _common_fields(feature, num_frames)
-    video_id, count = out["video_id"], len(out["frame_times"])
+def _read_features(feature, video_id: str, count: int) -> np.ndarray:
     dim = int(_scalar(feature, "feature_dim", "int64_list", video_id))
     values = np.asarray(feature["features"].float_list.value if "features" in feature else [], np.float32)
     if dim <= 0 or values.size != count * dim:
         raise RecordError(f"video {video_id}: {values.size} feature values, expected {count} x {dim}")
-    out["features"] = values.reshape(count, dim)
-    return out
-
-
-def parse_video_record(data: bytes, num_frames: Optional[int] = None) -> dict:
-    """Either kind of record, told apart by its 'frames' or 'features' field."""
-    if "features" in _parse_example(data):
-        return parse_feature_record(data, num_frames)
-    return parse_frame_record(data, num_frames)
+    return values.reshape(count, dim)
 
 
 # ------------------------------------------------------------------------------------------------ lookup by id
