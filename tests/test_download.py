@@ -69,7 +69,7 @@ def test_download_skip_and_failure_log(server, tmp_path):
     _Handler.requested.clear()
     summary = download.download_videos(ids, str(target), workers=2, url_template=url_template, progress=False)
 
-    assert (summary.downloaded, summary.already_present) == (1, 1)
+    assert (summary.downloaded, summary.already_done) == (1, 1)
     assert (target / f"{fresh}.mp4").read_bytes() == files[fresh]
     assert (target / f"{present}.mp4").read_bytes() == b"already here"
     assert not any(present in path for path in _Handler.requested)

@@ -126,6 +126,19 @@ class StageSummary:
                 f"failed {self.failed_total}" + (f" ({reasons})" if reasons else ""))
 
 
+@dataclasses.dataclass(kw_only=True)
+class LocalRun:
+    """What a single-machine stage run (data/download.py, data/extract.py) shares with the others: the videos done
+    before it, each failure as (video_id, reason), and the log that lists the failures."""
+    already_done: int
+    failed: list  # [(video_id, reason)]
+    failures_path: str
+
+    def listed(self, problems: bool) -> str:
+        """The summary line's pointer to the failure log, when there is something in it."""
+        return f" (listed in {self.failures_path})" if problems else ""
+
+
 def summarize(stage: str, requested: int, already_done: int, done: int, rows: Iterable[dict]) -> StageSummary:
     return StageSummary(stage, requested, already_done, done, dict(collections.Counter(r["reason"] for r in rows)))
 

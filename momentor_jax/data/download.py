@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 
 from tqdm import tqdm
 
+from momentor_jax.data import attrition
 from momentor_jax.data.video import VIDEO_EXTENSIONS
 
 YOUTUBE_ID = re.compile(r"[A-Za-z0-9_-]{11}")
@@ -23,22 +24,18 @@ DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={id}"
 # The public script asks for format 134 (360p mp4, video only); fall back to the nearest that exists.
 DEFAULT_FORMAT = "134/bestvideo[height<=360][ext=mp4]/best[height<=360]/best"
 TEMP_DIR = ".downloading"
-FAILURES_FILE = "download_failures.jsonl"
+FAILURES_FILE = attrition.FAILURES_FILE.format(stage=attrition.DOWNLOAD)  # the name the Beam download writes
 
 
-@dataclasses.dataclass
-class DownloadSummary:
+@dataclasses.dataclass(kw_only=True)
+class DownloadSummary(attrition.LocalRun):
+    """already_done counts the videos already present; invalid ids are listed in the failure log too."""
     downloaded: int
-    already_present: int
     invalid: list  # [(id, reason)]
-    failed: list   # [(id, reason)]
-    failures_path: str
 
     def line(self) -> str:
-        problems = len(self.invalid) + len(self.failed)
-        return (f"downloaded {self.downloaded}, already present {self.already_present}, invalid ids "
-                f"{len(self.invalid)}, failed {len(self.failed)}"
-                + (f" (listed in {self.failures_path})" if problems else ""))
+        return (f"downloaded {self.downloaded}, already present {self.already_done}, invalid ids "
+                f"{len(self.invalid)}, failed {len(self.failed)}" + self.listed(bool(self.invalid or self.failed)))
 
 
 def is_valid_id(video_id: str) -> bool:
@@ -178,4 +175,5 @@ def download_videos(video_ids: Iterable[str], video_path: str, workers: int = 4,
     with open(failures_path, "w") as f:
         for video_id, reason in invalid + failed:
             f.write(json.dumps({"id": video_id, "reason": reason}) + "\n")
-    return DownloadSummary(downloaded, present, invalid, failed, failures_path)
+    return DownloadSummary(downloaded=downloaded, already_done=present, invalid=invalid, failed=failed,
+                           failures_path=failures_path)

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from momentor_jax import fileio
+from momentor_jax.data import attrition
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
 from momentor_jax.data import video as video_lib
@@ -38,20 +39,17 @@ FAILURES_FILE = "extract_failures.jsonl"
 CONFIG_FILE = "extract_config.json"
 
 
-@dataclasses.dataclass
-class ExtractSummary:
+@dataclasses.dataclass(kw_only=True)
+class ExtractSummary(attrition.LocalRun):
     extracted: int
-    already_done: int
-    failed: list  # [(video_id, reason)]
     shards: list  # every shard path of this run's layout that exists
-    failures_path: str
     repaired: list = dataclasses.field(default_factory=list)  # [ShardRepair] of the damaged shards found
 
     def line(self) -> str:
         redone = sum(len(r.redone) for r in self.repaired)
         return (f"extracted {self.extracted} videos, {self.already_done} already done, {len(self.failed)} failed"
                 + (f", {len(self.repaired)} damaged shards repaired ({redone} videos redone)" if self.repaired else "")
-                + (f" (listed in {self.failures_path})" if self.failed else ""))
+                + self.listed(bool(self.failed)))
 
 
 @dataclasses.dataclass
@@ -307,5 +305,5 @@ def extract_frames(video_dir: str, out_dir: str, num_frames: int = 300, size: in
     fileio.write_text(failures_path, "".join(
         json.dumps({"video_id": video_id, "path": videos.get(video_id), "reason": reason}) + "\n"
         for video_id, reason in failed))
-    return ExtractSummary(extracted, already_done, failed, [p for p in paths if fileio.exists(p)], failures_path,
-                          list(repairs.values()))
+    return ExtractSummary(extracted=extracted, already_done=already_done, failed=failed, failures_path=failures_path,
+                          shards=[p for p in paths if fileio.exists(p)], repaired=list(repairs.values()))

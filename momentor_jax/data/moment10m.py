@@ -74,12 +74,9 @@ class MalformedItem(ValueError):
 
 # ---- counts ----
 
-@dataclasses.dataclass
-class TypeCounts:
-    read: int = 0
-    filtered: int = 0
-    written: int = 0
-    rejected: int = 0
+COUNT_COLUMNS = ("read", "filtered", "written", "rejected")
+# One data type's item counts, a field per column of ConversionCounts.table.
+TypeCounts = dataclasses.make_dataclass("TypeCounts", [(column, int, 0) for column in COUNT_COLUMNS])
 
 
 class ConversionCounts:
@@ -91,18 +88,15 @@ class ConversionCounts:
 
     @property
     def total(self) -> TypeCounts:
-        total = TypeCounts()
-        for counts in self.by_type.values():
-            for field in dataclasses.fields(TypeCounts):
-                setattr(total, field.name, getattr(total, field.name) + getattr(counts, field.name))
-        return total
+        return TypeCounts(**{column: sum(getattr(counts, column) for counts in self.by_type.values())
+                             for column in COUNT_COLUMNS})
 
     def table(self) -> str:
         order = [t for t in DATA_TYPES if t in self.by_type] + sorted(set(self.by_type) - set(DATA_TYPES))
         width = max([len("data type"), len("total")] + [len(t) for t in order])
-        lines = [f"{'data type':<{width}} {'read':>9} {'filtered':>9} {'written':>9} {'rejected':>9}"]
-        for name, c in [(t, self.by_type[t]) for t in order] + [("total", self.total)]:
-            lines.append(f"{name:<{width}} {c.read:>9} {c.filtered:>9} {c.written:>9} {c.rejected:>9}")
+        lines = [f"{'data type':<{width}}" + "".join(f" {column:>9}" for column in COUNT_COLUMNS)]
+        for name, counts in [(t, self.by_type[t]) for t in order] + [("total", self.total)]:
+            lines.append(f"{name:<{width}}" + "".join(f" {getattr(counts, column):>9}" for column in COUNT_COLUMNS))
         if self.merged_duplicates:
             lines.append(f"{self.merged_duplicates} video ids occurred more than once; their items were merged")
         return "\n".join(lines)
