@@ -5,6 +5,8 @@ Failure rows (one JSON object per line, written by the Beam pipelines of momento
 Stage summary (<stage>_summary.json next to the failures):
     {"stage": str, "requested": int, "already_done": int, "done": int, "failed": {reason: count}}
     ("done" counts the videos this run downloaded / extracted / encoded)
+The single-machine tools (data/download.py, data/extract.py) return a `LocalRun`: the videos already done, the
+(video_id, reason) failures and the path of the log listing them, plus what each tool adds.
 
 Reasons come from the error text of the per-video functions (yt-dlp's messages, video.VideoDecodeError):
     download: unavailable (removed, 404/410, not available), private (private, members-only, sign-in or age gate),

@@ -155,10 +155,10 @@ class HFDetector:
 
 @dataclasses.dataclass(frozen=True)
 class TrackerConfig:
-    iou_weight: float = 0.5
-    min_match: float = 0.3
-    max_gap: int = 1
-    min_detections: int = 2
+    iou_weight: float = 0.5    # share of IoU in the match score; the rest is appearance cosine
+    min_match: float = 0.3     # least match score that extends a track
+    max_gap: int = 1           # sampled frames a track may go unmatched before it ends
+    min_detections: int = 2    # shorter tracks are dropped
 
     def __post_init__(self):
         if not 0 <= self.iou_weight <= 1 or self.max_gap < 0 or self.min_detections < 1:

@@ -48,6 +48,13 @@ def clip_init(role: str, config: VisionConfig) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev)
 
 
+def clip_dense(config: VisionConfig, in_features: tuple, out_features: tuple, kernel_axes: tuple, role: str,
+               name: str, use_bias: bool = True) -> Dense:
+    """A Dense layer of the tower: the config's dtypes and HF CLIP's init for `role` (see clip_init)."""
+    return Dense(in_features, out_features, kernel_axes, use_bias=use_bias, dtype=to_dtype(config.dtype),
+                 param_dtype=to_dtype(config.param_dtype), kernel_init=clip_init(role, config), name=name)
+
+
 def quick_gelu(x):
     return x * jax.nn.sigmoid(1.702 * x)
 
@@ -58,16 +65,14 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
         d, heads = cfg.hidden_size, cfg.num_heads
         head_dim = d // heads
-        q, k, v = (checkpoint_name(
-            Dense((d,), (heads, head_dim), ("vision_embed", "vision_heads", None), use_bias=True, dtype=dtype,
-                  param_dtype=param_dtype, kernel_init=clip_init("attention_in", cfg), name=f"{n}_proj")(x), saved)
-            for n, saved in (("q", "query_proj"), ("k", "key_proj"), ("v", "value_proj")))
+        q, k, v = (checkpoint_name(clip_dense(cfg, (d,), (heads, head_dim), ("vision_embed", "vision_heads", None),
+                                              "attention_in", f"{n}_proj")(x), saved)
+                   for n, saved in (("q", "query_proj"), ("k", "key_proj"), ("v", "value_proj")))
         out = jax.nn.dot_product_attention(q, k, v)  # bidirectional, scale head_dim ** -0.5 as in CLIP
-        out = Dense((heads, head_dim), (d,), ("vision_heads", None, "vision_embed"), use_bias=True, dtype=dtype,
-                    param_dtype=param_dtype, kernel_init=clip_init("attention_out", cfg), name="out_proj")(out)
+        out = clip_dense(cfg, (heads, head_dim), (d,), ("vision_heads", None, "vision_embed"), "attention_out",
+                         "out_proj")(out)
         return checkpoint_name(out, "out_proj")
 
 
@@ -78,14 +83,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
         d, f = cfg.hidden_size, cfg.intermediate_size
-        h = Dense((d,), (f,), ("vision_embed", "vision_mlp"), use_bias=True, dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=clip_init("fc1", cfg), name="fc1")(x)
+        h = clip_dense(cfg, (d,), (f,), ("vision_embed", "vision_mlp"), "fc1", "fc1")(x)
         h = nn.with_logical_constraint(checkpoint_name(quick_gelu(h), "mlp_in"),
                                        (self.batch_axis, "patches", "vision_mlp"))
-        h = Dense((f,), (d,), ("vision_mlp", "vision_embed"), use_bias=True, dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=clip_init("fc2", cfg), name="fc2")(h)
+        h = clip_dense(cfg, (f,), (d,), ("vision_mlp", "vision_embed"), "fc2", "fc2")(h)
         return checkpoint_name(h, "mlp_out")
 
 
@@ -124,8 +126,8 @@ class VisionTower(nn.Module):
 
         patches = pixel_values.astype(dtype).reshape(n, grid, p, grid, p, 3).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(n, grid * grid, p, p, 3)
-        x = Dense((p, p, 3), (d,), (None, None, None, "vision_embed"), dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=clip_init("patch_embedding", cfg), name="patch_embedding")(patches)
+        x = clip_dense(cfg, (p, p, 3), (d,), (None, None, None, "vision_embed"), "patch_embedding", "patch_embedding",
+                       use_bias=False)(patches)
         cls = self.param("class_embedding",
                          nn.with_logical_partitioning(clip_init("class_embedding", cfg), ("vision_embed",)),
                          (d,), param_dtype)
