@@ -10,6 +10,9 @@
                                command's docstring and flags
     define_config(flag_values) `--config=configs/X.py[:variant]` plus `--config.KEY=VALUE` (ml_collections
                                config_flags), the one way every command with a config takes it
+    define_answer_flags(...)   --checkpoint, --max_new_tokens and --system_prompt of the commands that answer
+                               questions about videos (predict, serve), with sampling --temperature,
+                               --top_p and --seed
     override_args(holder)      the `--config.KEY=VALUE` a command was given, written back as arguments for the
                                commands it runs (demo's training stages, sweep's runs)
     resolve_config_arg(argv)   `--config=configs/X.py[:variant]` taken relative to the working directory, else to the
@@ -40,6 +43,7 @@ from typing import Any, Callable, Optional, Sequence
 
 EXIT_USAGE = 2
 EXIT_STORAGE = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 CONFIG_HELP = ("configs/FILE.py[:variant], relative to the working directory or the repository; --config.KEY=VALUE "
                "overrides a key")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +122,21 @@ def define_config(flag_values=None, argv: Optional[Sequence[str]] = None, defaul
     return config_flags.DEFINE_config_file("config", default, CONFIG_HELP,
                                            flag_values=flags.FLAGS if flag_values is None else flag_values,
                                            lock_config=lock_config, sys_argv=None if argv is None else list(argv))
+
+
+def define_answer_flags(sampling: bool) -> None:
+    """Defines, in absl's global FLAGS, the flags every command that answers questions about videos takes;
+    `sampling` adds those of sampled decoding. In --help they stand among the calling command's own flags."""
+    from absl import flags  # noqa: PLC0415
+
+    flags.disclaim_key_flags()  # absl then credits the flags below to the module that calls this function
+    flags.DEFINE_string("checkpoint", None, "training workdir, step directory or converted checkpoint")
+    flags.DEFINE_integer("max_new_tokens", 128, "longest answer in tokens (>= 1)")
+    flags.DEFINE_string("system_prompt", None, "override the checkpoint's system prompt")
+    if sampling:
+        flags.DEFINE_float("temperature", 0.0, "sampling temperature >= 0 (0: greedy decoding)")
+        flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass in (0, 1] (used with temperature > 0)")
+        flags.DEFINE_integer("seed", 0, "sampling seed")
 
 
 def format_override(value: Any) -> str:

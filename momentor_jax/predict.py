@@ -35,23 +35,17 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """The command's flags (defined only when it runs, so that importing the module defines none)."""
-    flags.DEFINE_string("checkpoint", None, "training workdir, step directory or converted checkpoint")
+    cli.define_answer_flags(sampling=True)
     flags.DEFINE_string("video", None, "video file (one question)")
     flags.DEFINE_string("question", None, "question about the video (one question)")
     flags.DEFINE_string("questions", None, "JSONL of {video, question[, id]} to answer in batches")
     flags.DEFINE_string("out", None, "with --questions: the answers JSONL to write (local or gs://)")
     flags.DEFINE_integer("batch_size", 8, "with --questions: questions decoded together (>= 1)")
     flags.DEFINE_bool("json", False, "print one JSON object instead of the answer text")
-    flags.DEFINE_integer("max_new_tokens", 128, "longest answer in tokens (>= 1)")
-    flags.DEFINE_float("temperature", 0.0, "sampling temperature >= 0 (0: greedy decoding)")
-    flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass in (0, 1] (used with temperature > 0)")
-    flags.DEFINE_string("system_prompt", None, "override the checkpoint's system prompt")
-    flags.DEFINE_integer("seed", 0, "sampling seed")
 
 
 EXIT_FAILED_VIDEOS = 1
 EXIT_BAD_INPUT = cli.EXIT_USAGE
-EXIT_INTERRUPTED = 130
 
 
 def load_video(path: str, config) -> tuple:
@@ -279,7 +273,7 @@ def main(argv) -> None:
         where = (f"; the answers so far are in {FLAGS.out}.parts, rerun the same command to resume"
                  if batch_mode else "")
         print(f"interrupted{where}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(cli.EXIT_INTERRUPTED)
     if batch_mode:
         print(f"answered {summary['answered']} questions, {summary['failed']} failed (undecodable video); "
               f"wrote {summary['out']}", flush=True)

@@ -40,7 +40,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _define_flags() -> None:
-    flags.DEFINE_string("checkpoint", None, "training workdir, step directory or converted checkpoint")
+    cli.define_answer_flags(sampling=True)
     flags.DEFINE_integer("port", 7860, "port to serve on")
     flags.DEFINE_string("host", "127.0.0.1", "address to bind (default loopback only; 0.0.0.0 serves the network)")
     flags.DEFINE_multi_string("allowed_dir", [], "local directory whose videos may be typed as paths (repeatable)")
@@ -51,11 +51,6 @@ def _define_flags() -> None:
                         "videos/ next to --annotations when it exists")
     flags.DEFINE_integer("num_examples", 4, "example questions shown from annotated videos (>= 0)")
     flags.DEFINE_integer("cache_videos", 8, "videos whose encoded frames stay cached (>= 1)")
-    flags.DEFINE_integer("max_new_tokens", 128, "longest answer in tokens (>= 1)")
-    flags.DEFINE_float("temperature", 0.0, "sampling temperature >= 0 (0: greedy decoding)")
-    flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass in (0, 1]")
-    flags.DEFINE_integer("seed", 0, "sampling seed")
-    flags.DEFINE_string("system_prompt", None, "override the checkpoint's system prompt")
 
 
 def _local_dir(flag: str, path: str) -> str:
