@@ -126,10 +126,10 @@ def define_config(flag_values=None, argv: Optional[Sequence[str]] = None, defaul
 
 def define_answer_flags(sampling: bool) -> None:
     """Defines, in absl's global FLAGS, the flags every command that answers questions about videos takes;
-    `sampling` adds those of sampled decoding. In --help they stand among the calling command's own flags."""
+    `sampling` adds those of sampled decoding. The command lists them in its --help by
+    `flags.adopt_module_key_flags(cli)`."""
     from absl import flags  # noqa: PLC0415
 
-    flags.disclaim_key_flags()  # absl then credits the flags below to the module that calls this function
     flags.DEFINE_string("checkpoint", None, "training workdir, step directory or converted checkpoint")
     flags.DEFINE_integer("max_new_tokens", 128, "longest answer in tokens (>= 1)")
     flags.DEFINE_string("system_prompt", None, "override the checkpoint's system prompt")

@@ -36,6 +36,7 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """The command's flags (defined only when it runs, so that importing the module defines none)."""
     cli.define_answer_flags(sampling=True)
+    flags.adopt_module_key_flags(cli)
     flags.DEFINE_string("video", None, "video file (one question)")
     flags.DEFINE_string("question", None, "question about the video (one question)")
     flags.DEFINE_string("questions", None, "JSONL of {video, question[, id]} to answer in batches")

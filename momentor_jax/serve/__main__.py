@@ -41,6 +41,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def _define_flags() -> None:
     cli.define_answer_flags(sampling=True)
+    flags.adopt_module_key_flags(cli)
     flags.DEFINE_integer("port", 7860, "port to serve on")
     flags.DEFINE_string("host", "127.0.0.1", "address to bind (default loopback only; 0.0.0.0 serves the network)")
     flags.DEFINE_multi_string("allowed_dir", [], "local directory whose videos may be typed as paths (repeatable)")
