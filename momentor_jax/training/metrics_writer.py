@@ -21,6 +21,8 @@ _CONSOLE_FORMATS = {
     "packing_efficiency": lambda v: f"packed {100.0 * v:.1f}%",
     "epoch": lambda v: f"epoch {v:.3f}",
 }
+# Shown on the console only for packed rows: without packing they restate the batch size and the padding.
+_PACKING_KEYS = ("examples_per_step", "packing_efficiency")
 
 
 def format_eta(seconds: float) -> str:
@@ -29,10 +31,12 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(round(seconds))))
 
 
-def format_progress(step: int, total_steps: int, scalars: Mapping[str, float], eta_seconds: Optional[float]) -> str:
-    """'step 120/1000 (12.0%) | loss 2.3456 | ... | eta 0:10:05'."""
+def format_progress(step: int, total_steps: int, scalars: Mapping[str, float], eta_seconds: Optional[float],
+                    packing: bool = False) -> str:
+    """'step 120/1000 (12.0%) | loss 2.3456 | ... | eta 0:10:05'; examples per step and packing efficiency only when
+    rows are `packing`."""
     parts = [f"step {step}/{total_steps} ({100.0 * step / max(total_steps, 1):.1f}%)"]
-    for key in (k for k in _CONSOLE_KEYS if k in scalars):
+    for key in (k for k in _CONSOLE_KEYS if k in scalars and (packing or k not in _PACKING_KEYS)):
         value = float(scalars[key])
         parts.append(_CONSOLE_FORMATS[key](value) if key in _CONSOLE_FORMATS else f"{key} {value:.4g}")
     parts.append(f"eta {format_eta(eta_seconds)}")
@@ -69,9 +73,9 @@ class MetricsWriter:
             self._writer.add_text(tag, text, global_step=step)
 
     def log_progress(self, step: int, total_steps: int, scalars: Mapping[str, float],
-                     eta_seconds: Optional[float]) -> None:
+                     eta_seconds: Optional[float], packing: bool = False) -> None:
         if self.enabled:
-            print(format_progress(step, total_steps, scalars, eta_seconds), flush=True)
+            print(format_progress(step, total_steps, scalars, eta_seconds, packing), flush=True)
 
     def flush(self) -> None:
         if self._writer:

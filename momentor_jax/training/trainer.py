@@ -491,7 +491,7 @@ def _train(config, state, start_step, total_steps, step_fn, factory, ckpt, write
             if epoch is not None:
                 scalars["epoch"] = epoch
             writer.write_scalars(step, scalars)
-            writer.log_progress(step, total_steps, scalars, eta)
+            writer.log_progress(step, total_steps, scalars, eta, packing=bool(config.data.packing))
         for evaluator in evaluators:
             evaluator.maybe_run(step, state, writer)
         if last or preempted or ckpt.should_save(step):
