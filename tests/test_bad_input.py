@@ -3,7 +3,6 @@ conversion rejects and counts what it cannot convert, damaged shards are repaire
 same areas is tests/test_fuzz_inputs.py."""
 import json
 import os
-import types
 
 import numpy as np
 
@@ -93,9 +92,10 @@ def test_dotted_names_are_two_videos_and_a_collision_stops_extraction(tmp_path, 
 
 def test_evaluate_finds_videos_by_the_same_rule(tmp_path):
     from momentor_jax.evaluate import MissingVideo, VideoSource
+    from momentor_jax.models import config as model_configs
     for name in ("VIDEO.MP4", "clip.v1.mp4", "clip.v2.Mkv", "twice.mp4", "twice.webm", ".hidden.mp4", "x.txt"):
         (tmp_path / name).write_bytes(b"")
-    source = VideoSource(types.SimpleNamespace(use_cached_features=False), video_dir=str(tmp_path))
+    source = VideoSource(model_configs.tiny(), video_dir=str(tmp_path))
     assert sorted(source.video_files()) == ["VIDEO", "clip.v1", "clip.v2", "twice"]
     with pytest.raises(MissingVideo, match="several files"):
         source.get("twice")
