@@ -5,14 +5,17 @@ r"""Zero-shot evaluation of a Momentor checkpoint on one task.
 
 Tasks (evaluation/tasks.py): grounding, highlights, dense_captioning, action_segmentation; annotation formats in
 evaluation/annotations.py (QVHighlights .jsonl, Charades-STA .txt with --durations, ActivityNet Captions .json, frame
-labels .json). Videos come from frame TFRecords (--frames_dir, as written by data/extract_frames.py) or are decoded
-from --video_dir/<vid>.<ext> (any case of a known extension) with the training sampling.
+labels .json). Videos come from frame TFRecords (--frames_dir, as written by data/extract_frames.py; a record of more
+frames than the model takes is resampled as the training loader resamples it) or are decoded from
+--video_dir/<vid>.<ext> (any case of a known extension) with the training sampling, both through
+data/video_input.py. A record the loader would skip is a missing video here, with the loader's one-line reason.
 
-Order of work: the flags, the annotations (every bad record listed at once) and the video source are checked, then
-the checkpoint's config and tokenizer (every question must fit the model's positions), and only then, if any answer
-is still missing, are the parameters loaded. Answers are written as they are made to OUT/answers.parts/ (a part every
-32 answers or 30 s, and on Ctrl-C or an error); rerunning the same command resumes from them, and gives the metrics
-an uninterrupted run gives. A finished OUT is re-scored without loading the model.
+Order of work: the flags, the annotations (every bad record listed at once) and the video source (with --frames_dir,
+that the first readable record fits the model) are checked, then the checkpoint's config and tokenizer (every question
+must fit the model's positions), and only then, if any answer is still missing, are the parameters loaded. Answers are
+written as they are made to OUT/answers.parts/ (a part every 32 answers or 30 s, and on Ctrl-C or an error); rerunning
+the same command resumes from them, and gives the metrics an uninterrupted run gives. A finished OUT is re-scored
+without loading the model.
 
 Writes OUT/predictions.jsonl (grounding, highlights) or OUT/predictions.json, OUT/answers.jsonl (the raw answer text
 of every query), OUT/metrics.json (the task's metrics plus num_queries, num_unparsable, num_missing_videos and

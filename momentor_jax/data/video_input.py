@@ -8,15 +8,15 @@
 video: frames uint8 [num_frames, image_size, image_size, 3], or features float32 [num_frames, F] when
 spec.use_features; duration: the record's (or the decoded video's) length in seconds, a float.
 
-Records: a record of M >= num_frames frames gives the stored frames nearest to the model's frame times
-i * duration / (num_frames - 1) (with M == num_frames, every frame in order, so a record extracted at the model's
-frame count passes through as it is). A record with fewer frames than num_frames (frames would repeat), frames of
-another size than image_size (None: any size), or features where frames are wanted (or the reverse) does not fit
-the model: `RecordMismatch`. A damaged record (CRC, framing, protobuf, JPEG, fields that disagree) or a video that
-is in no shard: `VideoInputError`. Both messages are one line naming the shard, the record number and the video,
-e.g. `frames-00000-of-00004.tfrecord record 7: video v: the record holds 2 frames, the model takes 4 ...`; the
-loader skips and counts such an example with this message, evaluate scores the query as a missing video with it.
-Storage that cannot be reached (gcs.StorageError) propagates: it is no bad record.
+Records: a record of M >= num_frames frames gives the stored frames nearest to the model's frame times i * duration /
+(num_frames - 1) (with M == num_frames, every frame in order, so a record extracted at the model's frame count passes
+through as it is). A record with fewer frames than num_frames (frames would repeat), frames of another size than
+image_size (None: any size), or features where frames are wanted (or the reverse) does not fit the model:
+`RecordMismatch`. A damaged record (CRC, framing, protobuf, JPEG, fields that disagree) or a video that is in no shard:
+`VideoInputError`. Both messages are one line naming the shard, the record number and the video (a video in no shard:
+its id and the number of shards), e.g. `frames-00000-of-00004.tfrecord record 7: video v: the record holds 2 frames, the
+model takes 4 ...`; the loader skips and counts such an example with this message, evaluate scores the query as a
+missing video with it. Storage that cannot be reached (gcs.StorageError) propagates: it is no bad record.
 
 Files: num_frames frames sampled uniformly over the whole video including both ends, in CLIP geometry at
 image_size (data/video.decode_frames, as extraction writes records); a missing or undecodable file raises
