@@ -5,14 +5,17 @@ r"""Zero-shot evaluation of a Momentor checkpoint on one task.
 
 Tasks (evaluation/tasks.py): grounding, highlights, dense_captioning, action_segmentation; annotation formats in
 evaluation/annotations.py (QVHighlights .jsonl, Charades-STA .txt with --durations, ActivityNet Captions .json, frame
-labels .json). Videos come from frame TFRecords (--frames_dir, as written by data/extract_frames.py) or are decoded
-from --video_dir/<vid>.<ext> (any case of a known extension) with the training sampling.
+labels .json). Videos come from frame TFRecords (--frames_dir, as written by data/extract_frames.py; a record of more
+frames than the model takes is resampled as the training loader resamples it) or are decoded from
+--video_dir/<vid>.<ext> (any case of a known extension) with the training sampling, both through
+data/video_input.py. A record the loader would skip is a missing video here, with the loader's one-line reason.
 
-Order of work: the flags, the annotations (every bad record listed at once) and the video source are checked, then
-the checkpoint's config and tokenizer (every question must fit the model's positions), and only then, if any answer
-is still missing, are the parameters loaded. Answers are written as they are made to OUT/answers.parts/ (a part every
-32 answers or 30 s, and on Ctrl-C or an error); rerunning the same command resumes from them, and gives the metrics
-an uninterrupted run gives. A finished OUT is re-scored without loading the model.
+Order of work: the flags, the annotations (every bad record listed at once) and the video source (with --frames_dir,
+that the first readable record fits the model) are checked, then the checkpoint's config and tokenizer (every question
+must fit the model's positions), and only then, if any answer is still missing, are the parameters loaded. Answers are
+written as they are made to OUT/answers.parts/ (a part every 32 answers or 30 s, and on Ctrl-C or an error); rerunning
+the same command resumes from them, and gives the metrics an uninterrupted run gives. A finished OUT is re-scored
+without loading the model.
 
 Writes OUT/predictions.jsonl (grounding, highlights) or OUT/predictions.json, OUT/answers.jsonl (the raw answer text
 of every query), OUT/metrics.json (the task's metrics plus num_queries, num_unparsable, num_missing_videos and
@@ -63,27 +66,37 @@ class MissingVideo(Exception):
 
 
 class VideoSource:
-    """vid -> (frames [M, S, S, 3] uint8 or features [M, F], duration) from frame records or video files.
+    """vid -> (frames [M, S, S, 3] uint8 or features [M, F], duration) from frame records or video files, through
+    data/video_input.py as training reads them (records resampled to the model's frame count).
 
     Files in --video_dir are found by their name without the extension, whatever the extension's case
     (`clip.v1.MP4` is video `clip.v1`)."""
 
     def __init__(self, config, video_dir: Optional[str] = None, frames_dir: Optional[str] = None,
                  cache_size: int = 8):
+        from momentor_jax.data import video_input  # noqa: PLC0415
         if (video_dir is None) == (frames_dir is None):
             raise ValueError("give exactly one of --video_dir and --frames_dir")
-        self.config, self.video_dir = config, video_dir
+        self.video_dir = video_dir
+        self.spec = video_input.VideoSpec.of(config)
         self.index = None
         self._files: Optional[dict] = None
         if frames_dir is not None:
             from momentor_jax.data.frames import FrameRecordIndex  # noqa: PLC0415
-            self.index = FrameRecordIndex(frames_dir, config.num_frames)
-        elif config.use_cached_features:
+            self.index = FrameRecordIndex(frames_dir)
+        elif self.spec.use_features:
             raise ValueError("this checkpoint reads cached ViT features; pass --frames_dir with feature records")
         elif not fileio.isdir(video_dir):
             raise FileNotFoundError(f"--video_dir {video_dir}: no such directory")
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._cache_size = cache_size
+
+    def check(self, vids) -> None:
+        """ValueError (video_input.RecordMismatch) when the first readable record of these videos does not fit the
+        model, as training's start-up check: the records are extracted alike."""
+        if self.index is not None:
+            from momentor_jax.data import video_input  # noqa: PLC0415
+            video_input.check_first_record(self.index, vids, self.spec)
 
     def get(self, vid: str):
         if vid not in self._cache:
@@ -101,36 +114,22 @@ class VideoSource:
         return self._files
 
     def _load(self, vid: str):
+        from momentor_jax.data import video_input  # noqa: PLC0415
+        from momentor_jax.data.video import VideoDecodeError  # noqa: PLC0415
         if self.index is not None:
-            return self._from_record(vid)
-        from momentor_jax.data.video import decode_frames  # noqa: PLC0415
+            try:
+                return video_input.read_record(self.index, vid, self.spec)
+            except video_input.VideoInputError as e:
+                raise MissingVideo(str(e)) from e
         paths = self.video_files().get(vid, [])
         if not paths:
             raise MissingVideo(f"{fileio.join(self.video_dir, vid)}.mp4: no such video (nor another extension)")
         if len(paths) > 1:
             raise MissingVideo(f"video {vid}: several files ({', '.join(paths)}); keep one")
         try:
-            decoded = decode_frames(paths[0], self.config.num_frames, self.config.vision.image_size)
-        except Exception as e:  # PyAV / PIL raise many types on damaged files
-            raise MissingVideo(f"{paths[0]}: cannot decode ({e})") from e
-        return decoded.frames, float(decoded.duration)
-
-    def _from_record(self, vid: str):
-        if vid not in self.index:
-            raise MissingVideo(f"video {vid}: not in the frame records")
-        try:
-            record = self.index.get(vid)
-        except Exception as e:  # damaged record
-            raise MissingVideo(f"video {vid}: unreadable frame record ({e})") from e
-        key = "features" if self.config.use_cached_features else "frames"
-        if key not in record:
-            raise MissingVideo(f"video {vid}: the record holds no '{key}' (use_cached_features="
-                               f"{self.config.use_cached_features})")
-        video = record[key]
-        size = self.config.vision.image_size
-        if key == "frames" and video.shape[1:3] != (size, size):
-            raise ValueError(f"video {vid}: record frames are {video.shape[1:3]}, the model wants {size}x{size}")
-        return video, float(record["duration"])
+            return video_input.read_file(paths[0], self.spec)
+        except VideoDecodeError as e:
+            raise MissingVideo(str(e)) from e
 
 
 def check_settings(batch_size: int, max_examples: Optional[int], num_timelines: int) -> None:
@@ -182,6 +181,7 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
                                                       system_prompt)["input_ids"]),
         generate.max_prompt_length(config, sampling), annotations)
     source = VideoSource(config, video_dir, frames_dir)
+    source.check([q.vid for q in queries])
 
     settings = {"checkpoint": load.identity(checkpoint), "task": task_name, "max_new_tokens": max_new_tokens,
                 "system_prompt": system_prompt, "batch_size": batch_size}
@@ -219,17 +219,21 @@ def _to_record(query, result) -> dict:
             "video_duration": result.video_duration, "error": None}
 
 
-def answer_and_score(task, queries, generator, source: VideoSource, batch_size: int) -> dict:
+def answer_and_score(task, queries, generator, source: VideoSource, batch_size: int, out_dir: Optional[str] = None,
+                     checkpoint: str = "", num_timelines: int = 0) -> dict:
     """The task's metrics (plus num_queries, num_unparsable, num_missing_videos) of a loaded generator's answers,
-    kept in memory (evaluation during training, training/evals.py); `evaluate` is this with answers logged to disk
-    and the outputs written."""
+    kept in memory (evaluation during training, training/evals.py); with out_dir, also the files `evaluate` writes
+    there (submission, answers.jsonl, metrics.json naming `checkpoint`, timeline.png). `evaluate` is this with the
+    answers logged to disk as they are made."""
     from momentor_jax.inference import batch  # noqa: PLC0415
     by_qid = {q.qid: q for q in queries}
     records = {}
     for done in batch.answer_items(generator, _items(queries), batch.unavailable_on(source.get, MissingVideo),
                                    batch_size):
         records.update((r.item.key, _to_record(by_qid[r.item.key], r)) for r in done)
-    return _score(task, queries, records, 0)[0]
+    if out_dir is None:
+        return _score(task, queries, records, 0)[0]
+    return _finish(task, queries, records, out_dir, checkpoint, num_timelines)
 
 
 def _finish(task, queries, records: dict, out_dir: str, checkpoint: str, num_timelines: int) -> dict:

@@ -50,20 +50,10 @@ EXIT_BAD_INPUT = cli.EXIT_USAGE
 
 
 def load_video(path: str, config) -> tuple:
-    """(frames uint8 [M, S, S, 3], duration) sampled like training; raises VideoDecodeError naming the file."""
-    from momentor_jax.data.video import VideoDecodeError, decode_frames  # noqa: PLC0415
-    if not fileio.isfile(path):
-        raise VideoDecodeError(f"{path}: no such video file")
-    if config.use_cached_features:
-        raise ValueError("this checkpoint reads cached ViT features (use_cached_features=True); predict needs a "
-                         "model with its vision tower")
-    try:
-        decoded = decode_frames(path, config.num_frames, config.vision.image_size)
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # PyAV and PIL raise many types on damaged input
-        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
-    return decoded.frames, float(decoded.duration)
+    """(frames uint8 [M, S, S, 3], duration) sampled as extraction samples records (data/video_input.read_file);
+    VideoDecodeError naming the file, ValueError for a model that reads cached features."""
+    from momentor_jax.data import video_input  # noqa: PLC0415
+    return video_input.read_file(path, video_input.VideoSpec.of(config))
 
 
 class Predictor:

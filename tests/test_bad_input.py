@@ -3,7 +3,6 @@ conversion rejects and counts what it cannot convert, damaged shards are repaire
 same areas is tests/test_fuzz_inputs.py."""
 import json
 import os
-import types
 
 import numpy as np
 
@@ -93,9 +92,10 @@ def test_dotted_names_are_two_videos_and_a_collision_stops_extraction(tmp_path, 
 
 def test_evaluate_finds_videos_by_the_same_rule(tmp_path):
     from momentor_jax.evaluate import MissingVideo, VideoSource
+    from momentor_jax.models import config as model_configs
     for name in ("VIDEO.MP4", "clip.v1.mp4", "clip.v2.Mkv", "twice.mp4", "twice.webm", ".hidden.mp4", "x.txt"):
         (tmp_path / name).write_bytes(b"")
-    source = VideoSource(types.SimpleNamespace(use_cached_features=False), video_dir=str(tmp_path))
+    source = VideoSource(model_configs.tiny(), video_dir=str(tmp_path))
     assert sorted(source.video_files()) == ["VIDEO", "clip.v1", "clip.v2", "twice"]
     with pytest.raises(MissingVideo, match="several files"):
         source.get("twice")
@@ -251,6 +251,19 @@ def test_frame_records_that_do_not_fit_the_model(tmp_path, tok, caplog):
     for words in ("holds 2 frames, the model takes 4", "frames are 24 x 24, the model takes 16 x 16",
                   "frame_times hold NaN", "frame_times decrease", "all 4 frame_times are 3.0 s"):
         assert words in caplog.text, words
+    # evaluate reads the records through the same code: the good ones alike, the bad ones missing with the line
+    # the loader logged.
+    from momentor_jax.evaluate import MissingVideo, VideoSource
+    source_items = {item["id"]: item for item in source}
+    videos = VideoSource(_model_config(), frames_dir=str(tmp_path / "frames-00000-of-00001.tfrecord"))
+    for vid, item in source_items.items():
+        np.testing.assert_array_equal(videos.get(vid)[0], item["frames"])
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping example")]
+    for vid in bad:
+        with pytest.raises(MissingVideo) as error:
+            videos.get(vid)
+        assert "\n" not in str(error.value) and f"video {vid}" in str(error.value)
+        assert any(message.endswith(f": {error.value}") for message in skipped), (str(error.value), skipped)
     # Training batches never see the odd one (no failure inside Grain's batching), and the count is exact.
     shard = str(tmp_path / "frames-00000-of-00001.tfrecord")
     iterator = loader.make_train_loader(bid.data_config([str(tmp_path / "examples.jsonl")], shard), tokenizer=tok,
@@ -262,14 +275,24 @@ def test_frame_records_that_do_not_fit_the_model(tmp_path, tok, caplog):
     assert iterator.num_skipped_records == 3 * 5 and iterator.num_loaded == 3 * 3 and len(batches) == 4
 
 
+def _model_config():
+    import dataclasses
+    from momentor_jax.models import config as model_configs
+    tiny = model_configs.tiny(num_frames=bid.NUM_FRAMES)
+    return dataclasses.replace(tiny, vision=dataclasses.replace(tiny.vision, image_size=bid.SIZE))
+
+
 def test_a_whole_extraction_that_does_not_fit_stops_at_start_up(tmp_path, tok):
     shard = bid.write_shard(tmp_path / "frames-00000-of-00001.tfrecord", [bid.frame_record("v", num_frames=2)],
                             ["v"])
     path = bid.write_examples(tmp_path / "examples.jsonl", [bid.example_record("v")] * 4)
-    with pytest.raises(ValueError, match=r"frames-00000-of-00001.tfrecord record 0: video v: the record holds 2 "
-                                         r"frames, the model takes 4"):
+    words = r"frames-00000-of-00001.tfrecord record 0: video v: the record holds 2 frames, the model takes 4"
+    with pytest.raises(ValueError, match=words):
         loader.make_train_loader(bid.data_config([path], shard), tokenizer=tok, num_frames=4, max_length=128,
                                  global_batch_size=2, seed=0)
+    from momentor_jax.evaluate import VideoSource  # evaluate stops as well, before any model loads
+    with pytest.raises(ValueError, match=words):
+        VideoSource(_model_config(), frames_dir=shard).check(["absent", "v"])
 
 
 def test_undecodable_records_are_named_and_counted_at_start_up(tmp_path, tok, caplog):

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import random
-import types
 
 import numpy as np
 import pytest
@@ -572,6 +571,7 @@ def test_fuzz_resume_checks():
 
 def test_fuzz_video_file_names(tmp_path):
     from momentor_jax.evaluate import VideoSource
+    from momentor_jax.models import config as model_configs
     rng = random.Random(SEED + 12)
     extensions = [".mp4", ".MP4", ".Mkv", ".webm", ".txt", ".mp4.part", ""]
     for i in range(30):
@@ -600,7 +600,7 @@ def test_fuzz_video_file_names(tmp_path):
             case.outcome("error") if collided and all(k in str(e) for k in collided) else case.fail(str(e))
         except Exception as e:  # noqa: BLE001
             case.fail(_raw(e))
-        source = VideoSource(types.SimpleNamespace(use_cached_features=False), video_dir=str(folder))
+        source = VideoSource(model_configs.tiny(), video_dir=str(folder))
         if sorted(source.video_files()) != sorted(expected):
             case.fail(f"evaluate sees {sorted(source.video_files())}, extraction {sorted(expected)}")
 

@@ -9,7 +9,7 @@ import pytest
 
 from momentor_jax import constants
 from momentor_jax.data import frames as frames_lib
-from momentor_jax.data import encode, loader, tfrecord
+from momentor_jax.data import encode, loader, tfrecord, video_input
 from momentor_jax.tools.bench import loader_data
 
 NUM_VIDEOS, NUM_FRAMES, IMAGE_SIZE, MAX_LENGTH, NUM_TEMPORAL = 6, 8, 32, 256, 16
@@ -284,8 +284,34 @@ def test_frames_are_resampled_to_the_model_frame_count(data, tokenizer):
     record = examples.videos.get(item["id"])
     # Stored at 8 times i * T / 7; the model wants 0, T/2, T: frames 0, 3 or 4 (nearest to T/2: 3.5 -> 3), 7.
     np.testing.assert_array_equal(item["frames"], record["frames"][[0, 3, 7]])
-    assert loader.nearest_frames(np.arange(5.0), 4.0, 5).tolist() == [0, 1, 2, 3, 4]
-    assert loader.nearest_frames(np.linspace(0, 10, 11), 10.0, 4).tolist() == [0, 3, 7, 10]
+    assert video_input.nearest_frames(np.arange(5.0), 4.0, 5).tolist() == [0, 1, 2, 3, 4]
+    assert video_input.nearest_frames(np.linspace(0, 10, 11), 10.0, 4).tolist() == [0, 3, 7, 10]
+
+
+@pytest.mark.parametrize("num_frames", [NUM_FRAMES, 3])
+def test_evaluate_reads_every_record_as_training_does(data, tokenizer, num_frames):
+    """evaluate.VideoSource and the loader give identical arrays and durations for each video, also when the
+    records (8 frames) must be resampled to the model's 3."""
+    from momentor_jax.evaluate import VideoSource
+    from momentor_jax.models import config as model_configs
+
+    model = model_configs.tiny(num_frames=num_frames)
+    assert model.vision.image_size == IMAGE_SIZE
+    source = VideoSource(model, frames_dir=data["frames"])
+    seen = set()
+    for item in loader.make_eval_examples(config(data), tokenizer=tokenizer, num_frames=num_frames,
+                                          max_length=MAX_LENGTH, image_size=IMAGE_SIZE):
+        if item["id"] in seen:
+            continue
+        seen.add(item["id"])
+        frames, duration = source.get(item["id"])
+        assert frames.dtype == item["frames"].dtype == np.uint8
+        assert frames.shape == (num_frames, IMAGE_SIZE, IMAGE_SIZE, 3)
+        np.testing.assert_array_equal(frames, item["frames"])
+        assert np.float32(duration) == item["durations"]
+    assert len(seen) == NUM_VIDEOS
+    batch = next(train_loader(data, tokenizer, num_frames=num_frames, image_size=IMAGE_SIZE))
+    assert batch["frames"].shape == (GLOBAL_BATCH, num_frames, IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
 def test_feature_records_give_features_instead_of_frames(data, tokenizer, tmp_path):
@@ -307,9 +333,12 @@ def test_feature_records_give_features_instead_of_frames(data, tokenizer, tmp_pa
     item = next(iter(loader.make_eval_examples(feature_config, tokenizer=tokenizer, num_frames=NUM_FRAMES,
                                                max_length=MAX_LENGTH, use_features=True)))
     np.testing.assert_array_equal(item["features"], stored[item["id"]])
-    # Feature records read as frames (or frames as features) is a configuration error: nothing loads.
-    with pytest.raises(RuntimeError, match="failed to load"):
-        list(train_loader(data, tokenizer, data_config=feature_config, num_epochs=1))
+    # Feature records read as frames (or frames as features) is a configuration error: it stops at start-up.
+    with pytest.raises(video_input.RecordMismatch, match=r"features-00000-of-00001.tfrecord record \d+: video .*: "
+                                                         r"a feature record, but the model takes frames"):
+        train_loader(data, tokenizer, data_config=feature_config, num_epochs=1)
+    with pytest.raises(video_input.RecordMismatch, match="a frame record, but the model takes features"):
+        train_loader(data, tokenizer, use_features=True)
 
 
 def test_worker_process_gives_the_in_process_batches_and_resumes(data, tokenizer):

@@ -513,3 +513,50 @@ def test_a_flipped_byte_in_a_gcs_shard_is_reported_like_a_local_one(tiny_setup, 
         messages.append(str(info.value))
     assert messages[0] == f"{local}: record 1 at byte {index.offsets[1]}: data CRC mismatch"
     assert messages[1] == messages[0].replace(str(local), remote)
+
+
+class _WindowsFromFrames(generate.Generator):
+    """The tiny model's encoder, and answers that state a window read off the frame embeddings (from the frame of
+    the first half that embeds strongest to the end), so that two paths agree on the windows only if they gave the
+    model the same frames."""
+
+    def answer_encoded(self, questions, video_embeds, durations, input_times=None, batch_size=None):
+        answers = []
+        for embeds, duration in zip(np.asarray(video_embeds), durations):
+            first = int(np.argmax(embeds[:len(embeds) // 2].mean(axis=-1)))
+            start, end = first * duration / (len(embeds) - 1), duration
+            text = f"From {start:.1f}s to {end:.1f}s."
+            answers.append(generate.Answer(text, [start, end], parsing.parse_windows(text, duration), []))
+        return answers
+
+
+def test_grounding_during_training_writes_what_evaluate_writes(tiny_setup, tmp_path, monkeypatch):
+    """training/evals.GroundingEval on a checkpoint's parameters (as the trainer runs it) writes evaluate's files for
+    that checkpoint: with the random model's own answers, and with answers whose windows come from the frames."""
+    from configs import tiny as tiny_configs
+    from momentor_jax.training import evals
+
+    annotations = os.path.join(tiny_setup["raw"], "grounding_heldout.jsonl")
+    config = tiny_configs.get_config()
+    config.data.system_prompt = SYSTEM_PROMPT
+    config.evals.update(grounding_every_steps=3, grounding_annotations=annotations, max_new_tokens=12, batch_size=2)
+    model_config, converted, frames = tiny_setup["config"], tiny_setup["converted"], str(tiny_setup["root"] / "frames")
+    grounding = evals.GroundingEval(config, frames, load.load_tokenizer(converted, model_config), model_config,
+                                    workdir=str(tmp_path / "run"))
+    params = load.shard_params(load.load_params(converted), model_config)
+    for step, generator in ((3, generate.Generator), (6, _WindowsFromFrames)):
+        monkeypatch.setattr(generate, "Generator", generator)
+        during = grounding.evaluate(params, step)
+        out = tmp_path / f"evaluate_{step}"
+        metrics = evaluate(converted, "grounding", annotations, str(out), frames_dir=frames, batch_size=2,
+                           max_new_tokens=12, num_timelines=0, progress=False, system_prompt=SYSTEM_PROMPT)
+        written = tmp_path / "run" / "eval_grounding" / str(step)
+        for name in ("answers.jsonl", "predictions.jsonl"):
+            assert (written / name).read_text() == (out / name).read_text(), name
+        with open(written / "metrics.json") as f:
+            assert json.load(f) == during == {**metrics, "predictions": str(written / "predictions.jsonl"),
+                                              "checkpoint": str(tmp_path / "run" / "checkpoints" / str(step))}
+        assert metrics["num_queries"] == len(grounding.queries) > 1 and metrics["num_missing_videos"] == 0
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(p["pred_relevant_windows"] for p in predictions) and metrics["num_unparsable"] == 0
+    assert 0 < metrics["mIoU"] < 100

@@ -537,12 +537,25 @@ def test_grounding_evals_equal_evaluate_on_the_checkpoint(reference_run, tmp_pat
     lines = [line for line in stdout.splitlines() if line.startswith("eval at step ")]
     assert len(lines) == 2 and all("grounding R1@0.5" in line and "2 queries" in line for line in lines), lines
 
-    metrics = evaluate.evaluate(str(workdir), "grounding", annotations, str(tmp_path / "out"),
+    out = tmp_path / "out"
+    metrics = evaluate.evaluate(str(workdir), "grounding", annotations, str(out),
                                 frames_dir=os.path.join(reference_run["data"], "frames"), batch_size=8,
                                 max_new_tokens=16, num_timelines=0, progress=False)
     assert metrics["num_queries"] == 2
     np.testing.assert_allclose([r1[TOTAL_STEPS], miou[TOTAL_STEPS]], [metrics["R1@0.5"], metrics["mIoU"]],
                                rtol=1e-6, atol=1e-4)
+    # The in-training evaluation wrote what evaluate writes: the same answers, predictions and metrics. Six steps
+    # leave the tiny model writing loose times, not windows; test_predict_evaluate.py checks the same equality on
+    # answers that state windows.
+    written = workdir / "eval_grounding"
+    assert sorted(os.listdir(written)) == ["3", str(TOTAL_STEPS)]
+    for name in ("answers.jsonl", "predictions.jsonl"):
+        assert (written / str(TOTAL_STEPS) / name).read_text() == (out / name).read_text(), name
+    import json
+    during = json.loads((written / str(TOTAL_STEPS) / "metrics.json").read_text())
+    assert during.pop("checkpoint") == str(workdir / "checkpoints" / str(TOTAL_STEPS))
+    assert during.pop("predictions").startswith(str(written / str(TOTAL_STEPS)))
+    assert during == {k: v for k, v in metrics.items() if k not in ("checkpoint", "predictions")}
 
     trained, reference = _saved_params(str(workdir), TOTAL_STEPS), _saved_params(reference_run["workdir"],
                                                                                  TOTAL_STEPS)

@@ -30,12 +30,14 @@ Bad records (CRC errors, unreadable JPEGs, examples the encoder rejects) are ski
 them, with a warning naming the shard, record and video; each batch carries how many were skipped before it, and
 the returned iterator sums them in `num_skipped_records` (exact: a finite run reconciles it at its end with the
 examples it was given, so skips before a dropped remainder are counted too). Skipped too: examples whose times are
-not finite, negative, reversed or past the video's end by more than encode.past_end_tolerance; records with fewer
-frames than num_frames, frame_times that are not finite and non-decreasing, or frames of another size than
-`image_size`. Times past the end within the tolerance are clipped and counted in `num_clipped_times`. Frame records
-that cannot be framed or carry no readable video id are listed at start-up (`num_bad_frame_records`). Start-up
-stops with a ValueError when the first record already has fewer frames than num_frames or frames of another size
-(the whole extraction does not fit the model). Many consecutive failures, or an epoch where nothing loads,
+not finite, negative, reversed or past the video's end by more than encode.past_end_tolerance; records that do not
+fit the model (data/video_input.py: fewer frames than num_frames, frames of another size than `image_size`, frames
+where features are wanted or the reverse) and frame_times that are not finite and non-decreasing. A record's frames
+become the model's through data/video_input.read_record, which evaluate uses too (resampled to num_frames, the same
+one-line error). Times past the end within the tolerance are clipped and counted in `num_clipped_times`. Frame
+records that cannot be framed or carry no readable video id are listed at start-up (`num_bad_frame_records`).
+Start-up stops with video_input.RecordMismatch (a ValueError) when the first readable record already does not fit
+the model (the whole extraction does not). Many consecutive failures, or an epoch where nothing loads,
 raise. A skipped record shifts later batches by one example, so processes may end a finite run a batch apart:
 train for a step count with `num_epochs=None`.
 """
@@ -54,7 +56,7 @@ from absl import flags
 from momentor_jax import fileio, gcs
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import packing as packing_lib
-from momentor_jax.data import tfrecord
+from momentor_jax.data import tfrecord, video_input
 
 SKIPPED_KEY = "_num_skipped"
 CLIPPED_KEY = "_num_clipped_times"
@@ -171,23 +173,6 @@ def join_with_videos(examples: JsonlExamples, video_ids: np.ndarray, videos: fra
 # ---------------------------------------------------------------------------------------------------- one example
 
 
-def nearest_frames(frame_times: np.ndarray, duration: float, num_frames: int) -> np.ndarray:
-    """Indices of the stored frames nearest to the model's frame times i * duration / (num_frames - 1)."""
-    if len(frame_times) == num_frames:
-        return np.arange(num_frames)
-    wanted = np.linspace(0.0, duration, num_frames) if num_frames > 1 else np.zeros(1)
-    return np.abs(np.asarray(frame_times)[None, :] - wanted[:, None]).argmin(axis=1)
-
-
-def take_rows(values: np.ndarray, pick: np.ndarray, dtype) -> np.ndarray:
-    """values[pick] as a contiguous `dtype` array. When the record holds exactly the frames wanted (pick is every
-    row in order) the freshly parsed array is handed on as it is: copying a video's pixels costs as much as a third
-    of decoding its JPEGs."""
-    if len(pick) == len(values) and np.array_equal(pick, np.arange(len(values))):
-        return np.ascontiguousarray(values, dtype)
-    return np.ascontiguousarray(values[pick], dtype)
-
-
 class Skipped:
     """Stands in for an example that failed to load; dropped (and counted) before batching."""
 
@@ -200,25 +185,27 @@ _RECORD_ERRORS = (tfrecord.TFRecordCorruptionError, frames_lib.RecordError, Valu
 
 
 class LoadExample:
-    """Example number -> dict of fixed-shape numpy arrays (the BATCH_KEYS of one example), or `Skipped`."""
+    """Example number -> dict of fixed-shape numpy arrays (the BATCH_KEYS of one example), or `Skipped`.
+
+    The video comes through data/video_input.read_record, as evaluate reads it."""
 
     def __init__(self, examples: JsonlExamples, videos: frames_lib.FrameRecordIndex, tokenizer, num_frames: int,
                  max_length: int, use_features: bool = False, keep_ids: bool = False,
                  system_prompt: Optional[str] = None, image_size: Optional[int] = None):
-        self.image_size = image_size  # None: frames of any size (batching then needs them all alike)
         self.examples = examples
         self.videos = videos
         self.tokenizer = tokenizer
         self.num_frames = num_frames
         self.max_length = max_length
-        self.use_features = use_features
+        # image_size None: frames of any size (batching then needs them all alike)
+        self.spec = video_input.VideoSpec(num_frames, None if use_features else image_size, use_features)
         self.keep_ids = keep_ids
         self.system_prompt = system_prompt  # None: the template's own; tiny test models need a shorter one
 
     def _video_location(self, video_id: str) -> str:
         try:
-            shard, record = self.videos.locate(video_id)
-            return f"{self.videos.source.paths[shard]} record {record}"
+            path, record = video_input.record_location(self.videos, video_id)
+            return f"{path} record {record}"
         except KeyError:
             return "no frame record"
 
@@ -231,52 +218,29 @@ class LoadExample:
             return self.load(example)
         except gcs.StorageError:
             raise  # storage that cannot be reached after retries is no bad record: the run stops, in one line
+        except video_input.VideoInputError as e:  # its message names the shard, record and video
+            reason = f"example {self.examples.where(index)}: {e}"
         except (*_RECORD_ERRORS, RecursionError) as e:
             where = self._video_location(video_id) if video_id is not None else "unread"
             reason = (f"example {self.examples.where(index)} (video {video_id}, {where}): "
                       f"{type(e).__name__}: {e}")
-            logging.warning("skipping %s", reason)
-            return Skipped(reason)
+        logging.warning("skipping %s", reason)
+        return Skipped(reason)
 
     def load(self, example: dict) -> dict:
-        from momentor_jax.data.encode import encode_example  # noqa: PLC0415 (written alongside; imported where it is used)
-
-        from momentor_jax.data.encode import count_past_end  # noqa: PLC0415
+        from momentor_jax.data.encode import count_past_end, encode_example  # noqa: PLC0415
 
         video_id = example["id"]
-        record = self.videos.get(video_id)
-        check_record_fits(record, self.num_frames, None if self.use_features else self.image_size)
-        duration = float(record["duration"])
-        pick = nearest_frames(record["frame_times"], duration, self.num_frames)
+        video, duration = video_input.read_record(self.videos, video_id, self.spec)
         extra = {} if self.system_prompt is None else {"system_prompt": self.system_prompt}
         out = dict(encode_example(example, self.tokenizer, duration, self.num_frames, self.max_length, **extra))
         out[CLIPPED_KEY] = np.int32(count_past_end(example, duration))
-        if self.use_features:
-            if "features" not in record:
-                raise frames_lib.RecordError(f"video {video_id}: a frame record, but use_features=True")
-            out["features"] = take_rows(record["features"], pick, np.float32)
-        else:
-            if "frames" not in record:
-                raise frames_lib.RecordError(f"video {video_id}: a feature record, but use_features=False")
-            out["frames"] = take_rows(record["frames"], pick, np.uint8)
+        out["features" if self.spec.use_features else "frames"] = video
         out["durations"] = np.float32(duration)
         if self.keep_ids:
             out["id"] = video_id
             out["example"] = example
         return out
-
-
-def check_record_fits(record: dict, num_frames: int, image_size: Optional[int]) -> None:
-    """RecordError when a parsed record cannot feed a model of num_frames frames at image_size (None: any size)."""
-    count = len(record["frame_times"])
-    if count < num_frames:
-        raise frames_lib.RecordError(
-            f"video {record['video_id']}: the record holds {count} frames, the model takes {num_frames} (frames would "
-            f"repeat); re-extract with data/extract_frames.py --num_frames {num_frames} or more")
-    if image_size is not None and "frames" in record and record["frames"].shape[1:3] != (image_size, image_size):
-        height, width = record["frames"].shape[1:3]
-        raise frames_lib.RecordError(f"video {record['video_id']}: frames are {height} x {width}, the model takes "
-                                     f"{image_size} x {image_size}")
 
 
 # ---------------------------------------------------------------------------------------------------- skip and count
@@ -416,23 +380,6 @@ def _mixed_seed(seed: int) -> int:
     return int(np.random.SeedSequence(int(seed)).generate_state(1)[0])
 
 
-def check_first_record(videos: frames_lib.FrameRecordIndex, video_ids: Sequence[str], num_frames: int,
-                       image_size: Optional[int], use_features: bool) -> None:
-    """ValueError at start-up when the first readable record (of the first 8 examples' videos) does not fit the
-    model: records are extracted alike, so the whole data set would be skipped (or repeat frames)."""
-    for video_id in list(dict.fromkeys(video_ids))[:8]:
-        try:
-            record = videos.get(video_id)
-        except _RECORD_ERRORS:
-            continue  # a damaged record is skipped and counted when it is reached
-        try:
-            check_record_fits(record, num_frames, None if use_features else image_size)
-        except frames_lib.RecordError as e:
-            shard, index = videos.locate(video_id)
-            raise ValueError(f"{videos.source.paths[shard]} record {index}: {e}") from None
-        return
-
-
 def open_examples(examples: Union[str, Sequence[str]], frames: Union[str, Sequence[str]]) -> tuple:
     """Scans the JSONL files and the frame index and joins them -> (JsonlExamples, FrameRecordIndex, dropped)."""
     videos = frames_lib.FrameRecordIndex(frames)
@@ -481,10 +428,9 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     if read_threads is None:
         read_threads = int(_config_value(data_config, "read_threads", 4))
 
-    check_first_record(videos, [examples[i]["id"] for i in range(min(len(examples), 8))], num_frames, image_size,
-                       use_features)
     load = LoadExample(examples, videos, tokenizer, num_frames, max_length, use_features=use_features,
                        system_prompt=_config_value(data_config, "system_prompt"), image_size=image_size)
+    video_input.check_first_record(videos, [examples[i]["id"] for i in range(min(len(examples), 8))], load.spec)
     ds = grain.MapDataset.range(len(examples)).shuffle(seed=_mixed_seed(seed))
     ds = ds[:epoch_length][process_index::process_count]
     scheduled = None if num_epochs is None else len(ds) * num_epochs

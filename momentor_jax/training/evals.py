@@ -20,8 +20,10 @@ Grounding (`GroundingEval`) every evals.grounding_every_steps steps (0: off): R1
 evals.grounding_max_queries queries of evals.grounding_annotations (any grounding format evaluation/annotations.py
 reads; relative to data.dir unless absolute or gs://), videos from the training frame shards, answered by the
 state's current parameters in memory with greedy decoding of at most evals.max_new_tokens tokens, through the code
-`python -m momentor_jax.evaluate` runs (evaluate.answer_and_score). TensorBoard: eval/R1_0.5 (tags allow no '@'),
-eval/mIoU.
+`python -m momentor_jax.evaluate` runs (evaluate.VideoSource, whose records come through data/video_input.py as the
+training loader's do, and evaluate.answer_and_score). TensorBoard: eval/R1_0.5 (tags allow no '@'), eval/mIoU.
+Process 0 writes what `evaluate --out` writes to WORKDIR/eval_grounding/<step>/: predictions.jsonl, answers.jsonl
+and metrics.json (its `checkpoint` is WORKDIR/checkpoints/<step>, saved only when the step is a checkpoint step).
 """
 from __future__ import annotations
 
@@ -186,10 +188,13 @@ def _stack(rows: list) -> dict:
     return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
 
 
+OUT_DIR = "eval_grounding"
+
+
 class GroundingEval:
     """R1@0.5 and mIoU of a TrainState's parameters on held-out grounding queries (evaluate's code path)."""
 
-    def __init__(self, config, frames, tokenizer, model_config):
+    def __init__(self, config, frames, tokenizer, model_config, workdir: Optional[str] = None):
         from momentor_jax import evaluate  # noqa: PLC0415
         from momentor_jax.data import conversation  # noqa: PLC0415
         from momentor_jax.evaluation import tasks  # noqa: PLC0415
@@ -199,23 +204,35 @@ class GroundingEval:
         self.task = tasks.make_task("grounding", annotations)
         self.queries = self.task.queries[:int(config.evals.grounding_max_queries)]
         self.source = evaluate.VideoSource(model_config, frames_dir=frames)
+        self.source.check([q.vid for q in self.queries])
+        self.workdir = workdir  # None: nothing written
         self.model_config, self.tokenizer = model_config, tokenizer
         self.system_prompt = config.data.system_prompt or conversation.SYSTEM_PROMPT
         self.sampling = generate.SamplingConfig(max_new_tokens=int(config.evals.max_new_tokens))
         self.batch_size = eval_batch_size(config)
 
-    def evaluate(self, params) -> dict:
+    def out_dir(self, step: int) -> Optional[str]:
+        """WORKDIR/eval_grounding/<step> (written by process 0), None without a workdir."""
+        if self.workdir is None or jax.process_index() != 0:
+            return None
+        return fileio.join(self.workdir, OUT_DIR, str(step))
+
+    def evaluate(self, params, step: Optional[int] = None) -> dict:
+        """The metrics of `params`; with a step, evaluate's files also go to out_dir(step)."""
         from momentor_jax import evaluate  # noqa: PLC0415
         from momentor_jax.inference import generate  # noqa: PLC0415
         generator = generate.Generator(params, self.model_config, self.tokenizer, self.system_prompt, self.sampling)
-        return evaluate.answer_and_score(self.task, self.queries, generator, self.source, self.batch_size)
+        out_dir = None if step is None else self.out_dir(step)
+        checkpoint = "" if out_dir is None else fileio.join(self.workdir, "checkpoints", str(step))
+        return evaluate.answer_and_score(self.task, self.queries, generator, self.source, self.batch_size, out_dir,
+                                         checkpoint)
 
     def maybe_run(self, step: int, state, writer) -> Optional[dict]:
         if step % self.every:
             return None
         started = time.perf_counter()
         logging.info("step %d: grounding evaluation on %d queries ...", step, len(self.queries))
-        metrics = self.evaluate(state.params)
+        metrics = self.evaluate(state.params, step)
         # TensorBoard tags allow no '@' (tensorboardX would rewrite it to '_' anyway).
         writer.write_scalars(step, {"R1_0.5": metrics["R1@0.5"], "mIoU": metrics["mIoU"]}, prefix="eval")
         writer.print(f"eval at step {step}: grounding R1@0.5 {metrics['R1@0.5']:.1f} | mIoU {metrics['mIoU']:.1f} | "

@@ -645,7 +645,7 @@ def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
             eval_examples = evals_lib.open_examples(config, paths["frames"], tokenizer, model_config)
         grounding_eval = None
         if evals_lib.grounding_every_steps(config):
-            grounding_eval = evals_lib.GroundingEval(config, paths["frames"], tokenizer, model_config)
+            grounding_eval = evals_lib.GroundingEval(config, paths["frames"], tokenizer, model_config, workdir)
     except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
         raise StartupError(str(e).strip("'\"") if isinstance(e, KeyError) else str(e)) from e
     init_batch = momentor_lib.example_batch(model_config, 1, config.max_length, videos_per_row=videos_per_row(config))
