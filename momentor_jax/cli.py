@@ -11,7 +11,7 @@
     define_config(flag_values) `--config=configs/X.py[:variant]` plus `--config.KEY=VALUE` (ml_collections
                                config_flags), the one way every command with a config takes it
     define_answer_flags(...)   --checkpoint, --max_new_tokens and --system_prompt of the commands that answer
-                               questions about videos (predict, serve), with sampling --temperature,
+                               questions about videos (predict, evaluate, serve), with sampling --temperature,
                                --top_p and --seed
     override_args(holder)      the `--config.KEY=VALUE` a command was given, written back as arguments for the
                                commands it runs (demo's training stages, sweep's runs)

@@ -41,7 +41,8 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """The command's flags (defined only when it runs, so that importing the module defines none)."""
-    flags.DEFINE_string("checkpoint", None, "training workdir, step directory or converted checkpoint")
+    cli.define_answer_flags(sampling=False)
+    flags.adopt_module_key_flags(cli)
     flags.DEFINE_enum("task", None, ["grounding", "highlights", "dense_captioning", "action_segmentation"],
                       "evaluation task")
     flags.DEFINE_string("annotations", None, "ground-truth file of the task (formats: see above)")
@@ -51,13 +52,10 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "output directory (local or gs://); rerun with the same one to resume")
     flags.DEFINE_integer("max_examples", None, "evaluate only the first N queries (N >= 1)")
     flags.DEFINE_integer("batch_size", 4, "queries decoded together (fixed batch shape)")
-    flags.DEFINE_integer("max_new_tokens", 128, "longest answer in tokens (>= 1)")
-    flags.DEFINE_string("system_prompt", None, "override the checkpoint's system prompt")
     flags.DEFINE_integer("num_timelines", 12, "queries drawn in timeline.png (0: no figure)")
 
 
 ANSWERS_DIR = "answers.parts"
-EXIT_INTERRUPTED = 130
 AFTER_THE_END = "windows starting at or after the decoded video's end (kept as annotated)"
 
 
@@ -312,7 +310,7 @@ def main(argv) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: the answers so far are in {fileio.join(FLAGS.out, ANSWERS_DIR)}; rerun the same "
               "command to resume", file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(cli.EXIT_INTERRUPTED)
     print(json.dumps(metrics, indent=1))
 
 
