@@ -239,9 +239,9 @@ def _export_tokenizer(model_path: str, out_dir: str, vocab_size: int, num_tokens
 
 def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> None:
     """Writes OUT/llm (LlamaForCausalLM, vocabulary V + N, with tokenizer files when the checkpoint has a
-    sentencepiece tokenizer), OUT/vision (CLIPVisionModel) and OUT/momentor_extras. `checkpoint`: any layout the
-    inference loader reads (a training workdir's latest step, a step directory, a converted checkpoint), local or
-    gs://. A gs:// OUT is written to a local temporary directory first (transformers and safetensors write local
+    sentencepiece tokenizer), OUT/vision (CLIPVisionModel) and OUT/momentor_extras. `checkpoint`: any layout
+    (momentor_jax/checkpoints.py: a training workdir's latest step, a step directory, a converted checkpoint), local
+    or gs://. A gs:// OUT is written to a local temporary directory first (transformers and safetensors write local
     files), then uploaded file by file."""
     if fileio.is_remote(out):
         fileio.check_bucket(out)
