@@ -23,7 +23,6 @@ from momentor_jax.data.tokenizer import MomentorTokenizer
 from momentor_jax.models.config import MomentorConfig
 
 
-
 def _tokenizer_path(located: checkpoints.Located) -> str:
     if located.kind == "converted":
         directory = fileio.join(located.params_dir, "tokenizer")
