@@ -140,9 +140,11 @@ def identity(path: str) -> dict:
     """What names the weights a checkpoint holds: {'params_dir', 'saved_at'} (orbax's commit timestamp, when it wrote
     one), so that answers kept from a checkpoint are not mixed with those of another written to the same path."""
     located = locate(path)
+    # orbax records it with the step in a training run, with the params item in a converted checkpoint.
+    where = located.params_dir if located.kind == "run" else fileio.join(located.params_dir, PARAMS_DIR)
     saved_at = None
     try:
-        metadata = json.loads(fileio.read_text(fileio.join(located.params_dir, PARAMS_DIR, "_CHECKPOINT_METADATA")))
+        metadata = json.loads(fileio.read_text(fileio.join(where, "_CHECKPOINT_METADATA")))
         saved_at = metadata.get("commit_timestamp_nsecs")
     except (OSError, ValueError, AttributeError):
         pass

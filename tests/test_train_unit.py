@@ -343,6 +343,8 @@ def test_load_params_reads_the_three_layouts_and_names_mismatches(clean_toy_run,
     step_dir = os.path.join(workdir, "checkpoints", "6")
     assert checkpoints.locate(workdir) == checkpoints.Located("run", workdir, step_dir, 6)
     checkpoints.save_params(str(tmp_path / "converted"), params, model_configs.tiny())
+    for path in (workdir, str(tmp_path / "converted")):  # orbax's commit time names the weights
+        assert isinstance(checkpoints.identity(path)["saved_at"], int)
     mesh = sharding.make_mesh((2, 2, 2))
     replicated = sharding.replicated(mesh)
     shardings = {"projector": {"embed_tokens": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp")),
