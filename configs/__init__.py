@@ -60,7 +60,7 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.trainable = "momentor"           # 'momentor' (projector, TPM, input embeddings) | 'all'
     c.remat_policy = remat_ref
 
-    c.init_from = config_dict.placeholder(str)   # `convert import_hf` output, or a previous stage's workdir
+    c.init_from = config_dict.placeholder(str)   # any checkpoint layout: `convert import_hf` output, a workdir, a step
     c.requires_init_from = False       # True: a fresh run (no checkpoint yet) refuses to start from random weights
     c.tokenizer = config_dict.placeholder(str)   # MomentorTokenizer dir or .model file; unset: <data.dir>/tokenizer
 

@@ -43,13 +43,13 @@ def main(argv=None) -> int:
 
     import jax  # noqa: PLC0415 (after argument parsing: --help stays fast)
 
-    from momentor_jax import checkpoint_io  # noqa: PLC0415
+    from momentor_jax import checkpoints  # noqa: PLC0415
     from momentor_jax.data import features  # noqa: PLC0415
     from momentor_jax.training import distributed  # noqa: PLC0415
 
     distributed.maybe_initialize()  # several hosts: each extracts its own shards on its own devices
     try:
-        params, config = checkpoint_io.load_params(args.checkpoint)
+        params, config = checkpoints.load_params(args.checkpoint), checkpoints.load_config(args.checkpoint)
         if "vision" not in params:
             raise ValueError(f"{args.checkpoint}: the checkpoint has no vision tower ('vision' parameters)")
         stats = features.extract_features(args.frames, args.out_dir, params["vision"], config.vision,

@@ -157,6 +157,7 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
     the parameters load; KeyboardInterrupt leaves the answers so far in OUT/answers.parts."""
     from momentor_jax.evaluation import annotations as annotations_lib  # noqa: PLC0415
     from momentor_jax.evaluation import tasks  # noqa: PLC0415
+    from momentor_jax import checkpoints  # noqa: PLC0415
     from momentor_jax.inference import batch, generate, load, results  # noqa: PLC0415
 
     check_settings(batch_size, max_examples, num_timelines)
@@ -169,8 +170,8 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
         logging.warning("%s", note)
     queries = task.queries[:max_examples] if max_examples is not None else task.queries
 
-    located = load.locate(checkpoint)
-    config = load.load_config(checkpoint)
+    located = checkpoints.locate(checkpoint)
+    config = checkpoints.load_config(checkpoint)
     tokenizer = load.load_tokenizer(checkpoint, config)
     system_prompt = system_prompt or load.load_system_prompt(checkpoint)
     annotations_lib.check_prompts(
@@ -181,7 +182,7 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
     source = VideoSource(config, video_dir, frames_dir)
     source.check([q.vid for q in queries])
 
-    settings = {"checkpoint": load.identity(checkpoint), "task": task_name, "max_new_tokens": max_new_tokens,
+    settings = {"checkpoint": checkpoints.identity(checkpoint), "task": task_name, "max_new_tokens": max_new_tokens,
                 "system_prompt": system_prompt, "batch_size": batch_size}
     log = results.ResultLog(fileio.join(out_dir, ANSWERS_DIR), settings)
     by_qid = {q.qid: q for q in queries}
@@ -190,7 +191,7 @@ def evaluate(checkpoint: str, task_name: str, annotations: str, out_dir: str, vi
 
     def make_generator():
         with cli.phase(f"loading the model from {located.params_dir}"):
-            params = load.shard_params(load.load_params(checkpoint), config)
+            params = load.shard_params(checkpoints.load_params(checkpoint), config)
         if progress:
             cli.progress(f"answering {len(queries) - len(log.keys() & set(by_qid))} of {len(queries)} queries "
                          "(the first batch includes compilation)")

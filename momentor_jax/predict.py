@@ -68,11 +68,12 @@ class Predictor:
 
     def __init__(self, checkpoint: str, sampling=None, seed: int = 0, system_prompt: Optional[str] = None,
                  progress: bool = True):
+        from momentor_jax import checkpoints  # noqa: PLC0415
         from momentor_jax.inference import generate, load  # noqa: PLC0415
         self.checkpoint, self.seed, self.progress = checkpoint, seed, progress
         self.sampling = sampling or generate.SamplingConfig()
-        self.located = load.locate(checkpoint)
-        self.config = load.load_config(checkpoint)
+        self.located = checkpoints.locate(checkpoint)
+        self.config = checkpoints.load_config(checkpoint)
         self.tokenizer = load.load_tokenizer(checkpoint, self.config)
         self.system_prompt = system_prompt or load.load_system_prompt(checkpoint)
         self._generator = None
@@ -100,9 +101,10 @@ class Predictor:
     @property
     def generator(self):
         if self._generator is None:
+            from momentor_jax import checkpoints  # noqa: PLC0415
             from momentor_jax.inference import generate, load  # noqa: PLC0415
             with _phase(f"loading the model from {self.located.params_dir}", self.progress):
-                params = load.shard_params(load.load_params(self.checkpoint), self.config)
+                params = load.shard_params(checkpoints.load_params(self.checkpoint), self.config)
                 self._generator = generate.Generator(params, self.config, self.tokenizer, self.system_prompt,
                                                      self.sampling, self.seed)
         return self._generator
@@ -187,7 +189,8 @@ def predict_batch(checkpoint: str, questions_path: str, out_path: str, max_new_t
     returns {'answered', 'failed', 'out'}. Checks everything it can before the parameters load."""
     from momentor_jax.data.video import VideoDecodeError  # noqa: PLC0415
     from momentor_jax.evaluation import annotations  # noqa: PLC0415
-    from momentor_jax.inference import batch, generate, load, results  # noqa: PLC0415
+    from momentor_jax import checkpoints  # noqa: PLC0415
+    from momentor_jax.inference import batch, generate, results  # noqa: PLC0415
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -198,7 +201,7 @@ def predict_batch(checkpoint: str, questions_path: str, out_path: str, max_new_t
     predictor = Predictor(checkpoint, sampling, seed, system_prompt, progress)
     annotations.check_prompts(((f"{questions_path}, question {r['key'] + 1}", r["question"]) for r in records),
                               predictor.prompt_length, predictor.max_prompt_length(), questions_path)
-    settings = {"checkpoint": load.identity(checkpoint), "max_new_tokens": max_new_tokens,
+    settings = {"checkpoint": checkpoints.identity(checkpoint), "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p, "seed": seed, "system_prompt": predictor.system_prompt,
                 "batch_size": batch_size}
     log = results.ResultLog(out_path + ".parts", settings)

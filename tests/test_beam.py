@@ -311,7 +311,7 @@ def test_feature_pipeline_equals_the_single_machine_features(video_dir, tmp_path
     import flax.linen as nn
     import jax
 
-    from momentor_jax import checkpoint_io
+    from momentor_jax import checkpoints
     from momentor_jax.data import features
     from momentor_jax.models import config as config_lib
     from momentor_jax.models.vit import VisionTower
@@ -322,7 +322,7 @@ def test_feature_pipeline_equals_the_single_machine_features(video_dir, tmp_path
                             np.zeros((1, size, size, 3), np.float32))["params"]
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(s.dtype), nn.meta.unbox(shapes))
-    checkpoint_io.save_params(str(tmp_path / "ckpt"), {"vision": params}, config)
+    checkpoints.save_params(str(tmp_path / "ckpt"), {"vision": params}, config)
     frames_dir = str(tmp_path / "frames")
     extract.extract_frames(video_dir, frames_dir, num_frames=3, size=size, num_shards=4, progress=False)
     frames = os.path.join(frames_dir, "frames-*.tfrecord")

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 import hf_tiny_models as tiny  # noqa: E402
 from momentor_jax import constants  # noqa: E402
-from momentor_jax.checkpoint_io import TOKENIZER_FILE, load_params, save_params  # noqa: E402
+from momentor_jax.checkpoints import TOKENIZER_FILE, load_config, load_params, save_params  # noqa: E402
 from momentor_jax.convert import commands  # noqa: E402
 from momentor_jax.convert.__main__ import main  # noqa: E402
 from momentor_jax.data import synthetic  # noqa: E402
@@ -50,7 +50,7 @@ def imported(hf_dirs, tmp_path_factory):
 
 
 def test_import_builds_the_momentor_tree(imported, hf_dirs):
-    params, config = load_params(imported)
+    params, config = load_params(imported), load_config(imported)
     assert set(params) == {"vision", "projector", "tpm", "llm"}
     assert (config.llm.vocab_size, config.num_temporal_tokens, config.num_frames) == (V, N_TEMPORAL, 8)
     assert config.llm.num_kv_heads == 2 and config.llm.scan_layers
@@ -72,11 +72,11 @@ def test_import_builds_the_momentor_tree(imported, hf_dirs):
 def test_check_logits_passes_on_a_good_checkpoint_and_fails_on_a_corrupted_one(imported, hf_dirs, tmp_path):
     args = ["check_logits", "--hf_llama", hf_dirs["llama"], "--hf_clip", hf_dirs["clip"], "--length", "8"]
     assert main(args + ["--checkpoint", imported]) == 0
-    params, config = load_params(imported)
+    params, config = load_params(imported), load_config(imported)
     params["llm"]["layers"]["mlp"]["down_proj"]["kernel"][1, 3, 5] += 0.5
     save_params(str(tmp_path / "bad_llm"), params, config)
     assert main(args + ["--checkpoint", str(tmp_path / "bad_llm")]) == 1
-    params, config = load_params(imported)
+    params, config = load_params(imported), load_config(imported)
     params["vision"]["post_layernorm"]["bias"][0] += 0.01
     save_params(str(tmp_path / "bad_vision"), params, config)
     assert main(args + ["--checkpoint", str(tmp_path / "bad_vision")]) == 1
@@ -90,7 +90,7 @@ def exported(imported, tmp_path_factory):
 
 
 def test_export_loads_in_transformers_and_reproduces_logits(exported, imported, hf_dirs):
-    params, _ = load_params(imported)
+    params = load_params(imported)
     model = transformers.LlamaForCausalLM.from_pretrained(os.path.join(exported, "llm"), dtype=torch.float32,
                                                           attn_implementation="eager").eval()
     assert model.config.vocab_size == V + N_TEMPORAL
@@ -115,7 +115,7 @@ def test_export_loads_in_transformers_and_reproduces_logits(exported, imported, 
 
 
 def test_export_without_the_tpm_has_no_temporal_tokens(imported, tmp_path):
-    params, config = load_params(imported)
+    params, config = load_params(imported), load_config(imported)
     del params["tpm"]
     ablated = str(tmp_path / "ablated")
     save_params(ablated, params, dataclasses.replace(config, tpm_enabled=False))
@@ -132,7 +132,8 @@ def test_import_of_export_gives_back_the_same_params(exported, imported, tmp_pat
     out = str(tmp_path / "again")
     assert main(["import_hf", "--llama", os.path.join(exported, "llm"), "--clip", os.path.join(exported, "vision"),
                  "--reference_weights", os.path.join(exported, commands.EXTRAS_FILE), "--out", out]) == 0
-    (original, original_config), (again, again_config) = load_params(imported), load_params(out)
+    original, original_config = load_params(imported), load_config(imported)
+    again, again_config = load_params(out), load_config(out)
     _assert_trees_equal(original, again)
     assert original_config == again_config
 
@@ -144,7 +145,7 @@ def test_tied_head_preextended_vocab_bin_weights_and_loop_layers_round_trip(tmp_
     ckpt, export, again = (str(tmp_path / name) for name in ("ckpt", "export", "again"))
     assert main(["import_hf", "--llama", str(tmp_path / "llama"), "--out", ckpt, "--base_vocab_size",
                  str(tiny.VOCAB), "--num_temporal_tokens", "8", "--no_scan_layers"]) == 0
-    params, config = load_params(ckpt)
+    params, config = load_params(ckpt), load_config(ckpt)
     assert config.llm.tie_word_embeddings and "lm_head" not in params["llm"] and "layers_1" in params["llm"]
     assert "vision" not in params
     np.testing.assert_array_equal(params["llm"]["embed_tokens"]["embedding"],
@@ -153,7 +154,7 @@ def test_tied_head_preextended_vocab_bin_weights_and_loop_layers_round_trip(tmp_
     assert main(["export_hf", "--checkpoint", ckpt, "--out", export]) == 0
     assert main(["import_hf", "--llama", os.path.join(export, "llm"), "--out", again, "--no_scan_layers",
                  "--reference_weights", os.path.join(export, commands.EXTRAS_FILE)]) == 0
-    _assert_trees_equal(params, load_params(again)[0])
+    _assert_trees_equal(params, load_params(again))
     assert main(["check_logits", "--checkpoint", ckpt, "--hf_llama", os.path.join(export, "llm")]) == 0
 
 
@@ -161,7 +162,7 @@ def test_torch_default_temporal_init_and_a_llama_without_tokenizer_model(hf_dirs
     out = str(tmp_path / "wide")
     assert main(["import_hf", "--llama", hf_dirs["llama"], "--out", out, "--num_temporal_tokens", "64",
                  "--temporal_init", "torch_default"]) == 0
-    params, config = load_params(out)
+    params, config = load_params(out), load_config(out)
     assert config.temporal_init == "torch_default"
     assert abs(float(np.std(params["tpm"]["input_embedding"])) - 1.0) < 0.1                 # N(0, 1)
     bound = 1.0 / np.sqrt(config.llm.hidden_size)                                          # U(+-1/sqrt(D))
@@ -176,7 +177,7 @@ def test_torch_default_temporal_init_and_a_llama_without_tokenizer_model(hf_dirs
     assert not os.path.exists(tmp_path / "x")
     assert main(["import_hf", "--llama", str(bare), "--out", str(tmp_path / "y"), "--base_vocab_size",
                  str(tiny.VOCAB)]) == 0
-    assert load_params(str(tmp_path / "y"))[1].llm.vocab_size == V
+    assert load_config(str(tmp_path / "y")).llm.vocab_size == V
 
 
 def test_public_reference_weights_are_used(hf_dirs, tmp_path, capsys):
@@ -193,7 +194,7 @@ def test_public_reference_weights_are_used(hf_dirs, tmp_path, capsys):
     out = str(tmp_path / "ckpt")
     assert main(["import_hf", "--llama", hf_dirs["llama"], "--clip", hf_dirs["clip"], "--out", out,
                  "--reference_weights", str(tmp_path / "mm_projector.bin")]) == 0
-    params, config = load_params(out)
+    params, config = load_params(out), load_config(out)
     assert config.num_temporal_tokens == 12
     np.testing.assert_array_equal(params["projector"]["kernel"], reference["model.mm_projector.weight"].T)
     np.testing.assert_array_equal(params["projector"]["bias"], reference["model.mm_projector.bias"])
@@ -227,7 +228,8 @@ def test_import_to_gcs_then_export_from_it_round_trips_bit_identically(hf_dirs, 
     remote = f"{gcs_bucket}/momentor"
     assert main(["import_hf", "--llama", hf_dirs["llama"], "--clip", hf_dirs["clip"], "--out", remote,
                  "--num_temporal_tokens", str(N_TEMPORAL), "--num_frames", "8"]) == 0
-    (local_params, local_config), (remote_params, remote_config) = load_params(imported), load_params(remote)
+    local_params, local_config = load_params(imported), load_config(imported)
+    remote_params, remote_config = load_params(remote), load_config(remote)
     _assert_trees_equal(local_params, remote_params)
     assert local_config == remote_config
     assert fileio.read_bytes(fileio.join(remote, TOKENIZER_FILE)) == fileio.read_bytes(

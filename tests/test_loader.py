@@ -425,11 +425,11 @@ def test_extraction_rejects_frames_of_another_size(data, tiny_vision, tmp_path):
 
 def test_extract_features_command(data, tiny_vision, tmp_path, capsys):
     import importlib.util
-    from momentor_jax import checkpoint_io
+    from momentor_jax import checkpoints
     from momentor_jax.models import config as config_lib
 
     params, _ = tiny_vision
-    checkpoint_io.save_params(str(tmp_path / "ckpt"), {"vision": params}, config_lib.tiny())
+    checkpoints.save_params(str(tmp_path / "ckpt"), {"vision": params}, config_lib.tiny())
     spec = importlib.util.spec_from_file_location(
         "extract_features", os.path.join(os.path.dirname(__file__), "..", "data", "extract_features.py"))
     command = importlib.util.module_from_spec(spec)
@@ -441,7 +441,7 @@ def test_extract_features_command(data, tiny_vision, tmp_path, capsys):
     assert len(frames_lib.FrameRecordIndex(str(out_dir))) == NUM_VIDEOS
     assert command.main(["--frames", data["frames"], "--checkpoint", str(tmp_path / "none"), "--out_dir",
                          str(out_dir)]) == 2
-    assert "not a Momentor parameter checkpoint" in capsys.readouterr().err
+    assert f"checkpoint {tmp_path / 'none'}: no such directory" in capsys.readouterr().err
 
 
 def test_two_workers_cover_the_epoch_and_resume(data, tokenizer):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from momentor_jax.training import checkpoint as checkpoint_lib
+from momentor_jax import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEG_TIMEOUT_S = 300
@@ -132,12 +132,12 @@ def test_two_processes_resume_and_match_single_process(tmp_path, data_dir, singl
                          if name.startswith("process_"))
     assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]
 
-    multi_params, step = checkpoint_lib.restore_params_from_workdir(multi_dir, abstract)
-    single_params, _ = checkpoint_lib.restore_params_from_workdir(reference_dir, abstract)
-    assert step == 4
+    assert checkpoints.locate(multi_dir).step == 4
+    multi_params = checkpoints.load_params(multi_dir, abstract)
+    single_params = checkpoints.load_params(reference_dir, abstract)
     flat_ref = jax.tree_util.tree_leaves_with_path(single_params)
     flat_multi = dict(jax.tree_util.tree_leaves_with_path(multi_params))
-    initial, _ = checkpoint_lib.restore_params_from_workdir(reference_dir, abstract, step=2)
+    initial = checkpoints.load_params(fileio.join(reference_dir, "checkpoints", "2"), abstract)
     moved = 0
     for path, ref in flat_ref:
         ref, got = np.asarray(ref), np.asarray(flat_multi[path])

@@ -12,6 +12,7 @@ import pytest
 import tiny_checkpoints
 from PIL import Image
 
+from momentor_jax import checkpoints
 from momentor_jax.data import extract, synthetic
 from momentor_jax.data import tokenizer as tokenizer_lib
 from momentor_jax.evaluate import evaluate
@@ -105,7 +106,7 @@ def no_params(monkeypatch):
     """Fails any test that loads the parameters."""
     def refuse(path):
         raise AssertionError(f"the parameters of {path} were loaded")
-    monkeypatch.setattr(load, "load_params", refuse)
+    monkeypatch.setattr(checkpoints, "load_params", refuse)
 
 
 def test_predict_checks_video_and_question_before_loading(tiny_setup, no_params):
@@ -324,7 +325,7 @@ def test_evaluate_interrupted_then_resumed_equals_uninterrupted(tiny_setup, monk
 
     def refuse(path):
         raise AssertionError("a finished evaluation is re-scored without loading the model")
-    monkeypatch.setattr(load, "load_params", refuse)
+    monkeypatch.setattr(checkpoints, "load_params", refuse)
     assert evaluate(tiny_setup["converted"], "grounding", annotations_path, str(out),
                     **_eval_kwargs(tiny_setup)) == resumed
     with pytest.raises(ValueError, match="other settings"):

@@ -15,13 +15,12 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 from tensorboardX.proto import event_pb2
 
 from configs import tiny
-from momentor_jax import checkpoint_io, fileio
+from momentor_jax import checkpoints, fileio
 from momentor_jax.data import frames as frames_lib
 from momentor_jax.data import tfrecord
 from momentor_jax.models import config as model_configs
@@ -60,9 +59,7 @@ def _tensorboard_scalars(workdir, tag) -> dict:
 
 
 def _saved_params(workdir, step) -> dict:
-    path = fileio.join(workdir, "checkpoints", str(step), "params")
-    fileio.configure_for(path)
-    restored = ocp.StandardCheckpointer().restore(path)
+    restored = checkpoints.load_params(fileio.join(workdir, "checkpoints", str(step)))
     return {jax.tree_util.keystr(k, simple=True, separator="/"): np.asarray(v)
             for k, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
 
@@ -155,7 +152,7 @@ def test_warm_start_from_workdir_and_from_import(reference_run, sharded_factory,
     factory, _ = sharded_factory
     reference = _saved_params(reference_run["workdir"], TOTAL_STEPS)
     from_workdir = trainer.warm_start_params(reference_run["workdir"], factory)
-    checkpoint_io.save_params(str(tmp_path / "imported"), jax.device_get(from_workdir), model_configs.tiny())
+    checkpoints.save_params(str(tmp_path / "imported"), jax.device_get(from_workdir), model_configs.tiny())
     from_import = trainer.warm_start_params(str(tmp_path / "imported"), factory)
     for params in (from_workdir, from_import):
         flat = {jax.tree_util.keystr(k, simple=True, separator="/"): v
@@ -169,7 +166,7 @@ def test_warm_start_from_workdir_and_from_import(reference_run, sharded_factory,
 
     wrong = jax.device_get(from_workdir)
     wrong["projector"]["kernel"] = wrong["projector"]["kernel"][:, :-1]
-    checkpoint_io.save_params(str(tmp_path / "wrong"), wrong, model_configs.tiny())
+    checkpoints.save_params(str(tmp_path / "wrong"), wrong, model_configs.tiny())
     with pytest.raises(ValueError, match="projector/kernel has shape"):
         trainer.warm_start_params(str(tmp_path / "wrong"), factory)
 
@@ -215,17 +212,10 @@ def _gcs_inputs(reference_run, bucket, tmp_path) -> dict:
                     fileio.remove(written)
         else:
             fileio.copy(local, fileio.join(data, name))
-    params = _saved_params(reference_run["workdir"], TOTAL_STEPS)
-    tree = {}
-    for name, value in params.items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    tree = checkpoints.load_params(fileio.join(reference_run["workdir"], "checkpoints", str(TOTAL_STEPS)))
     local_init, remote_init = str(tmp_path / "init"), f"{bucket}/init"
     for target in (local_init, remote_init):
-        checkpoint_io.save_params(target, tree, model_configs.tiny())
+        checkpoints.save_params(target, tree, model_configs.tiny())
     return {"data": data, "local_init": local_init, "remote_init": remote_init}
 
 
@@ -411,11 +401,6 @@ def evals_run(reference_run):
     return {"workdir": str(workdir), "stdout": _run_on_reference_data(reference_run, workdir, *EVALS)}
 
 
-def _checkpoint_tree(workdir, step):
-    path = fileio.join(workdir, "checkpoints", str(step), "params")
-    return ocp.StandardCheckpointer().restore(path)
-
-
 def test_evals_match_a_separate_loss_of_the_checkpoint_and_leave_training_unchanged(reference_run, evals_run):
     losses = _tensorboard_scalars(evals_run["workdir"], "eval/loss")
     accuracies = _tensorboard_scalars(evals_run["workdir"], "eval/temporal_acc")
@@ -458,7 +443,8 @@ def _separate_eval(workdir, step, data, config, num_examples=6):
     keys = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "placeholder_times", "target_times",
             "frames", "durations")
     batch = {k: np.stack([r[k] for r in rows]) for k in keys}
-    logits, _ = Momentor(model_config).apply({"params": _checkpoint_tree(workdir, step)}, batch)
+    params = checkpoints.load_params(fileio.join(workdir, "checkpoints", str(step)))
+    logits, _ = Momentor(model_config).apply({"params": params}, batch)
     loss, aux = compute_loss(logits, batch, model_config)
     return float(loss), float(aux["temporal_accuracy"])
 

@@ -1,20 +1,23 @@
 """Trainer pieces without the real model or data: mesh rules, schedule, FLOPs, configs, the step, the loop's
-non-finite stop and SIGTERM save, the data-state checkpoint item. A toy two-matrix model keeps compiles small."""
+non-finite stop and SIGTERM save, checkpoints (damage, mismatches, the three layouts). A toy two-matrix model keeps
+compiles small."""
 import glob
 import math
 import os
+import re
 import signal
 
 import flax.linen as nn
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import demo, momentor_7b, tiny
+from momentor_jax import checkpoints
 from momentor_jax.models.config import MomentorConfig
 from momentor_jax.models import config as model_configs
-from momentor_jax.training import checkpoint as checkpoint_lib
 from momentor_jax.training import flops, metrics_writer, optim, sharding, trainer
 
 VOCAB, EMBED, B, L = 32, 16, 8, 12
@@ -62,10 +65,11 @@ def toy_batch(seed, nan=False):
             "loss_mask": mask, "segment_ids": np.ones((B, L), np.int32)}
 
 
-class ToyIterator:
+class ToyIterator(grain.DatasetIterator):
     """Deterministic batches with get_state/set_state; `on_batch(i)` runs before batch i (1-based) is returned."""
 
     def __init__(self, nan_at=None, on_batch=None):
+        super().__init__()
         self.position, self.nan_at, self.on_batch = 0, nan_at, on_batch
 
     def __next__(self):
@@ -236,7 +240,7 @@ def test_gradient_accumulation_matches_one_big_batch():
 def test_non_finite_step_stops_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(trainer.NonFiniteError, match="step 3: non-finite"):
         run_toy(tmp_path, ToyIterator(nan_at=3))
-    ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2)
     try:
         assert ckpt.all_steps() == [2]
     finally:
@@ -248,7 +252,7 @@ def test_sigterm_saves_and_exits(tmp_path):
     result = run_toy(tmp_path, ToyIterator(on_batch=lambda i: i == 3 and os.kill(os.getpid(), signal.SIGTERM)))
     assert result.stopped_early and result.step == 3
     assert signal.getsignal(signal.SIGTERM) is handler_before
-    ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2)
+    ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), save_every_steps=2)
     try:
         assert ckpt.all_steps() == [2, 3]
     finally:
@@ -257,14 +261,6 @@ def test_sigterm_saves_and_exits(tmp_path):
     iterator = ToyIterator()
     resumed = run_toy(tmp_path, iterator)
     assert [s for s, _ in resumed.history] == [4, 5, 6] and iterator.position == 6
-
-
-# ------------------------------------------------------------------------------------------------- data state
-@pytest.mark.parametrize("state", [b'{"next_index": 3}', {"parent": {"next_index": 5}, "count": 2}])
-def test_data_state_round_trip(tmp_path, state):
-    handler = checkpoint_lib.DataStateHandler()
-    handler.save(tmp_path, checkpoint_lib.DataStateSave(state))
-    assert handler.restore(tmp_path) == state
 
 
 def test_fresh_run_that_needs_pretrained_weights_refuses_random_init(tmp_path):
@@ -288,9 +284,15 @@ def _damage(step_dir, how):
 
 
 @pytest.fixture(scope="module")
-def clean_toy_params(tmp_path_factory):
-    """Step 6 parameters of the toy run without any interruption."""
-    return jax.tree.leaves(run_toy(tmp_path_factory.mktemp("clean"), ToyIterator()).state.params)
+def clean_toy_run(tmp_path_factory):
+    """The toy run without any interruption: (workdir, step 6 parameters)."""
+    workdir = tmp_path_factory.mktemp("clean")
+    return str(workdir), run_toy(workdir, ToyIterator()).state.params
+
+
+@pytest.fixture(scope="module")
+def clean_toy_params(clean_toy_run):
+    return jax.tree.leaves(clean_toy_run[1])
 
 
 @pytest.mark.parametrize("how", ["deleted", "truncated", "metadata"])
@@ -328,6 +330,54 @@ def test_a_checkpoint_of_other_shapes_names_the_parameter(tmp_path):
     finally:
         VOCAB = saved
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # a config change, not damage: nothing moved
+
+
+def test_a_checkpoint_of_another_process_count_is_refused_not_set_aside(tmp_path):
+    run_toy(tmp_path, ToyIterator(), total_steps=2)
+    data = tmp_path / "checkpoints" / "2" / "data"
+    os.rename(data / "process_0-of-1.json", data / "process_0-of-2.json")
+    with pytest.raises(trainer.StartupError, match=r"process_0-of-1\.json: no data-iterator state for this process "
+                                                  r"\(found \['process_0-of-2\.json'\]\); resuming needs the same "
+                                                  "number of processes"):
+        run_toy(tmp_path, ToyIterator())
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def test_load_params_reads_the_three_layouts_and_names_mismatches(clean_toy_run, tmp_path):
+    workdir, params = clean_toy_run
+    step_dir = os.path.join(workdir, "checkpoints", "6")
+    assert checkpoints.locate(workdir) == checkpoints.Located("run", workdir, step_dir, 6)
+    checkpoints.save_params(str(tmp_path / "converted"), params, model_configs.tiny())
+    for path in (workdir, str(tmp_path / "converted")):  # orbax's commit time names the weights
+        assert isinstance(checkpoints.identity(path)["saved_at"], int)
+    mesh = sharding.make_mesh((2, 2, 2))
+    replicated = sharding.replicated(mesh)
+    shardings = {"projector": {"embed_tokens": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp")),
+                               "kernel": replicated}, "vision": {"w": replicated}}
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+    for path in (workdir, step_dir, str(tmp_path / "converted")):
+        host, placed = checkpoints.load_params(path), checkpoints.load_params(path, abstract)
+        for expected, got, on_mesh, want in zip(jax.tree.leaves(params), jax.tree.leaves(host),
+                                                jax.tree.leaves(placed), jax.tree.leaves(shardings)):
+            assert isinstance(got, np.ndarray) and on_mesh.sharding == want
+            np.testing.assert_array_equal(got, np.asarray(expected))
+            np.testing.assert_array_equal(np.asarray(on_mesh), np.asarray(expected))
+    # A model without the vision tower (cached features) leaves the saved tower unread.
+    assert set(checkpoints.load_params(workdir, {"projector": abstract["projector"]})) == {"projector"}
+
+    other = {"projector": {**abstract["projector"], "bias": jax.ShapeDtypeStruct((4,), jnp.float32)},
+             "vision": abstract["vision"]}
+    with pytest.raises(checkpoints.CheckpointMismatch, match=re.escape(
+            f"{step_dir}/params: parameter names differ from the model: missing ['projector/bias'], unexpected []")):
+        checkpoints.load_params(workdir, other)
+    del other["projector"]["bias"]
+    other["projector"]["kernel"] = jax.ShapeDtypeStruct((EMBED, 3), jnp.float32)
+    with pytest.raises(checkpoints.CheckpointMismatch, match=re.escape(
+            f"{step_dir}/params: parameter projector/kernel has shape ({EMBED}, {VOCAB}), "
+            f"the model wants ({EMBED}, 3)")):
+        checkpoints.load_params(workdir, other)
+    with pytest.raises(FileNotFoundError, match="neither a training workdir, a step directory"):
+        checkpoints.load_params(str(tmp_path))
 
 
 def test_packing_and_features_settings_of_the_7b_config():

@@ -3,7 +3,7 @@
     random_params(config, seed) -> params     the model's shapes, norm scales 1, the rest N(0, 0.05^2), without the
                                               slow un-jitted flax init
     save_writing_times(directory, config, tokenizer) -> params
-                                              a converted checkpoint (checkpoint_io layout, tokenizer inside) whose
+                                              a converted checkpoint (checkpoints.py layout, tokenizer inside) whose
                                               temporal output table is scaled up so that the random model writes
                                               temporal tokens (times) readily
 """
@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from momentor_jax import checkpoint_io
+from momentor_jax import checkpoints
 from momentor_jax.models.momentor import Momentor, example_batch
 
 
@@ -32,6 +32,6 @@ def random_params(config, seed=0):
 def save_writing_times(directory: str, config, tokenizer):
     params = random_params(config)
     params["tpm"]["output_embedding"] = params["tpm"]["output_embedding"] * 40.0
-    checkpoint_io.save_params(directory, params, config)
+    checkpoints.save_params(directory, params, config)
     tokenizer.save(os.path.join(directory, "tokenizer"))
     return params

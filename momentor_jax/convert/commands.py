@@ -1,7 +1,7 @@
 """The three conversion commands: import_hf, export_hf, check_logits (see convert/__main__.py for the CLI).
 
-export_hf and check_logits read any checkpoint layout the inference loader reads (inference/load.py: a training
-workdir, one of its step directories, or a converted checkpoint); import_hf writes the converted layout.
+export_hf and check_logits read any checkpoint layout (momentor_jax/checkpoints.py: a training workdir, one of its
+step directories, or a converted checkpoint); import_hf writes the converted layout.
 
 Vocabulary (constants.py): the HF LLaMA has B sentencepiece rows; Momentor's model has V = B + 5 (ADDED_TOKENS) and
 N temporal tokens kept in the TPM tables. An exported LLaMA has V + N rows (embed rows [embed_tokens; E_in'], head rows
@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentor_jax import constants, fileio
-from momentor_jax.checkpoint_io import TOKENIZER_FILE, save_params
+from momentor_jax import checkpoints, constants, fileio
+from momentor_jax.checkpoints import TOKENIZER_FILE
 from momentor_jax.convert import hf
 from momentor_jax.models import tpm as tpm_lib
 from momentor_jax.models.config import MomentorConfig, VisionConfig
@@ -199,7 +199,7 @@ def import_hf(llama_dir: str, out: str, clip_dir: Optional[str] = None, referenc
     frames = num_frames or getattr(hf_config, "momentor_num_frames", None) or 300
     config = MomentorConfig(vision=vision_cfg, llm=llm_cfg, num_frames=frames, num_temporal_tokens=num_tokens,
                             temporal_init=temporal_init)
-    save_params(out, params, config)  # local or gs://
+    checkpoints.save_params(out, params, config)  # local or gs://
     tokenizer_path = os.path.join(llama_dir, TOKENIZER_FILE)
     if os.path.exists(tokenizer_path):
         fileio.copy(tokenizer_path, fileio.join(out, TOKENIZER_FILE))
@@ -239,9 +239,9 @@ def _export_tokenizer(model_path: str, out_dir: str, vocab_size: int, num_tokens
 
 def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> None:
     """Writes OUT/llm (LlamaForCausalLM, vocabulary V + N, with tokenizer files when the checkpoint has a
-    sentencepiece tokenizer), OUT/vision (CLIPVisionModel) and OUT/momentor_extras. `checkpoint`: any layout the
-    inference loader reads (a training workdir's latest step, a step directory, a converted checkpoint), local or
-    gs://. A gs:// OUT is written to a local temporary directory first (transformers and safetensors write local
+    sentencepiece tokenizer), OUT/vision (CLIPVisionModel) and OUT/momentor_extras. `checkpoint`: any layout
+    (momentor_jax/checkpoints.py: a training workdir's latest step, a step directory, a converted checkpoint), local
+    or gs://. A gs:// OUT is written to a local temporary directory first (transformers and safetensors write local
     files), then uploaded file by file."""
     if fileio.is_remote(out):
         fileio.check_bucket(out)
@@ -253,10 +253,10 @@ def export_hf(checkpoint: str, out: str, log: Callable[[str], None] = print) -> 
     from momentor_jax.inference import load  # noqa: PLC0415
 
     started = time.perf_counter()
-    located = load.locate(checkpoint)
-    config = load.load_config(checkpoint)
+    located = checkpoints.locate(checkpoint)
+    config = checkpoints.load_config(checkpoint)
     log(f"reading {located.params_dir}" + (f" (step {located.step} of {located.workdir})" if located.step else ""))
-    params = load.load_params(checkpoint)
+    params = checkpoints.load_params(checkpoint)
     log(f"read the parameters in {time.perf_counter() - started:.1f} s; writing the LLM in Hugging Face layout "
         "(loads transformers) ...")
     llm_cfg = config.llm
@@ -321,9 +321,7 @@ def check_logits(checkpoint: str, hf_llama: str, hf_clip: Optional[str] = None, 
     from momentor_jax.models.llama import LlamaModel  # noqa: PLC0415
     from momentor_jax.models.vit import VisionTower  # noqa: PLC0415
 
-    from momentor_jax.inference import load  # noqa: PLC0415
-
-    params, config = load.load_params(checkpoint), load.load_config(checkpoint)
+    params, config = checkpoints.load_params(checkpoint), checkpoints.load_config(checkpoint)
     rng = np.random.default_rng(seed)
     llm_cfg = dataclasses.replace(config.llm, dtype="float32")
     model = transformers.LlamaForCausalLM.from_pretrained(hf_llama, dtype=torch.float32,

@@ -402,10 +402,10 @@ class _EncodeShard(beam.DoFn):
         self._extractor, self._load_counted = None, False
 
     def setup(self):
-        from momentor_jax import checkpoint_io  # noqa: PLC0415 (jax only on the workers that encode)
+        from momentor_jax import checkpoints  # noqa: PLC0415 (jax only on the workers that encode)
         from momentor_jax.data import features  # noqa: PLC0415
 
-        params, config = checkpoint_io.load_params(self.checkpoint)
+        params, config = checkpoints.load_params(self.checkpoint), checkpoints.load_config(self.checkpoint)
         if "vision" not in params:
             raise ValueError(f"{self.checkpoint}: the checkpoint has no vision tower ('vision' parameters)")
         self._extractor = features.FeatureExtractor(params["vision"], config.vision, self.batch_frames)

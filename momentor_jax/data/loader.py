@@ -15,8 +15,8 @@ Everything is a pure function of (seed, files, process_index, process_count), so
 yield the same batches, and `get_state()`/`set_state()` (JSON-able dicts) resume exactly where a run stopped.
 
 Checkpointing the iterator: the iterator is a `grain.DatasetIterator`, so either
-  - its state dict goes into any JSON store (`training/checkpoint.py` keeps one file per process), or
-  - orbax's CheckpointManager saves it with grain's handler:
+  - its state dict goes into any JSON store, or
+  - orbax's CheckpointManager saves it with grain's handler (what momentor_jax/checkpoints.py does in training):
         item_handlers={"data": grain.checkpoint.CheckpointHandler()}
         manager.save(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator), ...))
         manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(iterator), ...))

@@ -25,12 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from momentor_jax import fileio
+from momentor_jax import checkpoints, fileio
 from momentor_jax.models import momentor as momentor_lib
 from momentor_jax.models import partition
 from momentor_jax.models.loss import compute_loss
 from momentor_jax.models.config import MomentorConfig
-from momentor_jax.training import checkpoint as checkpoint_lib
 from momentor_jax.training import flops as flops_lib
 from momentor_jax.training import metrics_writer as metrics_lib
 from momentor_jax.training import optim, sharding
@@ -95,7 +94,8 @@ class StateFactory:
         with self._context():
             boxed = jax.eval_shape(self._init_boxed, jax.ShapeDtypeStruct((2,), jnp.uint32))
         self.shardings = sharding.logical_to_shardings(boxed, mesh, rules)
-        self.abstract = checkpoint_lib.abstract_like(nn.unbox(boxed), self.shardings)
+        self.abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                     nn.unbox(boxed), self.shardings)
         self.param_shardings = partition.merge_params(self.shardings.trainable, self.shardings.frozen)
         self.abstract_params = partition.merge_params(self.abstract.trainable, self.abstract.frozen)
         if not jax.tree.leaves(self.abstract.trainable):
@@ -277,14 +277,11 @@ def compile_train_step(step_fn: Callable, factory: StateFactory) -> Callable:
 
 # ------------------------------------------------------------------------------------- 3. warm starts, restore
 def warm_start_params(init_from: str, factory: StateFactory) -> Any:
-    """Parameters from a previous run's workdir (latest checkpoint) or an imported checkpoint (`convert import_hf`),
-    restored straight onto the model's shardings."""
-    if checkpoint_lib.is_run_workdir(init_from):
-        params, step = checkpoint_lib.restore_params_from_workdir(init_from, factory.abstract_params)
-        logging.info("init_from: parameters of %s at step %d", init_from, step)
-        return params
-    params = checkpoint_lib.restore_imported_params(init_from, factory.abstract_params)
-    logging.info("init_from: imported parameters %s", init_from)
+    """Parameters of any checkpoint layout (a previous run's workdir: its latest step; a step directory; a converted
+    checkpoint from `convert import_hf`), restored straight onto the model's shardings."""
+    located = checkpoints.locate(init_from)
+    params = checkpoints.load_params(located.params_dir, factory.abstract_params)
+    logging.info("init_from: parameters of %s", located.params_dir)
     return params
 
 
@@ -378,17 +375,17 @@ def build_state_factory(config, model_config: MomentorConfig, mesh, total_steps:
 def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfig, mesh, data_iterator,
              total_steps: int, init_batch: Optional[dict] = None, eval_examples=None,
              grounding_eval=None) -> TrainResult:
-    """Creates or restores the state and trains to `total_steps`. `data_iterator` yields per-process numpy
-    batches and has get_state() / set_state(); `init_batch` (default: one zero example of the model's batch layout)
-    only gives shapes for parameter creation; `eval_examples` (data/loader.EvalExamples) are evaluated every
-    config.evals.every_steps steps, `grounding_eval` (evals.GroundingEval) runs every
-    config.evals.grounding_every_steps (training/evals.py)."""
+    """Creates or restores the state and trains to `total_steps`. `data_iterator` is a grain.DatasetIterator of
+    per-process numpy batches (Grain's orbax handler checkpoints its state); `init_batch` (default: one zero example
+    of the model's batch layout) only gives shapes for parameter creation; `eval_examples`
+    (data/loader.EvalExamples) are evaluated every config.evals.every_steps steps, `grounding_eval`
+    (evals.GroundingEval) runs every config.evals.grounding_every_steps (training/evals.py)."""
     started = time.perf_counter()
     logging.info("creating the train state (shapes and shardings; restore, warm start or a compiled random init) ...")
     factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
-    ckpt = checkpoint_lib.Checkpointer(fileio.join(workdir, "checkpoints"),
-                                       save_every_steps=config.checkpoint_every_steps,
-                                       keep=config.keep_checkpoints, async_save=config.async_checkpointing)
+    ckpt = checkpoints.Checkpointer(fileio.join(workdir, checkpoints.CHECKPOINTS_DIR),
+                                    save_every_steps=config.checkpoint_every_steps,
+                                    keep=config.keep_checkpoints, async_save=config.async_checkpointing)
     writer = metrics_lib.MetricsWriter(fileio.join(workdir, "tensorboard"))
     stop = StopSignal()
     try:
@@ -414,13 +411,13 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
         writer.close()
 
 
-def _initial_state(config, factory: StateFactory, ckpt: checkpoint_lib.Checkpointer, data_iterator):
+def _initial_state(config, factory: StateFactory, ckpt: checkpoints.Checkpointer, data_iterator):
     try:
-        restored = ckpt.restore_latest_intact(factory.abstract_params, factory.train_part(factory.abstract))
+        restored = ckpt.restore_latest_intact(factory.abstract_params, factory.train_part(factory.abstract),
+                                              data_iterator)
     except ValueError as e:
         raise StartupError(str(e)) from None
     if restored is not None:
-        data_iterator.set_state(restored.data_state)
         logging.info("resumed from step %d (%s)", restored.step, ckpt.directory)
         return factory.assemble(restored.params, restored.train), restored.step
     if config.init_from:
@@ -515,7 +512,7 @@ def _epoch(data_iterator) -> Optional[float]:
 
 def _save(ckpt, step, state, factory, data_iterator, buffer, history) -> None:
     history.extend(buffer.fetch())  # raises NonFiniteError before a bad state reaches disk
-    ckpt.save(step, state.params, factory.train_part(state), data_iterator.get_state(), force=True)
+    ckpt.save(step, state.params, factory.train_part(state), data_iterator, force=True)
 
 
 # ------------------------------------------------------------------------------------------- 5. from a config

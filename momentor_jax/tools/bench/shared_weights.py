@@ -72,12 +72,12 @@ def layers_description(config: MomentorConfig) -> str:
 def export_weights(params: dict, config: MomentorConfig, directory: str) -> str:
     """Writes DIRECTORY/checkpoint (Momentor params) and DIRECTORY/export (`convert export_hf`); returns the
     export dir."""
-    from momentor_jax.checkpoint_io import save_params  # noqa: PLC0415
+    from momentor_jax import checkpoints  # noqa: PLC0415
     from momentor_jax.convert import commands  # noqa: PLC0415
 
     checkpoint = os.path.join(directory, "checkpoint")
     export = os.path.join(directory, "export")
-    save_params(checkpoint, params, config)
+    checkpoints.save_params(checkpoint, params, config)
     commands.export_hf(checkpoint, export, log=lambda message: None)
     return export
 
