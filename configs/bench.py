@@ -2,9 +2,10 @@
 
 d_model 1024, 8 layers, 1024 tokens per example, 32 frames at 224 px through a small ViT (patch 32, width 256,
 4 layers), fp32 (the CPU's fast matmul dtype), every parameter trainable, no remat, layers unrolled (faster than
-nn.scan on the CPU, which saves and restores each layer's activations through stacked buffers; the timings are in
-docs/measurements.md). Variants :gesm (default) and :instruct; both only set the data the trainer would read, the bench
-suites build their batches in memory.
+nn.scan on the CPU, which saves and restores each layer's activations through stacked buffers), attention in causal
+blocks of 256 queries (`attention_block`: the masked upper triangle of the scores is skipped); the timings of both
+are in docs/measurements.md. Variants :gesm (default) and :instruct; both only set the data the trainer would read,
+the bench suites build their batches in memory.
 """
 import dataclasses
 
@@ -19,7 +20,7 @@ def bench_model() -> model_configs.MomentorConfig:
                                         num_layers=4, num_heads=4, dtype="float32", scan_layers=False)
     llm = model_configs.LlamaConfig(vocab_size=32000 + 5, hidden_size=1024, intermediate_size=2816, num_layers=8,
                                     num_heads=8, num_kv_heads=8, max_position_embeddings=2048, dtype="float32",
-                                    remat_policy="none", scan_layers=False)
+                                    remat_policy="none", scan_layers=False, attention_block=256)
     return dataclasses.replace(model_configs.MomentorConfig(), vision=vision, llm=llm, num_frames=32,
                                num_temporal_tokens=300)
 

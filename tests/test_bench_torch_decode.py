@@ -22,9 +22,10 @@ def _assert_timed(side: dict):
 
 
 def test_torch_suite_same_loss_and_gradients_then_ratio(tmp_path):
-    # Unrolled layers on the JAX side also checks that unroll_layers keeps every weight in place.
+    # Unrolled layers on the JAX side also checks that unroll_layers keeps every weight in place; the blocked
+    # attention side (blocks of 16 of 64 tokens) is checked against PyTorch the same way.
     result = _run(tmp_path, "torch", "--batch_size", "2", "--length", "64", "--steps", "1", "--warmup", "0",
-                  "--unroll_layers")
+                  "--unroll_layers", "--compare_attention_block", "16")
     assert result["suite"] == "torch" and result["tokens_per_step"] == 2 * 64
     assert result["jax_layers"].startswith("unrolled")
     loss = result["loss"]
@@ -35,6 +36,12 @@ def test_torch_suite_same_loss_and_gradients_then_ratio(tmp_path):
     _assert_timed(result["torch"])
     assert math.isfinite(result["ratio"]) and result["ratio"] > 0
     assert result["torch_threads"] >= 1
+    blocked = result["jax_attention_block"]
+    assert blocked["attention_block"] == 16 and blocked["loss"]["relative_difference"] <= 1e-5
+    assert abs(blocked["loss"]["jax"] - loss["jax"]) <= 1e-5 * abs(loss["jax"])
+    assert all(diff <= 1e-4 for diff in blocked["grad_relative_max_diff"].values())
+    _assert_timed(blocked)
+    assert math.isfinite(blocked["ratio"]) and blocked["ratio"] > 0
 
 
 def test_decode_suite_same_greedy_tokens_then_ratio(tmp_path):

@@ -190,3 +190,69 @@ def test_splash_attention_matches_hf_with_padding_and_on_a_mesh():
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         sharded = jax.jit(lambda p, i, s: lm.apply({"params": p}, i, s)[0])(placed, *batch)
     np.testing.assert_allclose(np.asarray(sharded), ours, atol=1e-5, rtol=0)
+
+
+def _packed_positions(segment_ids):
+    """Positions restarting at 0 at every segment start (0 on padding)."""
+    positions = np.zeros_like(segment_ids)
+    for r, row in enumerate(segment_ids):
+        for segment in np.unique(row[row > 0]):
+            at = np.flatnonzero(row == segment)
+            positions[r, at] = np.arange(len(at))
+    return positions
+
+
+@pytest.mark.parametrize("layout", ["unpacked", "right_padded", "packed"])
+def test_blocked_attention_equals_unblocked(layout):
+    """attention_block > 0 (query blocks against the keys up to each block's end) gives the unblocked logits and
+    gradients: one sequence per row, right-padded rows, and packed rows of several segments with padding; blocks
+    that do not divide the length (16 of 40) and one block longer than it (64). The blocked forward does fewer FLOPs,
+    so the blocked path is the one that ran."""
+    model = tiny.tiny_llama(num_kv_heads=2)
+    cfg, params = _convert(model)
+    length = 40
+    rng = np.random.default_rng(7)
+    ids = jnp.asarray(rng.integers(0, tiny.VOCAB, (2, length)).astype(np.int32))
+    segment_ids = np.ones((2, length), np.int32)
+    if layout == "right_padded":
+        segment_ids[1, 23:] = 0
+    elif layout == "packed":
+        segment_ids[0] = [1] * 13 + [2] * 19 + [3] * 8
+        segment_ids[1] = [1] * 9 + [2] * 20 + [0] * 11
+    positions = jnp.asarray(_packed_positions(segment_ids))
+    segment_ids = jnp.asarray(segment_ids)
+    weights = jnp.asarray(rng.standard_normal((2, length, tiny.VOCAB)).astype(np.float32))
+
+    def forward(config):
+        def loss(p):
+            logits = LlamaForCausalLM(config).apply({"params": p}, ids, segment_ids, positions)[0]
+            return jnp.sum(logits * weights), logits
+        fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        flops = fn.lower(params).compile().cost_analysis()["flops"]
+        (_, logits), grads = fn(params)
+        return np.asarray(logits), grads, flops
+
+    logits, grads, flops = forward(cfg)
+    for block in (16, 64):
+        blocked_logits, blocked_grads, blocked_flops = forward(dataclasses.replace(cfg, attention_block=block))
+        np.testing.assert_allclose(blocked_logits, logits, atol=1e-5, rtol=0)
+        leaves, blocked_leaves = jax.tree.leaves(grads), jax.tree.leaves(blocked_grads)
+        assert leaves and len(leaves) == len(blocked_leaves)
+        for g, b in zip(leaves, blocked_leaves):
+            g, b = np.asarray(g), np.asarray(b)
+            assert np.linalg.norm(b - g) <= 1e-5 * max(np.linalg.norm(g), 1e-12)
+        if block < length:
+            assert blocked_flops < flops
+        else:
+            assert blocked_flops == flops
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"attention_block": -1}, "expected an int >= 0"),
+    ({"attention_block": True}, "expected an int >= 0"),
+    ({"attention_block": 128, "attention": "splash"}, "blocks the 'xla' attention only"),
+])
+def test_bad_attention_block_is_rejected(overrides, message):
+    from momentor_jax.models.config import LlamaConfig
+    with pytest.raises(ValueError, match=message):
+        LlamaConfig(**overrides)

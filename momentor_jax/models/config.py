@@ -43,6 +43,18 @@ class LlamaConfig:
     remat_policy: str = "nothing_saveable"  # see models/llama.py for the accepted names
     scan_layers: bool = True
     attention: str = "xla"         # jax.nn.dot_product_attention implementation ("xla", "cudnn") or "splash" on TPU
+    # > 0: forwards without a KV cache (training, scoring) run the "xla" attention one block of this many queries at
+    # a time, each block against the keys up to its last query only, so the masked upper triangle of the score
+    # matrix is never computed (models/llama.py, blocked_causal_attention). 0: one [L, L] score matrix per head.
+    attention_block: int = 0
+
+    def __post_init__(self):
+        block = self.attention_block
+        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+            raise ValueError(f"LlamaConfig.attention_block={self.attention_block!r}; expected an int >= 0 (0: off)")
+        if self.attention_block and self.attention != "xla":
+            raise ValueError(f"LlamaConfig.attention_block={self.attention_block} blocks the 'xla' attention only; "
+                             f"attention={self.attention!r} (use attention_block=0)")
 
     @property
     def resolved_head_dim(self) -> int:

@@ -1,8 +1,10 @@
 """LLaMA decoder in flax.linen, numerically the same as Hugging Face `LlamaForCausalLM`.
 
 RMSNorm with fp32 variance, rotary embeddings in HF's rotate-half layout, grouped-query attention through
-`jax.nn.dot_product_attention`, SwiGLU MLP, no biases. Layers run under `nn.scan` (params stacked on a leading
-'layers' axis) or a python loop, each optionally rematerialised (`LlamaConfig.remat_policy`, see layers.REMAT_POLICIES).
+`jax.nn.dot_product_attention` (with `LlamaConfig.attention_block` > 0, forwards without a KV cache call it once per
+block of queries against the keys up to the block's end: `blocked_causal_attention`), SwiGLU MLP, no biases. Layers
+run under `nn.scan` (params stacked on a leading 'layers' axis) or a python loop, each optionally rematerialised
+(`LlamaConfig.remat_policy`, see layers.REMAT_POLICIES).
 
 Parameter tree of `LlamaModel` (scan_layers=True; with scan_layers=False `layers` becomes layers_0, layers_1, ...
 without the leading axis):
@@ -110,6 +112,21 @@ def _attention_mask(segment_ids, cache):
     return mask, write_index, (None if cache is None else key_segments), new_lengths
 
 
+def blocked_causal_attention(q, k, v, mask, block: int):
+    """`jax.nn.dot_product_attention` (XLA) of q [B, L, heads, head_dim] over k, v [B, L, kv_heads, head_dim] under a
+    causal mask [B, 1, L, L], one block of `block` queries at a time: queries [start, stop) attend to keys [0, stop)
+    only. Every key after `stop` is masked for those queries anyway (causality), so the result is the unblocked one
+    (up to summation order), without computing, masking and differentiating the upper triangle of the scores: n
+    blocks compute (n + 1) / 2n of the [L, L] matrix. The blocks are a static python loop (L and block are static)."""
+    length = q.shape[1]
+    outputs = []
+    for start in range(0, length, block):
+        stop = min(start + block, length)
+        outputs.append(jax.nn.dot_product_attention(q[:, start:stop], k[:, :stop], v[:, :stop],
+                                                    mask=mask[:, :, start:stop, :stop], implementation="xla"))
+    return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
+
+
 class Attention(nn.Module):
     config: LlamaConfig
 
@@ -143,6 +160,8 @@ class Attention(nn.Module):
 
         if cfg.attention == "splash" and layer_cache is None:
             out = splash_attention(q, k, v, segment_ids)
+        elif cfg.attention_block and layer_cache is None:
+            out = blocked_causal_attention(q, k, v, mask, cfg.attention_block)
         else:
             implementation = "xla" if cfg.attention == "splash" else cfg.attention
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)

@@ -2,7 +2,7 @@
 
     python -m momentor_jax.tools.bench torch [--config=configs/bench.py] [--batch_size B] [--length L]
                                              [--steps 3] [--warmup 1] [--attention sdpa] [--unroll_layers]
-                                             [--config.KEY=VALUE ...]
+                                             [--compare_attention_block N] [--config.KEY=VALUE ...]
 
 Both sides get the same random weights through `convert export_hf` (tools/bench/shared_weights.py) and the same
 in-memory batch (frames, temporal placeholders, soft temporal targets). JAX: the trainer's `momentor_fns` (model
@@ -14,9 +14,13 @@ Before timing, the two losses and all gradients are compared (the run stops when
 cores XLA's CPU pool uses) with OMP_WAIT_POLICY=PASSIVE unless set (see shared_weights.configure_torch). Figures:
 tokens/s (B x L per forward+backward) and `ratio` = JAX tokens/s / PyTorch tokens/s of the median step times
 (`ratio_of_fastest`: of the fastest steps); the load average after each step says how busy the machine was.
+`--compare_attention_block N` adds a third side, JAX with `model.llm.attention_block=N` on the same weights (its
+loss and gradients checked the same way), timed in the same alternation: the JSON's `jax_attention_block`, with its
+own ratios to PyTorch.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -40,6 +44,8 @@ def define_flags(flag_values, argv) -> None:
                       "PyTorch side", flag_values=flag_values)
     flags.DEFINE_bool("unroll_layers", False, "JAX side with every layer stack unrolled (scan_layers off; same "
                       "weights)", flag_values=flag_values)
+    flags.DEFINE_integer("compare_attention_block", None, "also time JAX with LlamaConfig.attention_block=N (same "
+                         "weights, same alternation)", flag_values=flag_values)
     flags.DEFINE_integer("seed", 0, "seed of the weights and the batch", flag_values=flag_values)
 
 
@@ -84,6 +90,26 @@ def compare_gradients(grads: dict, reference, model_config) -> dict:
     return result
 
 
+def _check_against_torch(side, grad_fn, params, batch, reference, torch_loss: float, model_config) -> dict:
+    """Compiles and runs one JAX side, compares its loss and gradients with PyTorch's (already in `reference`);
+    raises when the losses differ by more than LOSS_TOLERANCE."""
+    start = time.perf_counter()
+    jax_loss, grads = jax.block_until_ready(grad_fn(params, batch))
+    compile_s = time.perf_counter() - start
+    jax_loss = float(jax_loss)
+    loss_diff = abs(jax_loss - torch_loss) / abs(torch_loss)
+    grad_diffs = compare_gradients(grads, reference, model_config)
+    del grads
+    print(f"{side} loss: JAX {jax_loss:.6f}  PyTorch {torch_loss:.6f}  relative difference {loss_diff:.2e}")
+    print("gradients, max |JAX - PyTorch| / max |PyTorch| per group: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in grad_diffs.items()), flush=True)
+    if not loss_diff <= LOSS_TOLERANCE:
+        raise RuntimeError(f"the two sides compute different losses (relative difference {loss_diff:.3g} > "
+                           f"{LOSS_TOLERANCE}); timing them would not compare the same work")
+    return {"compile_s": compile_s, "loss": {"jax": jax_loss, "torch": torch_loss, "relative_difference": loss_diff},
+            "grad_relative_max_diff": grad_diffs}
+
+
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -114,42 +140,38 @@ def run(args) -> dict:
     batch = synthetic_inputs.training_batch(model_config, batch_size, length, seed=args.seed)
     torch_batch = shared_weights.torch_reference().torch_batch(batch)
     device_params, device_batch = jax.device_put(params), jax.device_put(batch)
-    grad_fn = jax_loss_and_grad(jax_config)
-
-    start = time.perf_counter()
-    jax_loss, grads = jax.block_until_ready(grad_fn(device_params, device_batch))
-    compile_s = time.perf_counter() - start
     reference.zero_grad(set_to_none=True)
     torch_loss = reference.loss(torch_batch)
     torch_loss.backward()
-    jax_loss, torch_loss = float(jax_loss), torch_loss.item()
-    loss_diff = abs(jax_loss - torch_loss) / abs(torch_loss)
-    grad_diffs = compare_gradients(grads, reference, jax_config)
-    del grads
-    print(f"loss: JAX {jax_loss:.6f}  PyTorch {torch_loss:.6f}  relative difference {loss_diff:.2e}")
-    print("gradients, max |JAX - PyTorch| / max |PyTorch| per group: "
-          + ", ".join(f"{k} {v:.2e}" for k, v in grad_diffs.items()), flush=True)
-    if not loss_diff <= LOSS_TOLERANCE:
-        raise RuntimeError(f"the two sides compute different losses (relative difference {loss_diff:.3g} > "
-                           f"{LOSS_TOLERANCE}); timing them would not compare the same work")
+    torch_loss = torch_loss.item()
+    jax_configs = {"jax": jax_config}
+    if args.compare_attention_block is not None:
+        jax_configs["jax_attention_block"] = dataclasses.replace(jax_config, llm=dataclasses.replace(
+            jax_config.llm, attention_block=args.compare_attention_block))
+    grad_fns, checks = {}, {}
+    for side, side_config in jax_configs.items():
+        grad_fns[side] = jax_loss_and_grad(side_config)
+        checks[side] = _check_against_torch(side, grad_fns[side], device_params, device_batch, reference,
+                                            torch_loss, side_config)
 
-    def jax_step():
-        jax.block_until_ready(grad_fn(device_params, device_batch))
+    def jax_step(side):
+        return lambda: jax.block_until_ready(grad_fns[side](device_params, device_batch))
 
     def torch_step():
         reference.zero_grad(set_to_none=True)
         reference.loss(torch_batch).backward()
 
+    steps = {**{side: jax_step(side) for side in jax_configs}, "torch": torch_step}
     for _ in range(args.warmup):
-        jax_step()
-        torch_step()
-    times, load = {"jax": [], "torch": []}, []
-    for step in range(args.steps):  # alternating, so both sides see the same load from the shared machine
-        times["jax"].append(_seconds(jax_step))
-        times["torch"].append(_seconds(torch_step))
+        for fn in steps.values():
+            fn()
+    times, load = {side: [] for side in steps}, []
+    for step in range(args.steps):  # alternating, so every side sees the same load from the shared machine
+        for side, fn in steps.items():
+            times[side].append(_seconds(fn))
         load.append(os.getloadavg()[0])
-        print(f"  step {step + 1}/{args.steps}: JAX {times['jax'][-1]:.2f} s, PyTorch {times['torch'][-1]:.2f} s "
-              f"(load average {load[-1]:.1f} on {torch_settings['threads']} cores)", flush=True)
+        print(f"  step {step + 1}/{args.steps}: " + ", ".join(f"{side} {t[-1]:.2f} s" for side, t in times.items())
+              + f" (load average {load[-1]:.1f} on {torch_settings['threads']} cores)", flush=True)
 
     tokens = batch_size * length
     sides = {}
@@ -157,21 +179,27 @@ def run(args) -> dict:
         median = statistics.median(values)
         sides[side] = {"median_s": median, "min_s": min(values), "max_s": max(values), "times_s": values,
                        "tokens_per_s": tokens / median}
-    ratio = sides["jax"]["tokens_per_s"] / sides["torch"]["tokens_per_s"]
-    best_ratio = sides["torch"]["min_s"] / sides["jax"]["min_s"]
+    for side in jax_configs:
+        sides[side]["ratio"] = sides[side]["tokens_per_s"] / sides["torch"]["tokens_per_s"]
+        sides[side]["ratio_of_fastest"] = sides["torch"]["min_s"] / sides[side]["min_s"]
+    names = {"jax": "JAX (jit, value_and_grad)", "torch": f"PyTorch (eager, {args.attention})",
+             "jax_attention_block": f"JAX, attention_block={args.compare_attention_block}"}
     common.print_table(f"forward+backward, {batch_size} x {length} tokens (median of {args.steps})", [
-        {"side": "JAX (jit, value_and_grad)", "tokens/s": sides["jax"]["tokens_per_s"],
-         "median s": sides["jax"]["median_s"], "min s": sides["jax"]["min_s"]},
-        {"side": f"PyTorch (eager, {args.attention})", "tokens/s": sides["torch"]["tokens_per_s"],
-         "median s": sides["torch"]["median_s"], "min s": sides["torch"]["min_s"]},
-    ], ["side", "tokens/s", "median s", "min s"])
-    print(f"\nratio JAX / PyTorch tokens/s: {ratio:.2f}x of the medians, {best_ratio:.2f}x of the fastest steps "
-          "(target >= 1.5x on CPU)")
-    return {**common.config_record(args), "batch_size": batch_size, "length": length,
-            "tokens_per_step": tokens,
-            "torch_threads": torch_settings["threads"], "omp_wait_policy": torch_settings["omp_wait_policy"],
-            "torch_attention": args.attention, "jax_layers": shared_weights.layers_description(jax_config),
-            "jax_compile_s": compile_s,
-            "loss": {"jax": jax_loss, "torch": torch_loss, "relative_difference": loss_diff},
-            "grad_relative_max_diff": grad_diffs, "jax": sides["jax"], "torch": sides["torch"], "ratio": ratio,
-            "ratio_of_fastest": best_ratio, "load_average": load}
+        {"side": names[side], "tokens/s": sides[side]["tokens_per_s"], "median s": sides[side]["median_s"],
+         "min s": sides[side]["min_s"]} for side in steps], ["side", "tokens/s", "median s", "min s"])
+    for side in jax_configs:
+        print(f"\nratio {names[side]} / PyTorch tokens/s: {sides[side]['ratio']:.2f}x of the medians, "
+              f"{sides[side]['ratio_of_fastest']:.2f}x of the fastest steps (target >= 1.5x on CPU)")
+    jax_side = {key: sides["jax"][key] for key in ("median_s", "min_s", "max_s", "times_s", "tokens_per_s")}
+    result = {**common.config_record(args), "batch_size": batch_size, "length": length,
+              "tokens_per_step": tokens,
+              "torch_threads": torch_settings["threads"], "omp_wait_policy": torch_settings["omp_wait_policy"],
+              "torch_attention": args.attention, "jax_layers": shared_weights.layers_description(jax_config),
+              "jax_compile_s": checks["jax"]["compile_s"], "loss": checks["jax"]["loss"],
+              "grad_relative_max_diff": checks["jax"]["grad_relative_max_diff"], "jax": jax_side,
+              "torch": sides["torch"], "ratio": sides["jax"]["ratio"],
+              "ratio_of_fastest": sides["jax"]["ratio_of_fastest"], "load_average": load}
+    if "jax_attention_block" in jax_configs:
+        result["jax_attention_block"] = {"attention_block": args.compare_attention_block,
+                                         **sides["jax_attention_block"], **checks["jax_attention_block"]}
+    return result
