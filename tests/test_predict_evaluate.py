@@ -544,7 +544,7 @@ def test_grounding_during_training_writes_what_evaluate_writes(tiny_setup, tmp_p
     model_config, converted, frames = tiny_setup["config"], tiny_setup["converted"], str(tiny_setup["root"] / "frames")
     grounding = evals.GroundingEval(config, frames, load.load_tokenizer(converted, model_config), model_config,
                                     workdir=str(tmp_path / "run"))
-    params = load.shard_params(load.load_params(converted), model_config)
+    params = load.shard_params(checkpoints.load_params(converted), model_config)
     for step, generator in ((3, generate.Generator), (6, _WindowsFromFrames)):
         monkeypatch.setattr(generate, "Generator", generator)
         during = grounding.evaluate(params, step)
