@@ -194,13 +194,16 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, hidden, positions, segment_ids, mask, write_index, layer_cache):
         cfg = self.config
-        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
-        h = RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="input_layernorm")(hidden)
+
+        def norm(name):
+            return RMSNorm(cfg.rms_norm_eps, dtype=to_dtype(cfg.dtype), param_dtype=to_dtype(cfg.param_dtype),
+                           name=name)
+
+        h = norm("input_layernorm")(hidden)
         attn, new_cache = Attention(cfg, name="self_attn")(h, positions, segment_ids, mask, write_index,
                                                          layer_cache)
         hidden = hidden + attn
-        h = RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="post_attention_layernorm")(hidden)
-        hidden = hidden + MLP(cfg, name="mlp")(h)
+        hidden = hidden + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(hidden))
         return nn.with_logical_constraint(hidden, ("batch", "length", "embed")), new_cache
 
 
