@@ -261,8 +261,6 @@ def load_config(config: str):
     if not os.path.isfile(file):
         raise LaunchError(f"--config={config!r}: no such file {file} (paths are relative to the project root, "
                           "which is what the workers run from)")
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
     try:
         spec = importlib.util.spec_from_file_location(f"_launch_config_{os.path.basename(file)[:-3]}", file)
         module = importlib.util.module_from_spec(spec)
