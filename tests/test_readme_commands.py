@@ -267,6 +267,9 @@ def test_the_documented_commands_run_in_order(world, gcs_bucket, capfd):
         assert done.returncode == 0, (f"{document}: `{command}` exited {done.returncode}\n"
                                       f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}")
         ran.append((command, done.stdout))
+        # What it printed last, for a reader of `pytest -s` (a transcript of the documented path).
+        printed = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        print("\n".join("    " + line[:200] for line in printed[-3:]), flush=True)
     outputs = dict(ran)
     # What the pipeline left behind is what the next reader of the documents expects to find.
     for path in ("data/instruct_train.jsonl", "data/gesm_train.jsonl", "data/tokenizer/tokenizer.model",
