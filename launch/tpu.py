@@ -253,21 +253,25 @@ def remote_train_script(runs: Sequence[tuple[str, Sequence[str]]], run_name: str
 
 
 def load_config(config: str):
-    """configs/FILE.py[:variant] -> its get_config(variant) (a ConfigDict); LaunchError naming what is wrong."""
-    import importlib.util  # noqa: PLC0415
+    """configs/FILE.py[:variant] -> its get_config(variant) (a ConfigDict), loaded by ml_collections config_flags as
+    `train` loads it; LaunchError naming what is wrong."""
+    from absl import flags  # noqa: PLC0415
+    from ml_collections import config_flags  # noqa: PLC0415
 
     path, _, variant = config.partition(":")
     file = path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
     if not os.path.isfile(file):
         raise LaunchError(f"--config={config!r}: no such file {file} (paths are relative to the project root, "
                           "which is what the workers run from)")
+    flag_values = flags.FlagValues()
+    argv = ["launch", f"--config={file}" + (f":{variant}" if variant else "")]
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
     try:
-        spec = importlib.util.spec_from_file_location(f"_launch_config_{os.path.basename(file)[:-3]}", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.get_config(variant or None)
-    except Exception as e:  # noqa: BLE001 (whatever the config file raises is the user's to fix)
-        raise LaunchError(f"--config={config!r}: {type(e).__name__}: {e}") from None
+        flag_values(argv)
+        return flag_values.config
+    except flags.Error as e:  # what the config file raised, as config_flags reports it
+        from momentor_jax import cli  # noqa: PLC0415
+        raise LaunchError(cli.flag_error(e)) from None
 
 
 def check_train_config(config: str, overrides: Sequence[str], allow_local: bool, mounts: Sequence[str] = ()) -> None:

@@ -155,7 +155,7 @@ def override_args(config_flag) -> list[str]:
             for key, value in config_flags.get_override_values(config_flag).items()]
 
 
-def _flag_error(error: Exception) -> str:
+def flag_error(error: Exception) -> str:
     """One line for a flag error; a config file that raised while loading is named with its exception's last line
     (config_flags puts the whole traceback in the message)."""
     message = str(error).strip()
@@ -180,7 +180,7 @@ def parse_flags(argv: Sequence[str], define: Callable, doc: str = ""):
             sys.exit(0)
         positional = flag_values(argv)[1:]
     except flags.Error as e:
-        fail_usage(_flag_error(e))
+        fail_usage(flag_error(e))
     except (KeyError, AttributeError) as e:  # config_flags: an override of a key the config does not have
         fail_usage(f"the config has no key {str(e).strip(chr(34))} (--config.KEY=VALUE overrides existing keys)")
     except (TypeError, ValueError) as e:  # config_flags: a config file that fails to load
@@ -277,7 +277,7 @@ def run(main: Callable, flags_argv: Optional[Sequence[str]] = None) -> None:
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:
-            fail_usage(_flag_error(e))
+            fail_usage(flag_error(e))
 
     def wrapped(argv):
         quiet_libraries()
