@@ -215,10 +215,8 @@ def test_tokenizer_follows_the_model_configs_whitespace_mode(tmp_path):
 def _toy_losses(mesh_shape, accum, steps=3):
     config = toy_config(grad_accum_steps=accum)
     mesh = sharding.make_mesh(mesh_shape)
-    factory, tx, schedule = trainer.build_state_factory(config, model_configs.tiny(), mesh, 10, toy_fns(),
-                                                        toy_batch(0))
-    state = factory.random_init(0)
-    step = trainer.compile_train_step(trainer.make_train_step(toy_fns(), tx, schedule, accum), factory)
+    step = trainer.build_train_step(config, model_configs.tiny(), mesh, 10, toy_fns(), toy_batch(0))
+    state = step.factory.random_init(0)
     losses = []
     for i in range(steps):
         state, metrics = step(state, sharding.global_batch(toy_batch(i + 1), mesh))

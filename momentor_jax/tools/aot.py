@@ -149,32 +149,25 @@ def abstract_batch(model_config, batch_size: int, max_length: int, sharding, vid
 def lower_train_step(config, devices: list, batch_size: Optional[int] = None):
     """(jax.stages.Lowered, CompiledStep fields but `compiled`) for `config` on a mesh over `devices`.
 
-    Uses the trainer's own pieces (StateFactory, make_train_step and the shardings of trainer.compile_train_step),
-    so what compiles here is what the trainer runs.
+    The step is trainer.build_train_step's, lowered inside its mesh context, so what compiles here is what the
+    trainer runs.
     """
     from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
-    from momentor_jax.training import flops, optim, sharding, trainer  # noqa: PLC0415
+    from momentor_jax.training import flops, sharding, trainer  # noqa: PLC0415
 
     batch_size = int(batch_size or config.batch_size)
     max_length = int(config.max_length)
     model_config = MomentorConfig.from_dict(config.model)
     mesh = sharding.make_mesh(config.mesh, devices=devices)
     trainer.check_config(_with_batch_size(config, batch_size), model_config, mesh)
-    rules = sharding.axis_rules(config.logical_axis_rules)
     total_steps = config.total_steps if config.total_steps > 0 else 1000  # only shapes the schedule constants
-    tx, schedule = optim.make_optimizer(config, total_steps)
-    fns = trainer.momentor_fns(model_config)
     videos = trainer.videos_per_row(config)
     init_batch = abstract_batch(model_config, 1, max_length, None, videos)
-    factory = trainer.StateFactory(fns, tx, mesh, rules, config.trainable, init_batch)
-    step_fn = trainer.make_train_step(fns, tx, schedule, config.grad_accum_steps)
+    step = trainer.build_train_step(config, model_config, mesh, total_steps, init_batch=init_batch)
+    factory = step.factory
     batch = abstract_batch(model_config, batch_size, max_length, sharding.batch_sharding(mesh), videos)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         factory.abstract, factory.shardings)
-    jitted = jax.jit(step_fn, in_shardings=(factory.shardings, sharding.batch_sharding(mesh)),
-                     out_shardings=(factory.shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    with factory._context():
-        lowered = jitted.lower(state, batch)
+    with step.mesh_context():
+        lowered = step.jitted.lower(factory.abstract, batch)
     count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))  # noqa: E731
     info = dict(mesh_shape=dict(mesh.shape), batch_size=batch_size, max_length=max_length,
                 num_params=count(factory.abstract.trainable) + count(factory.abstract.frozen),

@@ -159,7 +159,7 @@ class HeldOutEval:
     def evaluate(self, state) -> dict:
         """{'loss', 'temporal_acc', 'examples'} of `state`'s parameters over the held-out examples."""
         totals: dict = {}
-        with self.factory._context():
+        with self.factory.mesh_context():
             for local in self.local_batches():
                 sums = self._step(state.trainable, state.frozen, sharding.global_batch(local, self.factory.mesh))
                 for k, v in jax.device_get(sums).items():

@@ -2,7 +2,9 @@
 
 Sections, top to bottom:
   1. TrainState and its sharded creation (eval_shape -> logical specs -> mesh shardings -> jit(init)).
-  2. The train step: loss on the trainable split only, micro-batch accumulation, clipping + AdamW.
+  2. The train step: loss on the trainable split only, micro-batch accumulation, clipping + AdamW;
+     `build_train_step`, the one jitted step (with its state factory and mesh context) that training, tools.aot
+     and tools.bench run.
   3. Warm starts (`init_from`).
   4. The loop: restore or create the state; data -> global batch -> step; metrics fetched only at log and
      checkpoint steps; held-out evaluation every config.evals.every_steps (training/evals.py); async checkpoints;
@@ -91,7 +93,7 @@ class StateFactory:
                  init_batch: Mapping[str, np.ndarray]):
         self.fns, self.tx, self.mesh, self.rules, self.mode = fns, tx, mesh, rules, trainable_mode
         self.init_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in init_batch.items()}
-        with self._context():
+        with self.mesh_context():
             boxed = jax.eval_shape(self._init_boxed, jax.ShapeDtypeStruct((2,), jnp.uint32))
         self.shardings = sharding.logical_to_shardings(boxed, mesh, rules)
         self.abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -101,7 +103,9 @@ class StateFactory:
         if not jax.tree.leaves(self.abstract.trainable):
             raise ValueError(f"trainable={trainable_mode!r} leaves no parameter to train")
 
-    def _context(self):
+    def mesh_context(self):
+        """`with` this: the mesh (for sharding constraints) and the logical axis rules, as every jit of the
+        state and the step needs."""
         return _MeshContext(self.mesh, self.rules)
 
     def _split(self, params):
@@ -120,7 +124,7 @@ class StateFactory:
     def random_init(self, seed: int) -> TrainState:
         """A fresh state, each parameter created directly in its shard."""
         key = jax.random.PRNGKey(seed)
-        with self._context():
+        with self.mesh_context():
             init = jax.jit(lambda k: nn.unbox(self._init_boxed(k)), out_shardings=self.shardings)
             if jax.default_backend() != "cpu":
                 return init(key)
@@ -131,7 +135,7 @@ class StateFactory:
     def from_params(self, params, seed: int) -> TrainState:
         """A fresh state (step 0, new optimizer state) around given, already sharded parameters."""
         _, train_rng = jax.random.split(jax.random.PRNGKey(seed))
-        with self._context():
+        with self.mesh_context():
             build = jax.jit(self._state_from_params, out_shardings=self.shardings, donate_argnums=(0,))
             return build(params, train_rng)
 
@@ -162,6 +166,17 @@ class _MeshContext:
         while self._stack:
             self._stack.pop().__exit__(*exc)
         return False
+
+
+def build_state_factory(config, model_config: MomentorConfig, mesh, total_steps: int, fns: ModelFns,
+                        init_batch: Optional[dict] = None) -> tuple[StateFactory, optax.GradientTransformation,
+                                                                    optax.Schedule]:
+    """(state factory, optimizer, schedule) for a config on a mesh."""
+    rules = sharding.axis_rules(config.logical_axis_rules)
+    tx, schedule = optim.make_optimizer(config, total_steps)
+    if init_batch is None:  # parameter shapes do not depend on the batch size: initialise on one example
+        init_batch = momentor_lib.example_batch(model_config, 1, config.max_length)
+    return StateFactory(fns, tx, mesh, rules, config.trainable, init_batch), tx, schedule
 
 
 # ----------------------------------------------------------------------------------------------- 2. the step
@@ -200,7 +215,7 @@ def token_sums(fns: ModelFns, params, batch: dict, rng) -> dict:
 
 def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     grad_accum_steps: int = 1) -> Callable:
-    """(state, batch) -> (state, metrics). Pure; jit it with shardings (see `compile_train_step`)."""
+    """(state, batch) -> (state, metrics). Pure; `build_train_step` jits it with shardings."""
 
     def summed_loss(trainable, frozen, batch, rng):
         sums = token_sums(fns, partition.merge_params(trainable, frozen), batch, rng)
@@ -263,16 +278,42 @@ def make_train_step(fns: ModelFns, tx: optax.GradientTransformation, schedule: o
     return train_step
 
 
-def compile_train_step(step_fn: Callable, factory: StateFactory) -> Callable:
-    """jit with the state's shardings in and out (state donated) and the batch split over (data, fsdp)."""
-    replicated = sharding.replicated(factory.mesh)
-    jitted = jax.jit(step_fn, in_shardings=(factory.shardings, sharding.batch_sharding(factory.mesh)),
-                     out_shardings=(factory.shardings, replicated), donate_argnums=(0,))
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The train step of one config on one mesh, and what it was built from.
 
-    def run(state, batch):
-        with factory._context():
-            return jitted(state, batch)
-    return run
+    `jitted` is make_train_step jitted with the state's shardings in and out (the state donated) and the batch split
+    over (data, fsdp); call it (or `.lower` / `.trace` it) inside `mesh_context()`, or call the TrainStep itself.
+    `factory` gives the state's shardings, its abstract (sharded ShapeDtypeStruct) form and real states.
+    """
+    jitted: Any                         # jax.jit-wrapped (state, global batch) -> (state, metrics)
+    factory: StateFactory
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+
+    @property
+    def mesh(self):
+        return self.factory.mesh
+
+    def mesh_context(self):
+        return self.factory.mesh_context()
+
+    def __call__(self, state: TrainState, batch: dict):
+        with self.mesh_context():
+            return self.jitted(state, batch)
+
+
+def build_train_step(config, model_config: MomentorConfig, mesh, total_steps: int, fns: Optional[ModelFns] = None,
+                     init_batch: Optional[dict] = None) -> TrainStep:
+    """The one train step that training, tools.aot and tools.bench run: the state factory and optimizer of
+    `build_state_factory`, the step of `make_train_step` (config.grad_accum_steps), jitted with the shardings.
+    `fns` defaults to the Momentor model of `model_config`; `total_steps` shapes the learning-rate schedule."""
+    fns = momentor_fns(model_config) if fns is None else fns
+    factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
+    step_fn = make_train_step(fns, tx, schedule, config.grad_accum_steps)
+    jitted = jax.jit(step_fn, in_shardings=(factory.shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=(factory.shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    return TrainStep(jitted=jitted, factory=factory, tx=tx, schedule=schedule)
 
 
 # ------------------------------------------------------------------------------------- 3. warm starts, restore
@@ -361,17 +402,6 @@ def _summarize(fetched: list) -> dict:
     return summary
 
 
-def build_state_factory(config, model_config: MomentorConfig, mesh, total_steps: int, fns: ModelFns,
-                        init_batch: Optional[dict] = None) -> tuple[StateFactory, optax.GradientTransformation,
-                                                                    optax.Schedule]:
-    """(state factory, optimizer, schedule) for a config on a mesh."""
-    rules = sharding.axis_rules(config.logical_axis_rules)
-    tx, schedule = optim.make_optimizer(config, total_steps)
-    if init_batch is None:  # parameter shapes do not depend on the batch size: initialise on one example
-        init_batch = momentor_lib.example_batch(model_config, 1, config.max_length)
-    return StateFactory(fns, tx, mesh, rules, config.trainable, init_batch), tx, schedule
-
-
 def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfig, mesh, data_iterator,
              total_steps: int, init_batch: Optional[dict] = None, eval_examples=None,
              grounding_eval=None) -> TrainResult:
@@ -382,7 +412,8 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
     (evals.GroundingEval) runs every config.evals.grounding_every_steps (training/evals.py)."""
     started = time.perf_counter()
     logging.info("creating the train state (shapes and shardings; restore, warm start or a compiled random init) ...")
-    factory, tx, schedule = build_state_factory(config, model_config, mesh, total_steps, fns, init_batch)
+    train_step = build_train_step(config, model_config, mesh, total_steps, fns, init_batch)
+    factory = train_step.factory
     ckpt = checkpoints.Checkpointer(fileio.join(workdir, checkpoints.CHECKPOINTS_DIR),
                                     save_every_steps=config.checkpoint_every_steps,
                                     keep=config.keep_checkpoints, async_save=config.async_checkpointing)
@@ -396,14 +427,13 @@ def run_loop(*, config, workdir: str, fns: ModelFns, model_config: MomentorConfi
                      total_steps)
         if start_step == 0:
             writer.write_text(0, "config", "```\n" + str(config) + "\n```")
-        step_fn = compile_train_step(make_train_step(fns, tx, schedule, config.grad_accum_steps), factory)
         evaluators = [grounding_eval] if grounding_eval is not None else []
         if eval_examples is not None:
             from momentor_jax.training import evals as evals_lib  # noqa: PLC0415 (it builds on this module)
             evaluators.insert(0, evals_lib.HeldOutEval(eval_examples, fns, factory,
                                                        evals_lib.eval_batch_size(config),
                                                        evals_lib.every_steps(config)))
-        return _train(config, state, start_step, total_steps, step_fn, factory, ckpt, writer, stop,
+        return _train(config, state, start_step, total_steps, train_step, factory, ckpt, writer, stop,
                       data_iterator, model_config, evaluators)
     finally:
         stop.restore()

@@ -248,15 +248,12 @@ def time_train_step(config, batch: dict, steps: int, warmup: int) -> dict:
 
     model_config = MomentorConfig.from_dict(config.model)
     mesh = sharding.make_mesh(config.mesh)
-    fns = trainer.momentor_fns(model_config)
-    factory, tx, schedule = trainer.build_state_factory(config, model_config, mesh, steps + warmup, fns)
-    step_fn = trainer.compile_train_step(trainer.make_train_step(fns, tx, schedule, config.grad_accum_steps),
-                                         factory)
-    state = [factory.random_init(config.seed)]
+    train_step = trainer.build_train_step(config, model_config, mesh, steps + warmup)
+    state = [train_step.factory.random_init(config.seed)]
     global_batch = sharding.global_batch(batch, mesh)
 
     def one_step():
-        state[0], metrics = step_fn(state[0], global_batch)
+        state[0], metrics = train_step(state[0], global_batch)
         jax.block_until_ready(metrics)
 
     timing = common.time_repeats(one_step, repeats=steps, warmup=warmup, label="train step")

@@ -3,8 +3,8 @@
     python -m momentor_jax.tools.bench train [--config=configs/bench.py] [--batch_size N] [--steps 5]
         [--warmup 2] [--config.KEY=VALUE ...]
 
-The state comes from trainer.StateFactory on the trainer's mesh and axis rules, the step from
-trainer.make_train_step, jitted with the trainer's shardings and the state donated. The batch is built once in
+The state and the step come from trainer.build_train_step (the trainer's mesh, axis rules and shardings, the
+state donated); the step is compiled ahead of time inside its mesh context. The batch is built once in
 memory with the loader's layout (uint8 frames, <vid_start> M x <vid_patch> <vid_end>, dialogue turns with temporal
 placeholders, loss only on the replies) and stays on the device, so only the step is timed.
 
@@ -180,7 +180,7 @@ def length_model_batches(model_config, batch_size: int, max_length: int, options
 
 # ------------------------------------------------------------------------------------------- the train step
 @dataclasses.dataclass
-class TrainStep:
+class BenchStep:
     """A compiled train step with its state and batch on the devices; `step()` runs one and waits for it."""
     compiled: Any
     state: Any
@@ -202,14 +202,11 @@ class TrainStep:
 class _StepParts:
     config: Any
     model_config: Any
-    mesh: Any
-    factory: Any
-    jitted: Any
+    train_step: Any                  # trainer.TrainStep
 
 
 def _step_parts(config, batch_size: Optional[int] = None) -> _StepParts:
-    """The trainer's state factory and step for `config`, jitted as training/trainer.compile_train_step does
-    (state shardings in and out, state donated, batch over (data, fsdp))."""
+    """`config` with `batch_size`, checked as the trainer checks it, and trainer.build_train_step's step for it."""
     from momentor_jax.models.config import MomentorConfig  # noqa: PLC0415
     from momentor_jax.training import sharding, trainer  # noqa: PLC0415
 
@@ -220,35 +217,30 @@ def _step_parts(config, batch_size: Optional[int] = None) -> _StepParts:
     mesh = sharding.make_mesh(config.mesh)
     trainer.check_config(config, model_config, mesh)
     total_steps = config.total_steps if config.total_steps > 0 else 1000  # only shapes the learning-rate schedule
-    fns = trainer.momentor_fns(model_config)
-    factory, tx, schedule = trainer.build_state_factory(config, model_config, mesh, total_steps, fns)
-    step_fn = trainer.make_train_step(fns, tx, schedule, config.grad_accum_steps)
-    jitted = jax.jit(step_fn, in_shardings=(factory.shardings, sharding.batch_sharding(mesh)),
-                     out_shardings=(factory.shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    return _StepParts(config, model_config, mesh, factory, jitted)
+    return _StepParts(config, model_config, trainer.build_train_step(config, model_config, mesh, total_steps))
 
 
-def build_train_step(config, batch_size: Optional[int] = None, local_batch: Optional[dict] = None) -> TrainStep:
+def compile_bench_step(config, batch_size: Optional[int] = None, local_batch: Optional[dict] = None) -> BenchStep:
     """The trainer's state (random init) and step for `config` on the fixed batch (default: `synthetic_batch`),
     compiled ahead of time."""
     from momentor_jax.training import sharding  # noqa: PLC0415
 
     parts = _step_parts(config, batch_size)
-    config = parts.config
+    config, train_step = parts.config, parts.train_step
     start = time.perf_counter()
-    state = parts.factory.random_init(config.seed)
+    state = train_step.factory.random_init(config.seed)
     if local_batch is None:
         local_batch = synthetic_batch(parts.model_config, config.batch_size, config.max_length, config.seed)
-    batch = sharding.global_batch(local_batch, parts.mesh)
+    batch = sharding.global_batch(local_batch, train_step.mesh)
     jax.block_until_ready((state, batch))
     init_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    with parts.factory._context():
-        compiled = parts.jitted.lower(state, batch).compile()
+    with train_step.mesh_context():
+        compiled = train_step.jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    return TrainStep(compiled=compiled, state=state, batch=batch, model_config=parts.model_config,
-                     factory=parts.factory, batch_size=config.batch_size, max_length=config.max_length,
+    return BenchStep(compiled=compiled, state=state, batch=batch, model_config=parts.model_config,
+                     factory=train_step.factory, batch_size=config.batch_size, max_length=config.max_length,
                      compile_s=compile_s, init_s=init_s)
 
 
@@ -279,13 +271,12 @@ def unrolled_compiler_flops(config, batch_size: Optional[int] = None) -> Optiona
     config.model.llm.scan_layers = False
     config.model.vision.scan_layers = False
     parts = _step_parts(config, batch_size)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), parts.factory.abstract,
-                         parts.factory.shardings)
+    train_step = parts.train_step
     batch = abstract_batch(parts.model_config, parts.config.batch_size, parts.config.max_length,
-                           sharding.batch_sharding(parts.mesh))
+                           sharding.batch_sharding(train_step.mesh))
     try:
-        with parts.factory._context():
-            return _flops_of(parts.jitted.lower(state, batch).cost_analysis())
+        with train_step.mesh_context():
+            return _flops_of(train_step.jitted.lower(train_step.factory.abstract, batch).cost_analysis())
     except Exception:  # noqa: BLE001
         return None
 
@@ -364,7 +355,7 @@ def measure_train(config, steps: int = 5, warmup: int = 2, batch_size: Optional[
     """
     from momentor_jax.training import flops, trainer  # noqa: PLC0415
 
-    bench = build_train_step(config, batch_size, local_batch)
+    bench = compile_bench_step(config, batch_size, local_batch)
     probe = matmul_probe(bench.model_config.llm.dtype, probe_size) if probe_size else None
     timing = time_steps(bench.step, steps, warmup, probe, label)
     metrics = {k: float(v) for k, v in jax.device_get(bench.metrics).items()}
@@ -471,7 +462,7 @@ def measure_packing(config, steps: int, warmup: int, batch_size: Optional[int] =
         side.data.packing = packing
         side.data.max_segments, side.data.max_videos_per_row = options.max_segments, options.max_videos
         print(f"{name}: compiling the train step ...", file=sys.stderr, flush=True)
-        sides[name] = (side, build_train_step(side, None, batch))
+        sides[name] = (side, compile_bench_step(side, None, batch))
     for bench in (b for _, b in sides.values()):
         for _ in range(warmup):
             bench.step()
