@@ -78,7 +78,7 @@ def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
     if quick:
         return {"train_videos": 6, "heldout_videos": 2, "gesm_steps": 3, "instruct_steps": 3, "batch_size": 2,
                 "fmt": "text" if ablate_tpm else "temporal"}
-    return {"train_videos": 400, "heldout_videos": 200, "gesm_steps": 400, "instruct_steps": 1000, "batch_size": 8,
+    return {"train_videos": 400, "heldout_videos": 200, "gesm_steps": 400, "instruct_steps": 800, "batch_size": 16,
             "fmt": "text" if ablate_tpm else "temporal"}
 
 
