@@ -57,7 +57,7 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-8
-    c.trainable = "momentor"           # 'momentor' (projector, TPM, input embeddings) | 'all'
+    c.trainable = "momentor"           # 'momentor' (projector, TPM, input embeddings) | 'all' | 'all_but_vision'
     c.remat_policy = remat_ref
 
     c.init_from = config_dict.placeholder(str)   # any checkpoint layout: `convert import_hf` output, a workdir, a step

@@ -37,6 +37,7 @@ DONE_MARKER = "DEMO_STEP_DONE"
 TPM_SWITCH = "--config.model.tpm_enabled="
 TPM_SWITCH_ALIAS = "--config.model.tpm.enabled="
 MAX_LENGTH_FLAG = "--config.max_length="
+TRAINABLE_FLAG = "--config.trainable="
 # Moment-10M data types whose answers are time spans, plus the demo's own grounding dialogues.
 LOCALIZATION_TYPES = ("segment_locate_data", "appearance_data", "qa_data", "grounding_data")
 
@@ -75,11 +76,15 @@ def demo_settings(quick: bool, ablate_tpm: bool) -> dict:
     """Data and training sizes; --quick is the smoke test's path (no learning expected). Few training videos, so a
     model trained for minutes sees each often; enough held-out queries that the scores do not hang on a few; more
     stage-1 steps than a plain split would give, so time is read off the frames early (docs/measurements.md)."""
+    fmt = "text" if ablate_tpm else "temporal"
+    # Stage 2 keeps the vision tower that stage 1 trained frozen, as the paper keeps CLIP's: its step then runs the
+    # tower forward only, and the tower's backward is about half of a stage-1 step's time.
+    trainable = ("all", "all_but_vision")
     if quick:
         return {"train_videos": 6, "heldout_videos": 2, "gesm_steps": 3, "instruct_steps": 3, "batch_size": 2,
-                "fmt": "text" if ablate_tpm else "temporal"}
+                "fmt": fmt, "trainable": trainable}
     return {"train_videos": 400, "heldout_videos": 200, "gesm_steps": 400, "instruct_steps": 800, "batch_size": 16,
-            "fmt": "text" if ablate_tpm else "temporal"}
+            "fmt": fmt, "trainable": trainable}
 
 
 # The shares of the host's measured fp32 matmul rate the demo's train steps reached on CPU (45.9% of a 184 GFLOP/s
@@ -100,9 +105,9 @@ def expected_minutes(model_config, max_lengths: Sequence[int], settings: dict,
     """(fewest, most) wall minutes the demo should take on a host with this matmul rate: the training FLOPs of both
     stages (rows of `max_lengths[stage]` tokens) at each share of DEMO_MFU_RANGE, plus the rest."""
     from momentor_jax.training import flops  # noqa: PLC0415
-    stages = zip((settings["gesm_steps"], settings["instruct_steps"]), max_lengths)
-    total = sum(steps * settings["batch_size"] * flops.training_flops_per_example(model_config, length, "all")
-                for steps, length in stages)
+    stages = zip((settings["gesm_steps"], settings["instruct_steps"]), max_lengths, settings["trainable"])
+    total = sum(steps * settings["batch_size"] * flops.training_flops_per_example(model_config, length, trainable)
+                for steps, length, trainable in stages)
     low, high = (total / (mfu * flops_per_s) / 60 + DEMO_OTHER_MINUTES for mfu in DEMO_MFU_RANGE)
     return low, high
 
@@ -221,13 +226,14 @@ def prepare_data(data_dir: str, settings: dict, model_config, seed: int) -> None
 
 
 def train_stage(config_file: str, variant: str, run_dir: str, data_dir: str, steps: int, batch_size: int,
-                max_length: int, overrides: Sequence[str], init_from: Optional[str] = None) -> None:
-    """Runs one training stage; `max_length` unless the overrides set it."""
+                max_length: int, trainable: str, overrides: Sequence[str], init_from: Optional[str] = None) -> None:
+    """Runs one training stage; `max_length` and `trainable` unless the overrides set them."""
     args = _python("-m", "momentor_jax.train", f"--config={config_file}:{variant}", f"--workdir={run_dir}",
                    f"--config.data.dir={data_dir}", f"--config.total_steps={steps}",
                    f"--config.batch_size={batch_size}")
-    if not any(a.startswith(MAX_LENGTH_FLAG) for a in overrides):
-        args.append(f"{MAX_LENGTH_FLAG}{max_length}")
+    for flag, value in ((MAX_LENGTH_FLAG, max_length), (TRAINABLE_FLAG, trainable)):
+        if not any(a.startswith(flag) for a in overrides):
+            args.append(f"{flag}{value}")
     if init_from:
         args.append(f"--config.init_from={init_from}")
     run_command(args + list(overrides), f"train {variant}")
@@ -365,9 +371,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
          f"{minutes_range(expected)} in all")
     stage1, stage2 = os.path.join(workdir, "stage1_gesm"), os.path.join(workdir, "stage2_instruct")
     train_stage(config_file, "gesm", stage1, data_dir, settings["gesm_steps"], settings["batch_size"], max_lengths[0],
-                overrides)
+                settings["trainable"][0], overrides)
     train_stage(config_file, "instruct", stage2, data_dir, settings["instruct_steps"], settings["batch_size"],
-                max_lengths[1], overrides, init_from=stage1)
+                max_lengths[1], settings["trainable"][1], overrides, init_from=stage1)
 
     eval_dir = os.path.join(workdir, "eval")
     queries_path = os.path.join(data_dir, "raw", "grounding_heldout.jsonl")

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from momentor_jax import demo
@@ -60,6 +62,13 @@ def test_quick_demo_end_to_end(tmp_path):
     config = transformers.AutoConfig.from_pretrained(str(workdir / "export" / "llm"))
     assert config.vocab_size > 0
     assert "held-out temporal grounding" in result.stdout
+    # Stage 2 trains everything but the vision tower, which it takes from stage 1 unchanged.
+    from momentor_jax import checkpoints  # noqa: PLC0415
+    stage1, stage2 = (checkpoints.load_params(str(workdir / name)) for name in ("stage1_gesm", "stage2_instruct"))
+    for a, b in zip(jax.tree.leaves(stage1["vision"]), jax.tree.leaves(stage2["vision"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(stage1["llm"]), jax.tree.leaves(stage2["llm"]), strict=True))
     serve = result.stdout.strip().splitlines()[-1].split()  # the last line opens the web demo on the trained model
     assert serve[1:4] == ["-m", "momentor_jax.serve", "--checkpoint"] and serve[5] == "--annotations"
     assert (pathlib.Path(serve[4]) / "checkpoints").is_dir() and os.path.isfile(serve[6])

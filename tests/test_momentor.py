@@ -167,6 +167,24 @@ def test_gradients_only_for_the_trainable_split(tiny):
         assert float(jnp.min(jnp.sum(jnp.abs(grads["tpm"][name]), axis=1))) > 0  # NTP reaches every row
 
 
+def test_all_but_vision_trains_everything_but_the_tower_with_the_same_gradients(tiny):
+    cfg, batch, params = tiny
+    trainable, frozen = partition.split_params(params, partition.trainable_mask(params, "all_but_vision"))
+    assert set(frozen) == {"vision"} and "vision" not in trainable and {"projector", "tpm", "llm"} <= set(trainable)
+    model = Momentor(cfg)
+
+    def loss_fn(trainable_params, frozen_params):
+        logits, _ = model.apply({"params": partition.merge_params(trainable_params, frozen_params)}, batch)
+        return compute_loss(logits, batch, cfg)[0]
+
+    grads = jax.jit(jax.grad(loss_fn))(trainable, frozen)
+    every = jax.jit(jax.grad(loss_fn))(params, {})
+    assert jax.tree.structure(grads) == jax.tree.structure(trainable)
+    for (path, g), (_, g_all) in zip(jax.tree_util.tree_leaves_with_path(grads),
+                                     jax.tree_util.tree_leaves_with_path({k: every[k] for k in trainable})):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_all), rtol=1e-6, atol=1e-9, err_msg=str(path))
+
+
 def test_partition_modes_and_round_trip(tiny):
     _, _, params = tiny
     for mode, expected in (("all", True), ("none", False)):

@@ -152,6 +152,15 @@ def test_training_flops_match_maxtext_when_all_train():
     assert flops.training_flops_per_example(cfg, L_, "momentor") < expected
 
 
+def test_training_flops_of_a_frozen_vision_tower_are_its_forward_only():
+    frames, features = model_configs.tiny(), model_configs.tiny(use_cached_features=True)
+    tower_forward_and_backward = (flops.training_flops_per_example(frames, 64, "all")
+                                  - flops.training_flops_per_example(features, 64, "all"))
+    assert tower_forward_and_backward > 0
+    assert flops.training_flops_per_example(frames, 64, "all_but_vision") == pytest.approx(
+        flops.training_flops_per_example(features, 64, "all") + tower_forward_and_backward / 3)
+
+
 def test_progress_line():
     line = metrics_writer.format_progress(10, 40, {"loss": 1.5, "learning_rate": 2e-5, "mfu": 0.41}, 75.0)
     assert line.startswith("step 10/40 (25.0%)") and "loss 1.5" in line and "mfu 41.00%" in line

@@ -6,7 +6,9 @@ The train step differentiates only the trainable part: `grads = jax.grad(loss)(t
 Modes:
   'momentor'  the paper: projector, TPM tables and the LLM input token embeddings train; the vision tower, the LLM
               layers, the final norm and the LM head stay frozen.
-  'all'       everything trains (from-scratch demo).
+  'all'       everything trains (from-scratch demo, stage 1).
+  'all_but_vision'  everything but the vision tower trains (the demo's stage 2 keeps the tower stage 1 trained,
+              as the paper keeps CLIP's; the tower then runs forward only).
   'none'      nothing trains (evaluation, sanity runs).
 """
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any, Mapping
 
 from flax import traverse_util
 
-MODES = ("momentor", "all", "none")
+MODES = ("momentor", "all", "all_but_vision", "none")
 
 # Top-level submodules of `Momentor` that train in 'momentor' mode, and the name of the LLM input embedding table.
 MOMENTOR_TRAINABLE_MODULES = ("projector", "tpm")
 LLM_MODULE = "llm"
+VISION_MODULE = "vision"
 LLM_INPUT_EMBEDDING = "embed_tokens"
 
 
@@ -33,6 +36,8 @@ def _is_trainable(path: tuple, mode: str) -> bool:
     if mode == "none":
         return False
     path = _strip_collection(path)
+    if mode == "all_but_vision":
+        return path[0] != VISION_MODULE
     if path[0] in MOMENTOR_TRAINABLE_MODULES:
         return True
     return path[0] == LLM_MODULE and LLM_INPUT_EMBEDDING in path[1:]

@@ -39,13 +39,14 @@ def training_flops_per_example(model_config, max_length: int, trainable: str, vi
     (nothing upstream of it trains) runs forward only. Rematerialised recomputation is not counted.
     """
     llm, vit = model_config.llm, model_config.vision
-    all_trainable = trainable == "all"
+    llm_trains = trainable in ("all", "all_but_vision")
+    vision_trains = trainable == "all"
     L, d, hd = max_length, llm.hidden_size, llm.resolved_head_dim
     body = llm.num_layers * (d * hd * (2 * llm.num_heads + 2 * llm.num_kv_heads) + 3 * d * llm.intermediate_size)
     head_text = d * llm.vocab_size
     head_temporal = d * model_config.num_temporal_tokens if model_config.tpm_enabled else 0
-    backward_weights = 1 if all_trainable else 0
-    temporal_trains = trainable in ("all", "momentor")
+    backward_weights = 1 if llm_trains else 0
+    temporal_trains = trainable in ("all", "all_but_vision", "momentor")
     # Per token and matmul parameter: 2 forward + 2 input gradient + 2 weight gradient (trainable weights only).
     llm_flops = L * ((body + head_text) * (4 + 2 * backward_weights) + head_temporal * (4 + 2 * temporal_trains))
     attention = 3 * llm.num_layers * 2 * L * L * llm.num_heads * hd
@@ -59,6 +60,5 @@ def training_flops_per_example(model_config, max_length: int, trainable: str, vi
         per_layer = 4 * dv * dv + 2 * dv * vit.intermediate_size
         matmul = 2 * (tokens * vit.num_layers * per_layer + patches * 3 * vit.patch_size ** 2 * dv)
         vit_attention = vit.num_layers * 4 * tokens * tokens * dv
-        vision = videos * model_config.num_frames * (matmul * (3 if all_trainable else 1)
-                                                     + vit_attention * (3 if all_trainable else 1))
+        vision = videos * model_config.num_frames * (matmul + vit_attention) * (3 if vision_trains else 1)
     return float(llm_flops + attention + projector + vision)

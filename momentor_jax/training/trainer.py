@@ -599,7 +599,7 @@ def check_config(config, model_config: MomentorConfig, mesh) -> None:
         raise ValueError(f"max_length {config.max_length} exceeds model.llm.max_position_embeddings "
                          f"{model_config.llm.max_position_embeddings}")
     if config.trainable not in partition.MODES or config.trainable == "none":
-        raise ValueError(f"trainable={config.trainable!r}: choose 'momentor' or 'all'")
+        raise ValueError(f"trainable={config.trainable!r}: choose 'momentor', 'all' or 'all_but_vision'")
     if config.log_every_steps < 1 or config.checkpoint_every_steps < 1:
         raise ValueError("log_every_steps and checkpoint_every_steps must be >= 1")
     packing_options(config)  # validates data.packing's settings
