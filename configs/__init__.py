@@ -81,6 +81,9 @@ def base_config(model_config, *, num_frames: int, max_length: int, remat_policy:
     c.data.frames = config_dict.placeholder(str)
     c.data.system_prompt = config_dict.placeholder(str)  # unset: Momentor's; tiny models need a shorter one
     c.data.read_threads = 4
+    # Decoded videos kept in memory per loading process, up to this many MiB (data/loader.VideoCache): later epochs
+    # skip JPEG decoding for the videos that fit. 0: none (Moment-10M's videos do not fit a host).
+    c.data.video_cache_mb = 0
     c.data.use_features = False        # batches carry cached pooled ViT features instead of frames
     c.data.worker_count = 0            # grain worker processes (0: in the main process)
     c.data.synthetic_videos = 0        # >0: with data.dir unset, render and prepare this many videos in the workdir

@@ -360,6 +360,34 @@ def test_worker_process_gives_the_in_process_batches_and_resumes(data, tokenizer
         resumed.close()
 
 
+def test_video_cache_gives_the_same_batches_and_decodes_each_video_once(data, tokenizer, monkeypatch):
+    reads = []
+    read_record = video_input.read_record
+    monkeypatch.setattr(video_input, "read_record", lambda *a: reads.append(a[1]) or read_record(*a))
+    expected = take(train_loader(data, tokenizer, seed=5), 12)  # three epochs of 4 batches
+    assert len(reads) >= 12 * GLOBAL_BATCH
+    video_bytes = NUM_FRAMES * IMAGE_SIZE * IMAGE_SIZE * 3
+    for cache_mb, kept in ((1, NUM_VIDEOS), (2.5 * video_bytes / 2 ** 20, 2)):  # room for all, for 2
+        reads.clear()
+        cached = train_loader(data, tokenizer, seed=5, data_config=config(data, video_cache_mb=cache_mb))
+        assert_same_batches(take(cached, 12), expected)
+        assert len(cached.video_cache) == kept and cached.video_cache.bytes == kept * video_bytes
+        assert len(reads) + cached.video_cache.hits >= 12 * GLOBAL_BATCH and cached.video_cache.hits > 0
+        if kept == NUM_VIDEOS:  # each video decoded once (twice when both read threads miss it together)
+            assert set(reads) == set(cached.video_cache._videos) and len(reads) <= 2 * NUM_VIDEOS
+    with pytest.raises(ValueError, match="video_cache_mb"):
+        train_loader(data, tokenizer, data_config=config(data, video_cache_mb=-1))
+
+
+def test_video_cache_with_a_worker_process_gives_the_in_process_batches(data, tokenizer):
+    expected = take(train_loader(data, tokenizer, seed=9), 6)
+    worker = train_loader(data, tokenizer, seed=9, worker_count=1, data_config=config(data, video_cache_mb=1))
+    try:
+        assert_same_batches(take(worker, 6), expected)
+    finally:
+        worker.close()
+
+
 # ---------------------------------------------------------------------------------------------------- cached features
 
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import grain
@@ -184,14 +185,51 @@ class Skipped:
 _RECORD_ERRORS = (tfrecord.TFRecordCorruptionError, frames_lib.RecordError, ValueError, KeyError, TypeError, OSError)
 
 
+class VideoCache:
+    """Videos as the model takes them (read_record's output), by video id, up to `max_bytes` in all: filled as videos
+    are first read and never evicted. An epoch reads every video in a new random order, so with room for all of them
+    later epochs decode none, and without it the ones that fit stay (an LRU would keep the same share here and churn).
+    Each loading process holds its own. Thread-safe; the cached arrays are read-only."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self._videos = {}
+        self._lock = threading.Lock()
+
+    def get(self, video_id: str):
+        with self._lock:
+            found = self._videos.get(video_id)
+            self.hits += found is not None
+            return found
+
+    def put(self, video_id: str, video: np.ndarray, duration: float) -> None:
+        video.setflags(write=False)
+        with self._lock:
+            if video_id not in self._videos and self.bytes + video.nbytes <= self.max_bytes:
+                self._videos[video_id] = (video, duration)
+                self.bytes += video.nbytes
+
+    def __len__(self) -> int:
+        return len(self._videos)
+
+    def __getstate__(self) -> dict:  # a worker process starts with an empty cache of the same size
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_bytes"])
+
+
 class LoadExample:
     """Example number -> dict of fixed-shape numpy arrays (the BATCH_KEYS of one example), or `Skipped`.
 
-    The video comes through data/video_input.read_record, as evaluate reads it."""
+    The video comes through data/video_input.read_record, as evaluate reads it (or from `video_cache`)."""
 
     def __init__(self, examples: JsonlExamples, videos: frames_lib.FrameRecordIndex, tokenizer, num_frames: int,
                  max_length: int, use_features: bool = False, keep_ids: bool = False,
-                 system_prompt: Optional[str] = None, image_size: Optional[int] = None):
+                 system_prompt: Optional[str] = None, image_size: Optional[int] = None,
+                 video_cache: Optional[VideoCache] = None):
         self.examples = examples
         self.videos = videos
         self.tokenizer = tokenizer
@@ -201,6 +239,7 @@ class LoadExample:
         self.spec = video_input.VideoSpec(num_frames, None if use_features else image_size, use_features)
         self.keep_ids = keep_ids
         self.system_prompt = system_prompt  # None: the template's own; tiny test models need a shorter one
+        self.video_cache = video_cache
 
     def _video_location(self, video_id: str) -> str:
         try:
@@ -231,7 +270,13 @@ class LoadExample:
         from momentor_jax.data.encode import count_past_end, encode_example  # noqa: PLC0415
 
         video_id = example["id"]
-        video, duration = video_input.read_record(self.videos, video_id, self.spec)
+        cached = self.video_cache.get(video_id) if self.video_cache is not None else None
+        if cached is None:
+            video, duration = video_input.read_record(self.videos, video_id, self.spec)
+            if self.video_cache is not None:
+                self.video_cache.put(video_id, video, duration)
+        else:
+            video, duration = cached
         extra = {} if self.system_prompt is None else {"system_prompt": self.system_prompt}
         out = dict(encode_example(example, self.tokenizer, duration, self.num_frames, self.max_length, **extra))
         out[CLIPPED_KEY] = np.int32(count_past_end(example, duration))
@@ -404,10 +449,11 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     """Shuffled, repeated per-process batches for training.
 
     data_config: has `examples` (JSONL paths or globs) and `frames` (glob, directory or list of TFRecord shards);
-    optional `read_threads` (decode threads per process, default 4) and `system_prompt` (only for tiny test models
-    whose context cannot hold the template's). Batches hold BATCH_KEYS with the per-process
-    batch size global_batch_size // process_count: the encoded text, `frames` uint8 [B, M, H, W, 3] (or `features`
-    float32 [B, M, F] when use_features) and `durations` float32 [B]. num_epochs None repeats forever.
+    optional `read_threads` (decode threads per process, default 4), `system_prompt` (only for tiny test models
+    whose context cannot hold the template's) and `video_cache_mb` (VideoCache per loading process; 0: none).
+    Batches hold BATCH_KEYS with the per-process batch size global_batch_size // process_count: the encoded text,
+    `frames` uint8 [B, M, H, W, 3] (or `features` float32 [B, M, F] when use_features) and `durations` float32 [B].
+    num_epochs None repeats forever.
     worker_count > 0 decodes in that many processes (grain mp_prefetch), 0 in this process with threads.
     image_size: the model's frame side; records of another size are skipped and counted (None: not checked).
     packing: rows of several dialogues (data/packing.py; `frames` / `features` gain a per-row video axis and
@@ -428,8 +474,12 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     if read_threads is None:
         read_threads = int(_config_value(data_config, "read_threads", 4))
 
+    cache_mb = float(_config_value(data_config, "video_cache_mb", 0) or 0)
+    if cache_mb < 0:
+        raise ValueError(f"video_cache_mb is {cache_mb}; it must be >= 0")
     load = LoadExample(examples, videos, tokenizer, num_frames, max_length, use_features=use_features,
-                       system_prompt=_config_value(data_config, "system_prompt"), image_size=image_size)
+                       system_prompt=_config_value(data_config, "system_prompt"), image_size=image_size,
+                       video_cache=VideoCache(int(cache_mb * 2 ** 20)) if cache_mb else None)
     video_input.check_first_record(videos, [examples[i]["id"] for i in range(min(len(examples), 8))], load.spec)
     ds = grain.MapDataset.range(len(examples)).shuffle(seed=_mixed_seed(seed))
     ds = ds[:epoch_length][process_index::process_count]
@@ -452,6 +502,7 @@ def make_train_loader(data_config: Any, *, tokenizer, num_frames: int, max_lengt
     iterator.num_missing_videos = dropped
     iterator.num_bad_frame_records = videos.num_bad_records
     iterator.num_examples = len(examples)
+    iterator.video_cache = load.video_cache  # None without one; with workers each fills its own, and this one none
     if packing is not None:
         iterator.examples_per_row = estimate_examples_per_row(load, packing, seed)
     return iterator

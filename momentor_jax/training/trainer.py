@@ -659,7 +659,8 @@ def train(config, workdir: str, fns: Optional[ModelFns] = None) -> TrainResult:
         paths = data_paths(config)
         tokenizer = load_tokenizer(paths["tokenizer"], model_config)
         data_config = {"examples": paths["examples"], "frames": paths["frames"],
-                       "read_threads": config.data.read_threads, "system_prompt": config.data.system_prompt}
+                       "read_threads": config.data.read_threads, "system_prompt": config.data.system_prompt,
+                       "video_cache_mb": config.data.video_cache_mb}
         loader = make_train_loader(
             data_config, tokenizer=tokenizer, num_frames=model_config.num_frames, max_length=config.max_length,
             global_batch_size=config.batch_size, seed=config.seed, process_index=jax.process_index(),
