@@ -6,7 +6,8 @@
 Every step runs the project's real command in a subprocess (argument lists, never shell strings):
   1. data/make_synthetic.py      training + held-out videos with known events
   2. data/convert_data_gesm.py, data/convert_data.py, data/extract_frames.py, and a small sentencepiece tokenizer
-  3. momentor_jax.train          stage 1 GESM, then stage 2 instruction tuning warm-started from stage 1
+  3. momentor_jax.train          stage 1 GESM, then stage 2 instruction tuning warm-started from stage 1, the
+                                 vision tower stage 1 trained kept frozen (trainable=all_but_vision)
   4. momentor_jax.evaluate       temporal grounding on the held-out videos; next to it two baselines on the same
                                  queries (a seeded random window, the single fixed window that grounds the
                                  training videos' queries best, by grid search)
