@@ -2,7 +2,7 @@
 keeps the vision tower stage 1 trained frozen: `trainable=all_but_vision`), the paper's TPM (neighbouring token
 propagation, soft temporal labels) with one temporal token per frame (32, not the paper's 300: token k is frame k,
 and few output classes for a model trained for minutes). Layers unrolled: on the CPU a scanned stack's step was
-~15-25% slower (docs/measurements.md).
+14-26% slower (docs/measurements.md).
 Variants :gesm (default) and :instruct.
 `python -m momentor_jax.demo` (make demo) runs both stages on a synthetic data set and evaluates grounding.
 
