@@ -10,8 +10,9 @@ apply + loss) under `jax.jit(jax.value_and_grad)` over every parameter, fp32 (`-
 with the layer stacks unrolled instead of nn.scan). PyTorch: tests/torch_momentor.py (transformers
 CLIPVisionModel + LlamaForCausalLM + projector/TPM, eager, fp32) with `loss.backward()` into every parameter.
 Before timing, the two losses and all gradients are compared (the run stops when the losses differ by more than
-1e-3 relative). The sides are timed in alternation in one process; torch runs one thread per usable core (the
-cores XLA's CPU pool uses) with OMP_WAIT_POLICY=PASSIVE unless set (see shared_weights.configure_torch). Figures:
+1e-3 relative). The sides are timed in alternation in one process (each timed step after an untimed one of its
+own side, as training runs them back to back); torch runs one thread per usable core (the cores XLA's CPU pool
+uses) with OMP_WAIT_POLICY=PASSIVE unless set (see shared_weights.configure_torch). Figures:
 tokens/s (B x L per forward+backward) and `ratio` = JAX tokens/s / PyTorch tokens/s of the median step times
 (`ratio_of_fastest`: of the fastest steps); the load average after each step says how busy the machine was.
 `--compare_attention_block N` adds a third side, JAX with `model.llm.attention_block=N` on the same weights (its
@@ -168,6 +169,10 @@ def run(args) -> dict:
     times, load = {side: [] for side in steps}, []
     for step in range(args.steps):  # alternating, so every side sees the same load from the shared machine
         for side, fn in steps.items():
+            # A JAX step right after a PyTorch step ran up to 1.6x slower than after another JAX step
+            # (docs/measurements.md), and training runs steps back to back: each side takes one untimed step after
+            # the switch, then its timed one.
+            fn()
             times[side].append(_seconds(fn))
         load.append(os.getloadavg()[0])
         print(f"  step {step + 1}/{args.steps}: " + ", ".join(f"{side} {t[-1]:.2f} s" for side, t in times.items())
