@@ -30,7 +30,10 @@ def _strip_collection(path: tuple) -> tuple:
     return path[1:] if path and path[0] == "params" else path
 
 
-def _is_trainable(path: tuple, mode: str) -> bool:
+def is_trainable(path: tuple, mode: str) -> bool:
+    """Whether the parameter at `path` (module names first, e.g. ('llm', 'layers_0', ...)) trains in `mode`."""
+    if mode not in MODES:
+        raise ValueError(f"unknown trainable mode {mode!r}; choose one of {MODES}")
     if mode == "all":
         return True
     if mode == "none":
@@ -45,10 +48,8 @@ def _is_trainable(path: tuple, mode: str) -> bool:
 
 def trainable_mask(params: Mapping, mode: str) -> dict:
     """Nested dict shaped like `params` with a bool per leaf (a leaf may be a flax `LogicallyPartitioned` box)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown trainable mode {mode!r}; choose one of {MODES}")
     flat = traverse_util.flatten_dict(params)
-    mask = {path: _is_trainable(path, mode) for path in flat}
+    mask = {path: is_trainable(path, mode) for path in flat}
     if mode == "momentor":
         has_llm = any(_strip_collection(path)[0] == LLM_MODULE for path in flat)
         has_embedding = any(mask[path] for path in flat if _strip_collection(path)[0] == LLM_MODULE)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import jax
 
+from momentor_jax.models import partition
+
 # Dense bf16 peak per chip, by `jax.Device.device_kind` prefix (longest match wins).
 PEAK_FLOPS_BY_DEVICE_KIND = {
     "TPU v4": 275e12,
@@ -39,14 +41,16 @@ def training_flops_per_example(model_config, max_length: int, trainable: str, vi
     (nothing upstream of it trains) runs forward only. Rematerialised recomputation is not counted.
     """
     llm, vit = model_config.llm, model_config.vision
-    llm_trains = trainable in ("all", "all_but_vision")
-    vision_trains = trainable == "all"
+    # Which weights train, by partition.py's rule (the LLM's input embeddings train alone in 'momentor' mode, and a
+    # lookup is no matmul).
+    llm_trains = partition.is_trainable((partition.LLM_MODULE, "layers"), trainable)
+    vision_trains = partition.is_trainable((partition.VISION_MODULE,), trainable)
+    temporal_trains = partition.is_trainable(("tpm",), trainable)
     L, d, hd = max_length, llm.hidden_size, llm.resolved_head_dim
     body = llm.num_layers * (d * hd * (2 * llm.num_heads + 2 * llm.num_kv_heads) + 3 * d * llm.intermediate_size)
     head_text = d * llm.vocab_size
     head_temporal = d * model_config.num_temporal_tokens if model_config.tpm_enabled else 0
     backward_weights = 1 if llm_trains else 0
-    temporal_trains = trainable in ("all", "all_but_vision", "momentor")
     # Per token and matmul parameter: 2 forward + 2 input gradient + 2 weight gradient (trainable weights only).
     llm_flops = L * ((body + head_text) * (4 + 2 * backward_weights) + head_temporal * (4 + 2 * temporal_trains))
     attention = 3 * llm.num_layers * 2 * L * L * llm.num_heads * hd

@@ -599,7 +599,8 @@ def check_config(config, model_config: MomentorConfig, mesh) -> None:
         raise ValueError(f"max_length {config.max_length} exceeds model.llm.max_position_embeddings "
                          f"{model_config.llm.max_position_embeddings}")
     if config.trainable not in partition.MODES or config.trainable == "none":
-        raise ValueError(f"trainable={config.trainable!r}: choose 'momentor', 'all' or 'all_but_vision'")
+        raise ValueError(f"trainable={config.trainable!r}: choose one of "
+                         f"{', '.join(repr(m) for m in partition.MODES if m != 'none')}")
     if config.log_every_steps < 1 or config.checkpoint_every_steps < 1:
         raise ValueError("log_every_steps and checkpoint_every_steps must be >= 1")
     packing_options(config)  # validates data.packing's settings
