@@ -107,6 +107,17 @@ def test_single_device_matches_sharded_loss_curve(reference_run, tmp_path):
     assert single[-1] < single[0]
 
 
+def test_lm_head_at_supervised_positions_matches_the_sharded_loss_curve(reference_run, tmp_path):
+    # The gathered LM head (MomentorConfig.loss_positions, under lax.cond) through the sharded step, trainable
+    # subset and all; tests/test_loss_positions.py proves the equality and the fallback on single batches.
+    config = _config(reference_run["data"], mesh=(2, 2, 2))
+    config.model.loss_positions = 96
+    result = trainer.train(config, str(tmp_path))
+    gathered = np.array([m["loss"] for _, m in result.history])
+    reference = _tensorboard_scalars(reference_run["workdir"], "train/loss")
+    np.testing.assert_allclose(gathered, [reference[s] for s in range(1, TOTAL_STEPS + 1)], rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def sharded_factory(reference_run):
     """The reference run's state factory on (2, 2, 2) and its initial state (same seed: same values)."""

@@ -90,11 +90,20 @@ class MomentorConfig:
     # Whitespace next to added tokens when tokenizing (data/tokenizer.py): "keep" (transformers >= 4.34), or
     # "strip" (the public pin, transformers 4.33, strips it on both sides of every added token).
     added_token_whitespace: str = "keep"
+    # Training only: 0 runs the LM head and the loss at every position; K > 0 at each row's supervised positions
+    # (loss_mask > 0), gathered into K slots per row, so the head's matmuls and the cross-entropy over V + N columns
+    # skip the prompt and video positions that no loss reads. The loss and gradients are the same (summation order
+    # aside); a batch with a row of more than K supervised tokens takes the every-position path (lax.cond).
+    loss_positions: int = 0
 
     def __post_init__(self):
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"MomentorConfig.{name}={getattr(self, name)!r}; choose one of {choices}")
+        if isinstance(self.loss_positions, bool) or not isinstance(self.loss_positions, int) \
+                or self.loss_positions < 0:
+            raise ValueError(f"MomentorConfig.loss_positions={self.loss_positions!r}; expected an int >= 0 (0: every "
+                             "position)")
 
     @property
     def vision_feature_dim(self) -> int:

@@ -167,14 +167,29 @@ class Momentor(nn.Module):
                              f"{self.config.use_cached_features} expects '{key}'")
         return batch.get(key)
 
-    def __call__(self, batch: dict, cache=None):
-        """batch per constants.BATCH_KEYS -> (logits [B, L, V + N] float32, new cache or None)."""
+    def batch_embeds(self, batch: dict) -> jax.Array:
+        """batch per constants.BATCH_KEYS -> the LLaMA's input embeddings [B, L, D] (video spliced in)."""
         video = self.video_from_batch(batch)
         video_embeds = None if video is None else self.encode_video(video)
         packed = video is not None and video.ndim in (4, 6)
-        embeds = self.embed_inputs(batch["input_ids"], batch.get("placeholder_times"), video_embeds,
-                                   batch["segment_ids"] if packed else None)
-        return self.forward_embeds(embeds, batch["positions"], batch["segment_ids"], cache)
+        return self.embed_inputs(batch["input_ids"], batch.get("placeholder_times"), video_embeds,
+                                 batch["segment_ids"] if packed else None)
+
+    def __call__(self, batch: dict, cache=None):
+        """batch per constants.BATCH_KEYS -> (logits [B, L, V + N] float32, new cache or None)."""
+        return self.forward_embeds(self.batch_embeds(batch), batch["positions"], batch["segment_ids"], cache)
+
+    def hidden_states(self, batch: dict) -> jax.Array:
+        """batch -> the LLaMA's final hidden states [B, L, D] (what `output_logits` takes), no cache."""
+        return self.llm(self.batch_embeds(batch), batch["positions"], batch["segment_ids"])[0]
+
+
+def head_positions(loss_mask: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """loss_mask [B, L] -> (indices [B, count] int32: each row's supervised positions in order, then unsupervised ones
+    as filler; overflow: scalar bool, True when a row has more than `count` supervised positions)."""
+    supervised = loss_mask > 0
+    indices = jnp.argsort(~supervised, axis=1, stable=True)[:, :count].astype(jnp.int32)
+    return indices, jnp.any(jnp.sum(supervised, axis=1) > count)
 
 
 def _segment_has_video(is_patch, segment_ids, row_has_video):

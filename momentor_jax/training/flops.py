@@ -38,7 +38,9 @@ def training_flops_per_example(model_config, max_length: int, trainable: str, vi
     for the gradient of its weights; attention 2 x L^2 x heads x head_dim per causal layer forward (half of the
     full 4 L^2 H D), x3 with its backward. With every parameter trainable this is exactly MaxText's
     6 x params x tokens + attention. Frozen weights skip the weight-gradient third, and the frozen vision tower
-    (nothing upstream of it trains) runs forward only. Rematerialised recomputation is not counted.
+    (nothing upstream of it trains) runs forward only. Rematerialised recomputation is not counted. With
+    MomentorConfig.loss_positions = K the LM head runs at K positions per row instead of L (batches that take the
+    every-position path are counted as K too).
     """
     llm, vit = model_config.llm, model_config.vision
     # Which weights train, by partition.py's rule (the LLM's input embeddings train alone in 'momentor' mode, and a
@@ -52,7 +54,9 @@ def training_flops_per_example(model_config, max_length: int, trainable: str, vi
     head_temporal = d * model_config.num_temporal_tokens if model_config.tpm_enabled else 0
     backward_weights = 1 if llm_trains else 0
     # Per token and matmul parameter: 2 forward + 2 input gradient + 2 weight gradient (trainable weights only).
-    llm_flops = L * ((body + head_text) * (4 + 2 * backward_weights) + head_temporal * (4 + 2 * temporal_trains))
+    head_rows = min(model_config.loss_positions, L) if model_config.loss_positions else L
+    llm_flops = (L * body * (4 + 2 * backward_weights)
+                 + head_rows * (head_text * (4 + 2 * backward_weights) + head_temporal * (4 + 2 * temporal_trains)))
     attention = 3 * llm.num_layers * 2 * L * L * llm.num_heads * hd
 
     projector = 3 * 2 * model_config.num_frames * vit.hidden_size * d * videos

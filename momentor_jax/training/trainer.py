@@ -66,15 +66,28 @@ class ModelFns:
 
     init(rng, batch) -> params (boxed with logical axis names); apply(params, batch, rng) -> logits;
     loss(logits, batch) -> (scalar token-mean loss, aux with 'num_text_tokens' / 'num_temporal_tokens' and
-    per-kind means 'text_loss' / 'temporal_loss').
+    per-kind means 'text_loss' / 'temporal_loss'). The trainer calls `loss_terms`: `terms(params, batch, rng)` when
+    given (a model whose loss need not see every position's logits), else loss(apply(...), batch).
     """
     init: Callable
     apply: Callable
     loss: Callable
+    terms: Optional[Callable] = None
+
+    def loss_terms(self, params, batch: dict, rng):
+        """(scalar token-mean loss, aux) of a batch."""
+        if self.terms is not None:
+            return self.terms(params, batch, rng)
+        return self.loss(self.apply(params, batch, rng), batch)
+
+
+# The batch fields the loss reads at each position (gathered with the logits under MomentorConfig.loss_positions).
+LOSS_FIELDS = ("targets", "loss_mask", "target_times")
 
 
 def momentor_fns(model_config: MomentorConfig) -> ModelFns:
     model = momentor_lib.Momentor(model_config)
+    count = model_config.loss_positions
 
     def init(rng, batch):
         return model.init({"params": rng}, batch)["params"]
@@ -83,7 +96,29 @@ def momentor_fns(model_config: MomentorConfig) -> ModelFns:
         logits, _ = model.apply({"params": params}, batch, rngs={"dropout": rng})
         return logits
 
-    return ModelFns(init=init, apply=apply, loss=lambda logits, batch: compute_loss(logits, batch, model_config))
+    def loss(logits, batch):
+        return compute_loss(logits, batch, model_config)
+
+    def terms(params, batch, rng):
+        if not count or count >= batch["loss_mask"].shape[1]:
+            return loss(apply(params, batch, rng), batch)
+        indices, overflow = momentor_lib.head_positions(batch["loss_mask"], count)
+        hidden = model.apply({"params": params}, batch, method=momentor_lib.Momentor.hidden_states,
+                             rngs={"dropout": rng})
+        fields = {k: batch[k] for k in LOSS_FIELDS}
+
+        def head(hidden, fields):
+            return loss(model.apply({"params": params}, hidden, method=momentor_lib.Momentor.output_logits), fields)
+
+        def at_supervised(hidden, fields):
+            gathered = jnp.take_along_axis(hidden, indices[..., None], axis=1)
+            gathered = nn.with_logical_constraint(gathered, ("batch", "length", "embed"))
+            return head(gathered, {k: jnp.take_along_axis(v, indices, axis=1) for k, v in fields.items()})
+
+        # Only the head is under the branch: the forward and its backward compile once, outside it.
+        return jax.lax.cond(overflow, head, at_supervised, hidden, fields)
+
+    return ModelFns(init=init, apply=apply, loss=loss, terms=terms)
 
 
 class StateFactory:
@@ -194,8 +229,7 @@ def _split_micro_batches(batch: dict, num_micro: int) -> dict:
 def token_sums(fns: ModelFns, params, batch: dict, rng) -> dict:
     """The batch's loss terms as token sums (means x token counts), so batches and micro-batches add up; the train
     step and the evaluation step (training/evals.py) both measure with this."""
-    logits = fns.apply(params, batch, rng)
-    loss, aux = fns.loss(logits, batch)
+    loss, aux = fns.loss_terms(params, batch, rng)
     n_text, n_temp = aux["num_text_tokens"], aux["num_temporal_tokens"]
     sums = {
         "loss": loss * (n_text + n_temp),
