@@ -3,8 +3,9 @@
 d_model 1024, 8 layers, 1024 tokens per example, 32 frames at 224 px through a small ViT (patch 32, width 256,
 4 layers), fp32 (the CPU's fast matmul dtype), every parameter trainable, no remat, layers unrolled (faster than
 nn.scan on the CPU, which saves and restores each layer's activations through stacked buffers), attention in causal
-blocks of 256 queries (`attention_block`: the masked upper triangle of the scores is skipped); the timings of both
-are in docs/measurements.md. Variants :gesm (default) and :instruct; both only set the data the trainer would read,
+blocks of 256 queries (`attention_block`: the masked upper triangle of the scores is skipped), the LM head and the
+loss at each row's supervised positions only (`loss_positions`); the timings of these choices are in
+docs/measurements.md. Variants :gesm (default) and :instruct; both only set the data the trainer would read,
 the bench suites build their batches in memory.
 """
 import dataclasses
@@ -34,6 +35,9 @@ def get_config(arg=None):
     c.mesh = (-1, 1, 1)
     c.learning_rate = 1e-4
     c.trainable = "all"
+    # The LM head and the loss at the supervised positions only (MomentorConfig.loss_positions): about 40% of a
+    # packed row's tokens and half of the same-shape suites' rows, all within 512 of 1024 slots.
+    c.model.loss_positions = 512
     c.data.packing = True
     # Length model at 32 frames: ~190-token dialogues, 5.45 per 1024-token row on average, never more than 7.
     c.data.max_segments = c.data.max_videos_per_row = 7

@@ -65,3 +65,30 @@ def test_decode_suite_same_greedy_tokens_then_ratio(tmp_path):
     assert result["weight_floor"]["ms"] > 0
     # Tiny steps are below what two noisy answers' difference resolves: a ratio or nothing, never a negative one.
     assert all(r is None or r > 0 for r in (result["decode_ratio"], result["decode_ratio_ceiling"]))
+
+
+def test_torch_suite_length_model_packed_against_padded_batches(tmp_path):
+    # The same dialogues on both sides: JAX's packed rows must give PyTorch's loss and gradients over the padded
+    # batches (right padding under an attention mask, gradients accumulated with token-mean weights).
+    result = _run(tmp_path, "torch", "--length_model", "--torch_batch_size", "3", "--steps", "1", "--warmup", "0",
+                  "--config.data.packing=True", "--config.data.max_segments=3", "--config.data.max_videos_per_row=3",
+                  "--config.max_length=512", "--config.batch_size=2")
+    assert result["length_model"] and result["rows"] == 2 and result["max_length"] == 512
+    assert result["loss"]["relative_difference"] <= 1e-5
+    assert set(result["grad_relative_max_diff"]) == {"llm", "projector", "tpm"}  # features: no vision tower
+    assert all(diff <= 1e-4 for diff in result["grad_relative_max_diff"].values())
+    dialogues, useful = result["dialogues"], result["useful_tokens"]
+    assert dialogues > result["rows"]  # several dialogues share a row
+    lengths = result["padded_lengths"]
+    assert len(lengths) == -(-dialogues // 3) and all(length <= 512 for length in lengths)
+    assert result["jax"]["slots"] == 2 * 512 and useful <= 2 * 512
+    assert result["torch"]["slots"] == sum(min(3, dialogues - 3 * i) * n for i, n in enumerate(lengths))
+    for side in ("jax", "torch"):
+        assert result[side]["median_s"] > 0
+        assert result[side]["useful_tokens_per_s"] == useful / result[side]["median_s"]
+    window = result["window_efficiency"]
+    assert window["dialogues"] >= dialogues and 0 < window["padded"] <= 1 and 0 < window["packed"] <= 1
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+    per_slot = {side: result[side]["median_s"] / result[side]["slots"] for side in ("jax", "torch")}
+    assert result["window_ratio"] == pytest.approx(window["packed"] / per_slot["jax"]
+                                                   / (window["padded"] / per_slot["torch"]))

@@ -40,7 +40,7 @@ RUN_ELSEWHERE = {
     "make test": "this suite",
     "python -m momentor_jax.serve": "tests/test_serve.py (a server that runs until stopped, driven in a browser)",
     "python -m momentor_jax.tools.bench train": "tests/test_bench_train.py",
-    "python -m momentor_jax.tools.bench torch": "tests/test_bench_train.py (the torch reference suite)",
+    "python -m momentor_jax.tools.bench torch": "tests/test_bench_torch_decode.py",
     "python -m momentor_jax.tools.bench decode": "tests/test_bench_torch_decode.py",
     "python -m momentor_jax.tools.bench loader": "tests/test_bench_loader.py",
     "python -m momentor_jax.tools.bench gpu": "needs an NVIDIA GPU (tests/test_bench_dispatch.py checks the list)",

@@ -190,11 +190,14 @@ class TorchMomentor(torch.nn.Module):
         return batch["features"] if self.config.use_cached_features else batch["frames"]
 
     def logits_and_loss(self, batch: dict):
-        """(logits [B, L, V + N], loss) of a batch of torch tensors (constants.BATCH_KEYS, no padding)."""
+        """(logits [B, L, V + N], loss) of a batch of torch tensors (constants.BATCH_KEYS, one dialogue per row, right
+        padding only)."""
         tables = self.temporal_tables()
         inputs_embeds = self.embed_inputs(batch["input_ids"], batch["placeholder_times"],
                                           self.encode_video(self._video(batch), tables), tables)
-        hidden = self.llm.model(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
+        # `attention_mask` [B, L] (optional): the real tokens of right-padded rows, as the public collator passes it.
+        hidden = self.llm.model(inputs_embeds=inputs_embeds, attention_mask=batch.get("attention_mask"),
+                                use_cache=False).last_hidden_state
         head = torch.cat([self.llm.lm_head.weight[:self.vocab_size], tables[1]], 0)
         all_logits, row_sums = [], []
         for row in range(hidden.shape[0]):

@@ -140,12 +140,12 @@ def _encoded(ids, supervised, times, max_length: int, temp_output: int) -> dict:
     return out
 
 
-def length_model_batches(model_config, batch_size: int, max_length: int, options, lengths: Sequence[int],
-                         seed: int = 0) -> tuple[dict, dict]:
-    """(unpacked, packed) batches of `batch_size` rows over dialogues of the given `lengths` (the Moment-10M length
-    model's): one dialogue per row, or rows packed by data/packing.py from the same stream (window after window)."""
+def length_model_stream(model_config, batch_size: int, max_length: int, options, lengths: Sequence[int],
+                        seed: int = 0) -> tuple[list, list, list]:
+    """(dialogues, packed rows, members): the dialogues of the given `lengths` (the Moment-10M length model's), each
+    encoded alone to `max_length`, as far as the stream needs to fill `batch_size` packed rows; the rows data/packing.py
+    makes of them (window after window); members[r] = the indices of row r's dialogues."""
     from momentor_jax.data import packing  # noqa: PLC0415
-    from momentor_jax.models.momentor import check_batch  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     temp_output = constants.special_token_ids(model_config.llm.vocab_size)["temp_output"]
@@ -157,21 +157,36 @@ def length_model_batches(model_config, batch_size: int, max_length: int, options
     else:
         video_key, size = "frames", model_config.vision.image_size
         video = rng.integers(0, 256, (model_config.num_frames, size, size, 3), dtype=np.uint8)
-    elements, rows = [], []
+    elements, rows, members = [], [], []
     for n in lengths:
         element = _encoded(*_dialogue(rng, int(n), model_config), max_length, temp_output)
         element[video_key] = video
         element["durations"] = np.float32(rng.uniform(30.0, 900.0))
         elements.append(element)
         if len(elements) % options.buffer_size == 0 or len(elements) == len(lengths):
-            window = elements[len(elements) - 1 - (len(elements) - 1) % options.buffer_size:]
+            first = len(elements) - 1 - (len(elements) - 1) % options.buffer_size
+            window = elements[first:]
             groups = packing.pack_lengths([packing.real_length(e) for e in window], max_length, options.max_items)
             rows += [packing.pack_row([window[i] for i in g], options) for g in groups]
+            members += [[first + i for i in g] for g in groups]
             if len(rows) >= batch_size and len(elements) >= batch_size:
                 break
     if len(rows) < batch_size:
         raise ValueError(f"{len(lengths)} dialogues pack into {len(rows)} rows, fewer than the batch {batch_size}")
-    stack = lambda items: {k: np.stack([e[k] for e in items]) for k in items[0]}  # noqa: E731
+    return elements, rows, members
+
+
+def stack(items: Sequence[dict]) -> dict:
+    return {k: np.stack([e[k] for e in items]) for k in items[0]}
+
+
+def length_model_batches(model_config, batch_size: int, max_length: int, options, lengths: Sequence[int],
+                         seed: int = 0) -> tuple[dict, dict]:
+    """(unpacked, packed) batches of `batch_size` rows over dialogues of the given `lengths` (the Moment-10M length
+    model's): one dialogue per row, or rows packed by data/packing.py from the same stream (window after window)."""
+    from momentor_jax.models.momentor import check_batch  # noqa: PLC0415
+
+    elements, rows, _ = length_model_stream(model_config, batch_size, max_length, options, lengths, seed)
     unpacked, packed = stack(elements[:batch_size]), stack(rows[:batch_size])
     check_batch(unpacked, model_config, "unpacked batch")
     check_batch(packed, model_config, "packed batch")
