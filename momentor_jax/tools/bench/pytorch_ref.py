@@ -3,6 +3,7 @@
     python -m momentor_jax.tools.bench torch [--config=configs/bench.py] [--batch_size B] [--length L]
                                              [--steps 3] [--warmup 1] [--attention sdpa] [--unroll_layers]
                                              [--compare_attention_block N] [--config.KEY=VALUE ...]
+    python -m momentor_jax.tools.bench torch --length_model [--torch_batch_size 4] [--config.KEY=VALUE ...]
 
 Both sides get the same random weights through `convert export_hf` (tools/bench/shared_weights.py) and the same
 in-memory batch (frames, temporal placeholders, soft temporal targets). JAX: the trainer's `momentor_fns` (model
@@ -18,6 +19,13 @@ tokens/s (B x L per forward+backward) and `ratio` = JAX tokens/s / PyTorch token
 `--compare_attention_block N` adds a third side, JAX with `model.llm.attention_block=N` on the same weights (its
 loss and gradients checked the same way), timed in the same alternation: the JSON's `jax_attention_block`, with its
 own ratios to PyTorch.
+
+`--length_model`: each side as it trains, on the same Moment-10M length-model dialogues with pooled features (the
+public code's input): JAX on `batch_size` packed rows drawn at random from one packing window (the config's packing
+settings), PyTorch on the same dialogues in batches of `--torch_batch_size` padded to each batch's longest with an
+attention mask (the public collator). Figures: useful (real) tokens/s of each, `ratio` of the medians, each side's
+slot efficiency over the whole window (`window_efficiency`) and `window_ratio`, the ratio at the measured time per
+slot with those efficiencies.
 """
 from __future__ import annotations
 
@@ -258,10 +266,10 @@ def stream_efficiency(elements: list, packed_rows: list, max_length: int, per_ba
 
 
 def run_length_model(args, torch_settings) -> dict:
-    """Both sides over the same length-model dialogues (those of the first `batch_size` packed rows): one JAX
-    forward+backward of the packed rows against PyTorch's forward+backward of the same dialogues in padded batches,
-    accumulating gradients, with each batch's loss weighted so the sum is the packed rows' token mean (the same loss
-    and gradients, checked before timing)."""
+    """Both sides over the same length-model dialogues (those of `batch_size` packed rows drawn at random from the
+    packing window): one JAX forward+backward of the packed rows against PyTorch's forward+backward of the same
+    dialogues in padded batches, accumulating gradients, with each batch's loss weighted so the sum is the packed
+    rows' token mean (the same loss and gradients, checked before timing)."""
     import tempfile  # noqa: PLC0415
 
     from momentor_jax.data import length_model  # noqa: PLC0415
