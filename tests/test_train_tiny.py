@@ -109,9 +109,10 @@ def test_single_device_matches_sharded_loss_curve(reference_run, tmp_path):
 
 def test_lm_head_at_supervised_positions_matches_the_sharded_loss_curve(reference_run, tmp_path):
     # The gathered LM head (MomentorConfig.loss_positions, under lax.cond) through the sharded step, trainable
-    # subset and all; tests/test_loss_positions.py proves the equality and the fallback on single batches.
+    # subset and all; tests/test_loss_positions.py proves the equality and the fallback on single batches. A row of
+    # max_length tokens supervises at most max_length - 1 (the last token has no target), so this always gathers.
     config = _config(reference_run["data"], mesh=(2, 2, 2))
-    config.model.loss_positions = 96
+    config.model.loss_positions = config.max_length - 1
     result = trainer.train(config, str(tmp_path))
     gathered = np.array([m["loss"] for _, m in result.history])
     reference = _tensorboard_scalars(reference_run["workdir"], "train/loss")

@@ -38,6 +38,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from momentor_jax import cli
 from momentor_jax.tools.bench import common, shared_weights, synthetic_inputs
 
 LOSS_TOLERANCE = 1e-3
@@ -253,15 +254,15 @@ def padded_batches(elements: list, indices: list, per_batch: int) -> list:
     return batches
 
 
-def stream_efficiency(elements: list, packed_rows: list, max_length: int, per_batch: int) -> dict:
-    """Real tokens / slots over every dialogue of the stream: packed into `packed_rows`, and in padded batches of
-    `per_batch` in stream order."""
+def stream_efficiency(elements: list, members: list, max_length: int, per_batch: int) -> dict:
+    """Real tokens / slots over every dialogue of the stream: packed into the rows whose dialogues `members` lists,
+    and in padded batches of `per_batch` in stream order."""
     from momentor_jax.data import packing  # noqa: PLC0415
 
     lengths = [packing.real_length(e) for e in elements]
     padded_slots = sum(len(group) * max(group) for group in
                        (lengths[i:i + per_batch] for i in range(0, len(lengths), per_batch)))
-    return {"dialogues": len(lengths), "packed": sum(lengths) / (len(packed_rows) * max_length),
+    return {"dialogues": len(lengths), "packed": packing.efficiency(lengths, members, max_length),
             "padded": sum(lengths) / padded_slots}
 
 
@@ -281,7 +282,7 @@ def run_length_model(args, torch_settings) -> dict:
 
     transformers.utils.logging.disable_progress_bar()
     if args.length:
-        raise ValueError("--length_model takes the row length from the config (--config.max_length=N)")
+        cli.fail_usage("--length_model takes the row length from the config (--config.max_length=N), not --length")
     config = args.config.copy_and_resolve_references()
     config.data.use_features = True
     config.model.use_cached_features = True
@@ -289,9 +290,9 @@ def run_length_model(args, torch_settings) -> dict:
         config.batch_size = args.batch_size
     options = trainer.packing_options(config)
     if options is None:
-        raise ValueError("--length_model times packed rows: the config needs data.packing=True")
+        cli.fail_usage("--length_model times packed rows: the config needs --config.data.packing=True")
     if args.torch_batch_size < 1:
-        raise ValueError(f"--torch_batch_size must be >= 1, got {args.torch_batch_size}")
+        cli.fail_usage(f"--torch_batch_size must be >= 1, got {args.torch_batch_size}")
     model_config = shared_weights.fp32_model_config(config)
     rows, max_length = int(config.batch_size), int(config.max_length)
     tokenizer = length_model.stand_in_tokenizer(os.path.join(tempfile.gettempdir(), "momentor_length_model"))
@@ -307,7 +308,7 @@ def run_length_model(args, torch_settings) -> dict:
     indices = sorted(i for r in chosen for i in members[r])  # the stream's order, as a random sampler gives
     padded = padded_batches(elements, indices, args.torch_batch_size)
     useful = int(np.count_nonzero(packed["segment_ids"]))
-    window = stream_efficiency(elements, packed_rows, max_length, args.torch_batch_size)
+    window = stream_efficiency(elements, members, max_length, args.torch_batch_size)
     print(f"model: d_model {model_config.llm.hidden_size}, {model_config.llm.num_layers} layers, "
           f"V + N = {model_config.llm.vocab_size} + {model_config.num_temporal_tokens}, {model_config.num_frames} "
           f"pooled features per video, fp32; {len(indices)} length-model dialogues, {useful} tokens: JAX {rows} "
