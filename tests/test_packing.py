@@ -35,6 +35,23 @@ def test_pack_lengths_fills_rows_best_fit_decreasing_leaves_open():
     assert packing.efficiency(lengths, rows, 2048) >= 0.95
 
 
+def test_pack_lengths_fills_rows_to_the_dialogue_limit_when_the_count_binds():
+    # Every dialogue longer than a sixth of the row (Moment-10M's shape at 300 frames: a 302-token video span and
+    # its text): the other two packings leave nearly every row at four dialogues; rows of five of the shortest
+    # save two rows of 63 here.
+    lengths = (390 + np.random.default_rng(0).gamma(2.0, 30.0, 256)).astype(int).clip(390, 660).tolist()
+    others = min(len(packing._best_fit_decreasing(lengths, 2048, 8)), len(packing._fill_rows(lengths, 2048, 8)))
+    rows = packing.pack_lengths(lengths, 2048, 8)
+    _check_rows(lengths, rows, 2048, 8)
+    assert len(rows) <= others - 2
+    full = packing._full_rows_first(lengths, 2048, 8, 5)
+    assert len(full) == len(rows)
+    fives = [row for row in full if len(row) == 5]
+    assert len(fives) >= 10 and full[:len(fives)] == fives  # the full rows are opened first
+    shortest = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))[:5 * len(fives)]
+    assert sorted(i for row in fives for i in row) == sorted(shortest)
+
+
 def test_pack_lengths_rejects_too_long():
     with pytest.raises(ValueError, match="dialogue 1 has 20 tokens"):
         packing.pack_lengths([3, 20], 16, 4)
@@ -124,4 +141,5 @@ def test_length_model_covers_the_ten_types_and_prints_efficiency(stand_in_tokeni
     assert 80 <= np.median(text) <= 300
     figures = length_model.summary(lengths, 2048, packing.PackingOptions(2048))
     assert figures["unpacked_padding_fraction"] > 0.7
-    assert figures["packed_efficiency"] > 0.9 and figures["useful_token_gain"] > 3.0
+    # The acceptance bar of issue 21 on this model: >= 95% of the slots of 2048-token rows are real.
+    assert figures["packed_efficiency"] >= 0.95 and figures["useful_token_gain"] > 4.0
