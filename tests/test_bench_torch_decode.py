@@ -68,27 +68,32 @@ def test_decode_suite_same_greedy_tokens_then_ratio(tmp_path):
 
 
 def test_torch_suite_length_model_packed_against_padded_batches(tmp_path):
-    # The same dialogues on both sides: JAX's packed rows must give PyTorch's loss and gradients over the padded
-    # batches (right padding under an attention mask, gradients accumulated with token-mean weights).
-    result = _run(tmp_path, "torch", "--length_model", "--torch_batch_size", "3", "--steps", "1", "--warmup", "0",
-                  "--config.data.packing=True", "--config.data.max_segments=3", "--config.data.max_videos_per_row=3",
-                  "--config.max_length=512", "--config.batch_size=2")
-    assert result["length_model"] and result["rows"] == 2 and result["max_length"] == 512
+    # The same window of 14 dialogues on both sides: JAX's first step of packed rows must give PyTorch's loss and
+    # gradients over the same dialogues' padded batches (right padding under an attention mask, gradients
+    # accumulated with token-mean weights); then every row against every padded batch.
+    result = _run(tmp_path, "torch", "--length_model", "--window", "14", "--torch_batch_size", "3", "--steps", "1",
+                  "--warmup", "0", "--config.data.packing=True", "--config.data.max_segments=3",
+                  "--config.data.max_videos_per_row=3", "--config.max_length=512", "--config.batch_size=2")
+    assert result["length_model"] and result["window"] == 14 and result["max_length"] == 512
     assert result["loss"]["relative_difference"] <= 1e-5
     assert set(result["grad_relative_max_diff"]) == {"llm", "projector", "tpm"}  # features: no vision tower
     assert all(diff <= 1e-4 for diff in result["grad_relative_max_diff"].values())
-    dialogues, useful = result["dialogues"], result["useful_tokens"]
-    assert dialogues > result["rows"]  # several dialogues share a row
-    lengths = result["padded_lengths"]
-    assert len(lengths) == -(-dialogues // 3) and all(length <= 512 for length in lengths)
-    assert result["jax"]["slots"] == 2 * 512 and useful <= 2 * 512
-    assert result["torch"]["slots"] == sum(min(3, dialogues - 3 * i) * n for i, n in enumerate(lengths))
+    rows, useful, lengths = result["rows"], result["useful_tokens"], result["padded_lengths"]
+    assert rows >= 5  # at most 3 dialogues a row
+    assert len(lengths) == 5 and all(length <= 512 for length in lengths)  # 14 dialogues in batches of <= 3
+    assert result["jax"]["slots"] == rows * 512 and useful <= rows * 512
+    assert result["torch"]["slots"] == 3 * sum(lengths[:4]) + 2 * lengths[4]
     for side in ("jax", "torch"):
-        assert result[side]["median_s"] > 0
+        assert result[side]["median_s"] > 0 and result[side]["slot_efficiency"] == useful / result[side]["slots"]
         assert result[side]["useful_tokens_per_s"] == useful / result[side]["median_s"]
-    window = result["window_efficiency"]
-    assert window["dialogues"] >= dialogues and 0 < window["padded"] <= 1 and 0 < window["packed"] <= 1
+    assert result["ratio"] == pytest.approx(result["torch"]["median_s"] / result["jax"]["median_s"])
     assert math.isfinite(result["ratio"]) and result["ratio"] > 0
-    per_slot = {side: result[side]["median_s"] / result[side]["slots"] for side in ("jax", "torch")}
-    assert result["window_ratio"] == pytest.approx(window["packed"] / per_slot["jax"]
-                                                   / (window["padded"] / per_slot["torch"]))
+
+
+def test_torch_suite_length_model_window_too_small_for_the_batch(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["torch", "--config", "configs/tiny.py", "--out", str(tmp_path), "--length_model", "--window", "1",
+              "--config.data.packing=True", "--config.batch_size=2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --window 1: ") and "fewer than the batch 2" in err

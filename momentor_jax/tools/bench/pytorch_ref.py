@@ -3,7 +3,8 @@
     python -m momentor_jax.tools.bench torch [--config=configs/bench.py] [--batch_size B] [--length L]
                                              [--steps 3] [--warmup 1] [--attention sdpa] [--unroll_layers]
                                              [--compare_attention_block N] [--config.KEY=VALUE ...]
-    python -m momentor_jax.tools.bench torch --length_model [--torch_batch_size 4] [--config.KEY=VALUE ...]
+    python -m momentor_jax.tools.bench torch --length_model [--window 64] [--torch_batch_size 4]
+                                             [--config.KEY=VALUE ...]
 
 Both sides get the same random weights through `convert export_hf` (tools/bench/shared_weights.py) and the same
 in-memory batch (frames, temporal placeholders, soft temporal targets). JAX: the trainer's `momentor_fns` (model
@@ -20,12 +21,15 @@ tokens/s (B x L per forward+backward) and `ratio` = JAX tokens/s / PyTorch token
 loss and gradients checked the same way), timed in the same alternation: the JSON's `jax_attention_block`, with its
 own ratios to PyTorch.
 
-`--length_model`: each side as it trains, on the same Moment-10M length-model dialogues with pooled features (the
-public code's input): JAX on `batch_size` packed rows drawn at random from one packing window (the config's packing
-settings), PyTorch on the same dialogues in batches of `--torch_batch_size` padded to each batch's longest with an
-attention mask (the public collator). Figures: useful (real) tokens/s of each, `ratio` of the medians, each side's
-slot efficiency over the whole window (`window_efficiency`) and `window_ratio`, the ratio at the measured time per
-slot with those efficiencies.
+`--length_model`: each side as it trains, on the same window of `--window` Moment-10M length-model dialogues with
+pooled features (the public code's input): JAX on every row the packer makes of the window (the config's packing
+settings, in steps of `batch_size` rows), PyTorch on every batch of `--torch_batch_size` of the same dialogues in
+stream order, padded to the batch's longest with an attention mask (the public collator). A pass is the whole
+window of one side, then of the other. Figures: each side's slots, real / slots and useful (real) tokens/s, and
+`ratio` = JAX / PyTorch useful tokens/s of the median passes. A window rather than a few packed rows: a packed row
+holds dialogues of similar lengths (best-fit decreasing and full rows place them by length), so a few rows'
+dialogues pad less in batches of 4 than the window's do, and PyTorch's time per slot depends on its batches'
+lengths.
 """
 from __future__ import annotations
 
@@ -63,6 +67,8 @@ def define_flags(flag_values, argv) -> None:
                       "features on both sides, as the public code trains", flag_values=flag_values)
     flags.DEFINE_integer("torch_batch_size", 4, "dialogues per PyTorch batch with --length_model (the public "
                          "training command's per_device_train_batch_size)", flag_values=flag_values)
+    flags.DEFINE_integer("window", 64, "with --length_model: length-model dialogues in the packing window both "
+                         "sides are timed over (the config's packing_buffer is set to it)", flag_values=flag_values)
 
 
 def jax_loss_and_grad(model_config):
@@ -254,26 +260,15 @@ def padded_batches(elements: list, indices: list, per_batch: int) -> list:
     return batches
 
 
-def stream_efficiency(elements: list, members: list, max_length: int, per_batch: int) -> dict:
-    """Real tokens / slots over every dialogue of the stream: packed into the rows whose dialogues `members` lists,
-    and in padded batches of `per_batch` in stream order."""
-    from momentor_jax.data import packing  # noqa: PLC0415
-
-    lengths = [packing.real_length(e) for e in elements]
-    padded_slots = sum(len(group) * max(group) for group in
-                       (lengths[i:i + per_batch] for i in range(0, len(lengths), per_batch)))
-    return {"dialogues": len(lengths), "packed": packing.efficiency(lengths, members, max_length),
-            "padded": sum(lengths) / padded_slots}
-
-
 def run_length_model(args, torch_settings) -> dict:
-    """Both sides over the same length-model dialogues (those of `batch_size` packed rows drawn at random from the
-    packing window): one JAX forward+backward of the packed rows against PyTorch's forward+backward of the same
-    dialogues in padded batches, accumulating gradients, with each batch's loss weighted so the sum is the packed
-    rows' token mean (the same loss and gradients, checked before timing)."""
+    """Both sides over the same window of `--window` length-model dialogues: JAX's forward+backward of every row
+    the packer makes of them (in steps of `batch_size` rows, the last one shorter) against PyTorch's forward+backward
+    of every padded batch of them in stream order, accumulating gradients, each batch's loss weighted by its share of
+    the supervised tokens. Before timing, the first JAX step's loss and gradients are compared with PyTorch's over
+    the same dialogues."""
     import tempfile  # noqa: PLC0415
 
-    from momentor_jax.data import length_model  # noqa: PLC0415
+    from momentor_jax.data import length_model, packing  # noqa: PLC0415
     from momentor_jax.models.momentor import check_batch  # noqa: PLC0415
     from momentor_jax.tools.bench import train as train_suite  # noqa: PLC0415
     from momentor_jax.training import trainer  # noqa: PLC0415
@@ -288,6 +283,9 @@ def run_length_model(args, torch_settings) -> dict:
     config.model.use_cached_features = True
     if args.batch_size:
         config.batch_size = args.batch_size
+    if args.window < 1:
+        cli.fail_usage(f"--window must be >= 1, got {args.window}")
+    config.data.packing_buffer = args.window
     options = trainer.packing_options(config)
     if options is None:
         cli.fail_usage("--length_model times packed rows: the config needs --config.data.packing=True")
@@ -296,71 +294,85 @@ def run_length_model(args, torch_settings) -> dict:
     model_config = shared_weights.fp32_model_config(config)
     rows, max_length = int(config.batch_size), int(config.max_length)
     tokenizer = length_model.stand_in_tokenizer(os.path.join(tempfile.gettempdir(), "momentor_length_model"))
-    lengths = length_model.lengths(rows * options.max_items + options.buffer_size, tokenizer,
-                                   model_config.num_frames, max_length, config.seed)
-    elements, packed_rows, members = train_suite.length_model_stream(model_config, rows, max_length, options,
-                                                                     lengths, config.seed)
-    # Rows drawn at random from the packed window: best-fit decreasing fills its first rows with the longest
-    # dialogues, which would favour neither side's typical batch.
-    chosen = sorted(np.random.default_rng(config.seed).choice(len(packed_rows), rows, replace=False).tolist())
-    packed = train_suite.stack([packed_rows[r] for r in chosen])
-    check_batch(packed, model_config, "packed batch")
-    indices = sorted(i for r in chosen for i in members[r])  # the stream's order, as a random sampler gives
-    padded = padded_batches(elements, indices, args.torch_batch_size)
-    useful = int(np.count_nonzero(packed["segment_ids"]))
-    window = stream_efficiency(elements, members, max_length, args.torch_batch_size)
+    lengths = length_model.lengths(args.window, tokenizer, model_config.num_frames, max_length, config.seed)
+    try:
+        elements, packed_rows, members = train_suite.length_model_stream(model_config, rows, max_length, options,
+                                                                         lengths, config.seed)
+    except ValueError as e:
+        cli.fail_usage(f"--window {args.window}: {e}")
+    steps_rows = [list(range(start, min(start + rows, len(packed_rows))))
+                  for start in range(0, len(packed_rows), rows)]
+    jax_batches = [train_suite.stack([packed_rows[r] for r in step]) for step in steps_rows]
+    for batch in jax_batches:
+        check_batch(batch, model_config, "packed batch")
+    padded = padded_batches(elements, list(range(len(elements))), args.torch_batch_size)
+    first_padded = padded_batches(elements, sorted(i for r in steps_rows[0] for i in members[r]),
+                                  args.torch_batch_size)
+    useful = sum(packing.real_length(e) for e in elements)
     print(f"model: d_model {model_config.llm.hidden_size}, {model_config.llm.num_layers} layers, "
           f"V + N = {model_config.llm.vocab_size} + {model_config.num_temporal_tokens}, {model_config.num_frames} "
-          f"pooled features per video, fp32; {len(indices)} length-model dialogues, {useful} tokens: JAX {rows} "
-          f"packed rows x {max_length}, PyTorch {len(padded)} batches of <= {args.torch_batch_size} padded to "
-          f"their longest ({', '.join(str(b['input_ids'].shape[1]) for b in padded)} tokens); every parameter "
-          "differentiated on both sides")
-    print(f"the whole window of {window['dialogues']} dialogues: {100 * window['packed']:.1f}% of the slots real "
-          f"packed, {100 * window['padded']:.1f}% in padded batches of {args.torch_batch_size}")
+          f"pooled features per video, fp32; a window of {len(elements)} length-model dialogues, {useful} tokens: "
+          f"JAX {len(packed_rows)} packed rows x {max_length} in {len(jax_batches)} steps of <= {rows}, PyTorch "
+          f"{len(padded)} batches of <= {args.torch_batch_size} padded to their longest (median "
+          f"{statistics.median(b['input_ids'].shape[1] for b in padded):.0f} tokens); every parameter "
+          "differentiated on both sides", flush=True)
     print(shared_weights.torch_settings_line(torch_settings, args.attention), flush=True)
 
     params, reference, jax_config = _both_sides(args, model_config)
-    torch_batches = [shared_weights.torch_reference().torch_batch(b) for b in padded]
-    total_mask = float(sum(np.sum(b["loss_mask"]) for b in padded))
-    weights = [float(np.sum(b["loss_mask"])) / total_mask for b in padded]
+    torch_module = shared_weights.torch_reference()
 
-    def torch_step() -> float:
-        reference.zero_grad(set_to_none=True)
-        loss = 0.0
-        for batch, weight in zip(torch_batches, weights):
-            part = reference.loss(batch) * weight
-            part.backward()
-            loss += part.item()
-        return loss
+    def torch_work(batches: list):
+        """PyTorch's forward+backward over padded batches, gradients accumulated, each batch's loss weighted by its
+        share of the supervised tokens (the sum is the token mean over all of them, as the packed rows' loss)."""
+        tensors = [torch_module.torch_batch(b) for b in batches]
+        total = float(sum(np.sum(b["loss_mask"]) for b in batches))
+        weights = [float(np.sum(b["loss_mask"])) / total for b in batches]
 
-    torch_loss = torch_step()
+        def step() -> float:
+            reference.zero_grad(set_to_none=True)
+            loss = 0.0
+            for batch, weight in zip(tensors, weights):
+                part = reference.loss(batch) * weight
+                part.backward()
+                loss += part.item()
+            return loss
+        return step
+
     grad_fn = jax_loss_and_grad(jax_config)
-    device_params, device_batch = jax.device_put(params), jax.device_put(packed)
-    check = _check_against_torch("jax", grad_fn, device_params, device_batch, reference, torch_loss, jax_config)
-    steps = {"jax": lambda: jax.block_until_ready(grad_fn(device_params, device_batch)), "torch": torch_step}
+    device_params = jax.device_put(params)
+    device_batches = [jax.device_put(batch) for batch in jax_batches]
+    check = _check_against_torch("jax (first step)", grad_fn, device_params, device_batches[0], reference,
+                                 torch_work(first_padded)(), jax_config)
+
+    def jax_window():
+        for batch in device_batches:
+            jax.block_until_ready(grad_fn(device_params, batch))
+
+    steps = {"jax": jax_window, "torch": torch_work(padded)}
     for _ in range(args.warmup):
         for fn in steps.values():
             fn()
     times, load = {side: [] for side in steps}, []
     for step in range(args.steps):
         for side, fn in steps.items():
-            fn()  # as in `run`: each timed pass follows an untimed one of its own side
+            # A pass is the whole window: many steps of one side back to back, as training runs them, so no
+            # untimed pass in between (the same-shape suite's protocol, which a single step needs).
             times[side].append(_seconds(fn))
         load.append(os.getloadavg()[0])
         print(f"  pass {step + 1}/{args.steps}: " + ", ".join(f"{side} {t[-1]:.2f} s" for side, t in times.items())
               + f" (load average {load[-1]:.1f} on {torch_settings['threads']} cores)", flush=True)
 
-    slots = {"jax": rows * max_length, "torch": sum(int(b["input_ids"].size) for b in padded)}
+    slots = {"jax": len(packed_rows) * max_length, "torch": sum(int(b["input_ids"].size) for b in padded)}
     sides = {}
     for side, values in times.items():
         median = statistics.median(values)
         sides[side] = {"median_s": median, "min_s": min(values), "max_s": max(values), "times_s": values,
                        "slots": slots[side], "slot_efficiency": useful / slots[side],
-                       "useful_tokens_per_s": useful / median, "dialogues_per_s": len(indices) / median}
-    names = {"jax": f"JAX packed ({rows} rows x {max_length})",
+                       "useful_tokens_per_s": useful / median, "dialogues_per_s": len(elements) / median}
+    names = {"jax": f"JAX packed ({len(packed_rows)} rows x {max_length})",
              "torch": f"PyTorch padded ({len(padded)} batches of <= {args.torch_batch_size}, {args.attention})"}
-    common.print_table(f"forward+backward over the same {len(indices)} dialogues ({useful} tokens), median of "
-                       f"{args.steps}", [
+    common.print_table(f"forward+backward over the same {len(elements)} dialogues ({useful} tokens), median of "
+                       f"{args.steps} passes", [
                            {"side": names[side], "slots": sides[side]["slots"],
                             "real / slots": f"{100 * sides[side]['slot_efficiency']:.1f}%",
                             "useful tokens/s": sides[side]["useful_tokens_per_s"],
@@ -368,19 +380,14 @@ def run_length_model(args, torch_settings) -> dict:
                        ["side", "slots", "real / slots", "useful tokens/s", "median s", "min s"])
     ratio = sides["jax"]["useful_tokens_per_s"] / sides["torch"]["useful_tokens_per_s"]
     ratio_of_fastest = sides["torch"]["min_s"] / sides["jax"]["min_s"]
-    # The drawn rows are a few dozen dialogues; over the whole window each side's slots are real in the proportion
-    # `window` gives. With each side's measured time per slot:
-    per_slot = {side: sides[side]["median_s"] / slots[side] for side in sides}
-    window_ratio = (window["packed"] / per_slot["jax"]) / (window["padded"] / per_slot["torch"])
     print(f"\nratio JAX packed / PyTorch padded useful tokens/s: {ratio:.2f}x of the medians, "
-          f"{ratio_of_fastest:.2f}x of the fastest passes (target >= 1.5x); over the whole window, at the measured "
-          f"time per slot: {window_ratio:.2f}x")
-    return {**common.config_record(args), "length_model": True, "rows": rows, "max_length": max_length,
-            "max_segments": options.max_segments, "max_videos_per_row": options.max_videos,
-            "torch_batch_size": args.torch_batch_size, "dialogues": len(indices), "useful_tokens": useful,
-            "padded_lengths": [int(b["input_ids"].shape[1]) for b in padded], "window_efficiency": window,
+          f"{ratio_of_fastest:.2f}x of the fastest passes (target >= 1.5x)")
+    return {**common.config_record(args), "length_model": True, "window": len(elements), "rows": len(packed_rows),
+            "batch_size": rows, "max_length": max_length, "max_segments": options.max_segments,
+            "max_videos_per_row": options.max_videos, "torch_batch_size": args.torch_batch_size,
+            "useful_tokens": useful, "padded_lengths": [int(b["input_ids"].shape[1]) for b in padded],
             "torch_threads": torch_settings["threads"], "omp_wait_policy": torch_settings["omp_wait_policy"],
             "torch_attention": args.attention, "jax_layers": shared_weights.layers_description(jax_config),
             "jax_compile_s": check["compile_s"], "loss": check["loss"],
             "grad_relative_max_diff": check["grad_relative_max_diff"], "jax": sides["jax"], "torch": sides["torch"],
-            "ratio": ratio, "ratio_of_fastest": ratio_of_fastest, "window_ratio": window_ratio, "load_average": load}
+            "ratio": ratio, "ratio_of_fastest": ratio_of_fastest, "load_average": load}
