@@ -41,6 +41,21 @@ def test_bad_flags_exit_2_in_one_line(argv, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("argv, key", [
+    (["train", "--config.log_every_steps=0"], "log_every_steps"),
+    (["train", "--length_model", "--config.data.packing=True", "--config.data.max_segments=0"], "data.max_segments"),
+    (["torch", "--length_model", "--config.data.packing=True", "--config.data.max_segments=0"],
+     "data.max_segments")])
+def test_bad_config_values_exit_2_naming_the_key(argv, key, tmp_path, capsys):
+    # Values the trainer's config checks reject reach a suite as one usage line, as a bad flag does.
+    with pytest.raises(SystemExit) as info:
+        bench.main([argv[0], "--config", "configs/tiny.py", *argv[1:], "--out", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --config: {key} ") and len(err.splitlines()) == 2
+    assert not list(tmp_path.iterdir())
+
+
 def test_help_shows_the_suite_and_its_flags(capsys):
     with pytest.raises(SystemExit) as info:
         bench.main(["train", "--help"])

@@ -23,6 +23,15 @@ def define_config(flag_values, argv, help_more: str = "") -> None:
         flag_values[holder.name].help += f"; {help_more}"
 
 
+def checked(check: Callable, *args):
+    """check(*args) for a config check that raises ValueError naming the key (the trainer's `check_config`,
+    `packing_options`) -> its result; a failure is one usage line, as a bad flag is."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        cli.fail_usage(f"--config: {e}")
+
+
 def config_record(args) -> dict:
     """The config file (relative to the repository when inside it) and its overrides, KEY=VALUE, for the JSON."""
     from ml_collections import config_flags  # noqa: PLC0415

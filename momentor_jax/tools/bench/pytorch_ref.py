@@ -286,7 +286,7 @@ def run_length_model(args, torch_settings) -> dict:
     if args.window < 1:
         cli.fail_usage(f"--window must be >= 1, got {args.window}")
     config.data.packing_buffer = args.window
-    options = trainer.packing_options(config)
+    options = common.checked(trainer.packing_options, config)
     if options is None:
         cli.fail_usage("--length_model times packed rows: the config needs --config.data.packing=True")
     if args.torch_batch_size < 1:

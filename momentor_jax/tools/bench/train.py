@@ -230,7 +230,7 @@ def _step_parts(config, batch_size: Optional[int] = None) -> _StepParts:
         config.batch_size = int(batch_size)
     model_config = MomentorConfig.from_dict(config.model)
     mesh = sharding.make_mesh(config.mesh)
-    trainer.check_config(config, model_config, mesh)
+    common.checked(trainer.check_config, config, model_config, mesh)
     total_steps = config.total_steps if config.total_steps > 0 else 1000  # only shapes the learning-rate schedule
     return _StepParts(config, model_config, trainer.build_train_step(config, model_config, mesh, total_steps))
 
@@ -464,7 +464,7 @@ def measure_packing(config, steps: int, warmup: int, batch_size: Optional[int] =
     if batch_size:
         config.batch_size = int(batch_size)
     model_config = MomentorConfig.from_dict(config.model)
-    options = trainer.packing_options(config) or PackingOptions(int(config.max_length), 8, 8)
+    options = common.checked(trainer.packing_options, config) or PackingOptions(int(config.max_length), 8, 8)
     tokenizer = length_model.stand_in_tokenizer(tokenizer_dir or os.path.join(tempfile.gettempdir(),
                                                                               "momentor_length_model"))
     count = config.batch_size * options.max_items + options.buffer_size
