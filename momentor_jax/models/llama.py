@@ -1,10 +1,10 @@
 """LLaMA decoder in flax.linen, numerically the same as Hugging Face `LlamaForCausalLM`.
 
 RMSNorm with fp32 variance, rotary embeddings in HF's rotate-half layout, grouped-query attention through
-`jax.nn.dot_product_attention` (with `LlamaConfig.attention_block` > 0, forwards without a KV cache call it once per
-block of queries against the keys up to the block's end: `blocked_causal_attention`), SwiGLU MLP, no biases. Layers
-run under `nn.scan` (params stacked on a leading 'layers' axis) or a python loop, each optionally rematerialised
-(`LlamaConfig.remat_policy`, see layers.REMAT_POLICIES).
+`jax.nn.dot_product_attention` (with `LlamaConfig.attention_block` > 0, forwards without a KV cache run the same
+arithmetic one block of queries at a time against the keys up to the block's end: `blocked_causal_attention`),
+SwiGLU MLP, no biases. Layers run under `nn.scan` (params stacked on a leading 'layers' axis) or a python loop, each
+optionally rematerialised (`LlamaConfig.remat_policy`, see layers.REMAT_POLICIES).
 
 Parameter tree of `LlamaModel` (scan_layers=True; with scan_layers=False `layers` becomes layers_0, layers_1, ...
 without the leading axis):
@@ -113,17 +113,35 @@ def _attention_mask(segment_ids, cache):
 
 
 def blocked_causal_attention(q, k, v, mask, block: int):
-    """`jax.nn.dot_product_attention` (XLA) of q [B, L, heads, head_dim] over k, v [B, L, kv_heads, head_dim] under a
-    causal mask [B, 1, L, L], one block of `block` queries at a time: queries [start, stop) attend to keys [0, stop)
-    only. Every key after `stop` is masked for those queries anyway (causality), so the result is the unblocked one
-    (up to summation order), without computing, masking and differentiating the upper triangle of the scores: n
-    blocks compute (n + 1) / 2n of the [L, L] matrix. The blocks are a static python loop (L and block are static)."""
-    length = q.shape[1]
+    """Attention of q [B, L, heads, head_dim] over k, v [B, L, kv_heads, head_dim] under a causal mask [B, 1, L, L],
+    one block of `block` queries at a time: queries [start, stop) attend to keys [0, stop) only. Every key after
+    `stop` is masked for those queries anyway (causality), so the result is `jax.nn.dot_product_attention`'s (XLA)
+    up to summation order, without computing, masking and differentiating the upper triangle of the scores: n blocks
+    compute (n + 1) / 2n of the [L, L] matrix. The blocks are a static python loop (L and block are static).
+
+    The arithmetic is jax's XLA attention (logits in fp32 scaled by head_dim ** -0.5, masked to a large negative,
+    softmax in fp32, probabilities in v's dtype; query heads grouped as [kv_heads, heads / kv_heads]), but q, k and
+    v go head-major ([B, kv_heads, ..., L, head_dim]) once per call rather than once per block: slicing the
+    token-major arrays per block made XLA copy every block's keys and values into the dot's layout (the step of
+    configs/bench.py is faster head-major: docs/measurements.md)."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    groups = heads // kv_heads
+    # jax's choice for bf16 logits: an explicit algorithm keeps the backward's dot dtypes consistent (jax#24047).
+    precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+    q = jnp.transpose(q.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))  # [B, K, G, L, hd]
+    k, v = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, K, L, hd]
+    scale = jnp.float32(head_dim ** -0.5)
+    large_negative = jnp.float32(-0.7 * jnp.finfo(jnp.float32).max)
     outputs = []
     for start in range(0, length, block):
         stop = min(start + block, length)
-        outputs.append(jax.nn.dot_product_attention(q[:, start:stop], k[:, :stop], v[:, :stop],
-                                                    mask=mask[:, :, start:stop, :stop], implementation="xla"))
+        logits = jnp.einsum("bkgqd,bksd->bkgqs", q[:, :, :, start:stop], k[:, :, :stop], precision=precision,
+                            preferred_element_type=jnp.float32) * scale
+        logits = jnp.where(mask[:, :, None, start:stop, :stop], logits, large_negative)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        outputs.append(jnp.einsum("bkgqs,bksd->bqkgd", probs, v[:, :, :stop]).reshape(batch, stop - start, heads,
+                                                                                       head_dim))
     return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
 
 
