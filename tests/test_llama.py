@@ -247,6 +247,34 @@ def test_blocked_attention_equals_unblocked(layout):
             assert blocked_flops == flops
 
 
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_blocked_attention_matches_jax_attention(dtype, tolerance):
+    """`blocked_causal_attention` against `jax.nn.dot_product_attention` (XLA) over the whole mask, in the input
+    dtype: grouped query heads (6 over 2 key/value heads), a packed row and a right-padded one, blocks that do not
+    divide the length; the outputs and the gradients of q, k and v."""
+    rng = np.random.default_rng(3)
+    batch, length, heads, kv_heads, head_dim = 2, 24, 6, 2, 8
+    q, k, v = (jnp.asarray(rng.standard_normal((batch, length, n, head_dim)), dtype)
+               for n in (heads, kv_heads, kv_heads))
+    segment_ids = jnp.asarray([[1] * 7 + [2] * 11 + [3] * 6, [1] * 17 + [0] * 7], jnp.int32)
+    mask = llama._attention_mask(segment_ids, None)[0]
+    weights = jnp.asarray(rng.standard_normal((batch, length, heads, head_dim)), jnp.float32)
+
+    def run(fn):
+        def loss(q, k, v):
+            out = fn(q, k, v)
+            return jnp.sum(out.astype(jnp.float32) * weights), out
+        (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+        assert out.dtype == dtype
+        return [np.asarray(x, np.float32) for x in (out, *grads)]
+
+    expected = run(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla"))
+    blocked = run(lambda q, k, v: llama.blocked_causal_attention(q, k, v, mask, 10))
+    for name, got, want in zip(("output", "dq", "dk", "dv"), blocked, expected):
+        scale = max(float(np.max(np.abs(want))), 1.0)
+        assert float(np.max(np.abs(got - want))) <= tolerance * scale, name
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"attention_block": -1}, "expected an int >= 0"),
     ({"attention_block": True}, "expected an int >= 0"),
