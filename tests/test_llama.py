@@ -243,8 +243,8 @@ def test_blocked_attention_equals_unblocked(layout):
             assert np.linalg.norm(b - g) <= 1e-5 * max(np.linalg.norm(g), 1e-12)
         if block < length:
             assert blocked_flops < flops
-        else:
-            assert blocked_flops == flops
+        else:  # one block: the whole score matrix, as unblocked (elementwise counts differ a little by layout)
+            assert abs(blocked_flops - flops) <= 0.01 * flops
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])

@@ -120,28 +120,37 @@ def blocked_causal_attention(q, k, v, mask, block: int):
     compute (n + 1) / 2n of the [L, L] matrix. The blocks are a static python loop (L and block are static).
 
     The arithmetic is jax's XLA attention (logits in fp32 scaled by head_dim ** -0.5, masked to a large negative,
-    softmax in fp32, probabilities in v's dtype; query heads grouped as [kv_heads, heads / kv_heads]), but q, k and
-    v go head-major ([B, kv_heads, ..., L, head_dim]) once per call rather than once per block: slicing the
-    token-major arrays per block made XLA copy every block's keys and values into the dot's layout (the step of
-    configs/bench.py is faster head-major: docs/measurements.md)."""
+    softmax in fp32, probabilities in v's dtype; query heads grouped as [kv_heads, heads / kv_heads]). Layout, for
+    XLA:CPU's dots (timings in docs/measurements.md): q, k and v go head-major once per call, not per block (slicing
+    token-major arrays per block made XLA copy every block's keys and values into the dot's layout), and each dot
+    has one batch dimension, B x kv_heads, with a block's query heads and queries as its rows ([B * kv_heads,
+    groups * n, head_dim]): the same dots with batch dimensions [B, kv_heads, groups] ran slower."""
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     groups = heads // kv_heads
     # jax's choice for bf16 logits: an explicit algorithm keeps the backward's dot dtypes consistent (jax#24047).
     precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
-    q = jnp.transpose(q.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))  # [B, K, G, L, hd]
-    k, v = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, K, L, hd]
+    q = jnp.transpose(q.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
+    q = q.reshape(batch * kv_heads, groups, length, head_dim)
+    k, v = (jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * kv_heads, length, head_dim) for x in (k, v))
     scale = jnp.float32(head_dim ** -0.5)
     large_negative = jnp.float32(-0.7 * jnp.finfo(jnp.float32).max)
+    # Contract head_dim (queries x keys), then keys (probabilities x values); dimension 0 is the batch of both.
+    scores_dims, values_dims = (((2,), (2,)), ((0,), (0,))), (((2,), (1,)), ((0,), (0,)))
     outputs = []
     for start in range(0, length, block):
         stop = min(start + block, length)
-        logits = jnp.einsum("bkgqd,bksd->bkgqs", q[:, :, :, start:stop], k[:, :, :stop], precision=precision,
-                            preferred_element_type=jnp.float32) * scale
-        logits = jnp.where(mask[:, :, None, start:stop, :stop], logits, large_negative)
+        rows = groups * (stop - start)
+        queries = q[:, :, start:stop].reshape(batch * kv_heads, rows, head_dim)
+        logits = jax.lax.dot_general(queries, k[:, :stop], scores_dims, precision=precision,
+                                     preferred_element_type=jnp.float32) * scale
+        block_mask = jnp.broadcast_to(mask[:, :, None, start:stop, :stop],
+                                      (batch, kv_heads, groups, stop - start, stop))
+        logits = jnp.where(block_mask.reshape(batch * kv_heads, rows, stop), logits, large_negative)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        outputs.append(jnp.einsum("bkgqs,bksd->bqkgd", probs, v[:, :, :stop]).reshape(batch, stop - start, heads,
-                                                                                       head_dim))
+        out = jax.lax.dot_general(probs, v[:, :stop], values_dims)  # [B * kv_heads, groups * n, head_dim]
+        out = jnp.transpose(out.reshape(batch, kv_heads, groups, stop - start, head_dim), (0, 3, 1, 2, 4))
+        outputs.append(out.reshape(batch, stop - start, heads, head_dim))
     return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
 
 
