@@ -67,6 +67,26 @@ def test_supervised_positions_only_equal_every_position(make):
     _assert_same(fallback, reference, 0.0)
 
 
+def test_fallback_logits_are_not_saved_for_the_backward():
+    """Under autodiff a lax.cond saves both branches' residuals, the branch not taken filling its share with zeros:
+    the every-position fallback is rematerialized, so no [B, L, V + N] array leaves the forward's cond (it would be
+    written on every step)."""
+    config, batch = _unpacked()
+    config = dataclasses.replace(config, loss_positions=16)
+    params = shared_weights.random_params(config, seed=0)
+    fns = trainer.momentor_fns(config)
+    full_logits = (*batch["loss_mask"].shape, config.llm.vocab_size + config.num_temporal_tokens)
+
+    def loss(p):
+        return fns.loss_terms(p, batch, jax.random.PRNGKey(0))[0]
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr
+    conds = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "cond"]
+    assert conds  # the forward's branch and the backward's
+    shapes = [tuple(var.aval.shape) for eqn in conds for var in eqn.outvars]
+    assert full_logits not in shapes, shapes
+
+
 def test_head_positions_order_and_overflow():
     mask = np.array([[0, 1, 1, 0, 1, 0], [0, 0, 0, 0, 1, 0]], np.float32)
     indices, overflow = momentor_lib.head_positions(mask, 3)

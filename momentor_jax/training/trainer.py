@@ -115,8 +115,10 @@ def momentor_fns(model_config: MomentorConfig) -> ModelFns:
             gathered = nn.with_logical_constraint(gathered, ("batch", "length", "embed"))
             return head(gathered, {k: jnp.take_along_axis(v, indices, axis=1) for k, v in fields.items()})
 
-        # Only the head is under the branch: the forward and its backward compile once, outside it.
-        return jax.lax.cond(overflow, head, at_supervised, hidden, fields)
+        # Only the head is under the branch: the forward and its backward compile once, outside it. The fallback
+        # is rematerialized: under autodiff the branch that runs fills in the other's saved residuals with zeros,
+        # and the fallback's would be its [B, L, V + N] logits, written on every step (docs/measurements.md).
+        return jax.lax.cond(overflow, jax.checkpoint(head), at_supervised, hidden, fields)
 
     return ModelFns(init=init, apply=apply, loss=loss, terms=terms)
 
