@@ -12,7 +12,7 @@ from momentor_jax import constants
 from momentor_jax.models import config as config_lib
 from momentor_jax.models import partition, tpm
 from momentor_jax.models.llama import init_cache
-from momentor_jax.models.loss import compute_loss
+from momentor_jax.models.loss import compute_loss, compute_loss_parts
 from momentor_jax.models.momentor import Momentor, check_batch, example_batch
 from momentor_jax.models.vit import VisionTower, clip_normalize
 
@@ -143,6 +143,40 @@ def test_loss_matches_hand_computation():
     predicted = np.argmax(np.asarray(logits[0, 1:3, 7:]), axis=-1)
     expected_accuracy = np.mean(np.abs(predicted - np.array([1.2, 4.0])) <= 1.0)
     np.testing.assert_allclose(float(aux["temporal_accuracy"]), expected_accuracy)
+
+
+def test_loss_of_logit_parts_equals_the_concatenated_log_softmax():
+    """compute_loss_parts (text and temporal logits kept apart, the log-normalizer joined from both) gives the loss
+    and logit gradients of a log-softmax over the concatenated V + N columns, computed here in float64: large logits
+    (the max shift matters), a hard target in the temporal columns (id >= V), soft temporal targets, a masked slot."""
+    vocab, temporal = 7, 5
+    cfg = config_lib.tiny(llm=dataclasses.replace(config_lib.tiny().llm, vocab_size=vocab),
+                          num_temporal_tokens=temporal)
+    temp_output = constants.special_token_ids(vocab)["temp_output"]
+    logits = 40.0 * jax.random.normal(jax.random.PRNGKey(3), (2, 4, vocab + temporal))
+    batch = {"targets": jnp.array([[3, temp_output, vocab + 2, 0], [temp_output, 1, 6, 2]]),
+             "loss_mask": jnp.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]]),
+             "target_times": jnp.array([[0.0, 0.3, 0.0, 0.0], [0.85, 0.0, 0.0, 0.0]])}
+
+    # float64 reference: nll = -sum(target distribution * log_softmax), gradient (softmax - distribution) * mask / n.
+    x = np.asarray(logits, np.float64)
+    log_p = x - x.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    target = np.eye(vocab + temporal)[np.asarray(batch["targets"])]
+    is_temporal = np.asarray(batch["targets"]) == temp_output
+    soft = np.asarray(tpm.soft_temporal_targets(batch["target_times"], temporal, cfg.on_token_target), np.float64)
+    target[is_temporal] = np.concatenate([np.zeros((int(is_temporal.sum()), vocab)), soft[is_temporal]], -1)
+    mask = np.asarray(batch["loss_mask"], np.float64)[..., None]
+    expected = float(np.sum(-(target * log_p).sum(-1, keepdims=True) * mask) / mask.sum())
+    expected_grad = (np.exp(log_p) - target) * mask / mask.sum()
+
+    value, grad = jax.value_and_grad(
+        lambda z: compute_loss_parts(z[..., :vocab], z[..., vocab:], batch, cfg)[0])(logits)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad), expected_grad, atol=1e-6)
+    np.testing.assert_allclose(float(compute_loss(logits, batch, cfg)[0]), float(value), rtol=0)
+    with pytest.raises(ValueError, match="columns"):
+        compute_loss_parts(logits[..., :vocab], logits[..., vocab + 1:], batch, cfg)
 
 
 def test_gradients_only_for_the_trainable_split(tiny):

@@ -20,34 +20,66 @@ def _safe_mean(total, count):
     return total / jnp.maximum(count, 1.0)
 
 
+def split_logits(logits: jax.Array, config: MomentorConfig):
+    """[B, L, V(+N)] -> (text [B, L, V], temporal [B, L, N] or None without TPM): what `compute_loss_parts` takes."""
+    if not config.tpm_enabled:
+        return logits, None
+    vocab_size = config.llm.vocab_size
+    if logits.shape[-1] != vocab_size + config.num_temporal_tokens:
+        raise ValueError(f"logits have {logits.shape[-1]} columns; expected V + N = "
+                         f"{vocab_size} + {config.num_temporal_tokens}")
+    return logits[..., :vocab_size], logits[..., vocab_size:]
+
+
 def token_losses(logits: jax.Array, batch: dict, config: MomentorConfig):
     """logits [B, L, V(+N)] -> (cross-entropy at every position [B, L] in fp32, is_temporal [B, L]); only
     positions with loss_mask count."""
-    vocab_size = config.llm.vocab_size
-    targets = batch["targets"]
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return token_losses_parts(*split_logits(logits, config), batch, config)
 
-    hard_nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+def token_losses_parts(text_logits: jax.Array, temporal_logits, batch: dict, config: MomentorConfig):
+    """`token_losses` of the two column groups of the logits, never concatenated: the log-softmax over V + N is
+    x - logsumexp, with the logsumexp joined from the two groups (the same arithmetic up to summation order).
+    Writing [B, L, V + N] fp32 logits and splitting their gradient again cost ~3% of the bench step (profile in
+    docs/measurements.md)."""
+    vocab_size = config.llm.vocab_size
+    targets = batch["targets"].astype(jnp.int32)
+    text = text_logits.astype(jnp.float32)
     if config.tpm_enabled:
-        if logits.shape[-1] != vocab_size + config.num_temporal_tokens:
-            raise ValueError(f"logits have {logits.shape[-1]} columns; expected V + N = "
-                             f"{vocab_size} + {config.num_temporal_tokens}")
+        if temporal_logits is None or text.shape[-1] != vocab_size \
+                or temporal_logits.shape[-1] != config.num_temporal_tokens:
+            raise ValueError(f"logit parts have {text.shape[-1]} and "
+                             f"{None if temporal_logits is None else temporal_logits.shape[-1]} columns; expected "
+                             f"V = {vocab_size} and N = {config.num_temporal_tokens}")
+        temporal = temporal_logits.astype(jnp.float32)
+        peak = jax.lax.stop_gradient(jnp.maximum(jnp.max(text, axis=-1), jnp.max(temporal, axis=-1)))[..., None]
+        total = jnp.sum(jnp.exp(text - peak), axis=-1) + jnp.sum(jnp.exp(temporal - peak), axis=-1)
+        log_normalizer = peak[..., 0] + jnp.log(total)
+        target_text = jnp.take_along_axis(text, jnp.clip(targets, 0, vocab_size - 1)[..., None], axis=-1)[..., 0]
+        target_temporal = jnp.take_along_axis(temporal, jnp.clip(targets - vocab_size, 0, temporal.shape[-1] - 1)
+                                              [..., None], axis=-1)[..., 0]
+        hard_nll = log_normalizer - jnp.where(targets < vocab_size, target_text, target_temporal)
         is_temporal = targets == constants.special_token_ids(vocab_size)["temp_output"]
         soft = tpm.soft_temporal_targets(batch["target_times"], config.num_temporal_tokens, config.on_token_target)
-        temporal_log_probs = log_probs[..., vocab_size:]
-        soft_nll = -jnp.sum(soft * temporal_log_probs, axis=-1)
+        soft_nll = -jnp.sum(soft * (temporal - log_normalizer[..., None]), axis=-1)
         nll = jnp.where(is_temporal, soft_nll, hard_nll)
     else:
+        log_probs = jax.nn.log_softmax(text, axis=-1)
+        nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
         is_temporal = jnp.zeros_like(targets, dtype=bool)
-        nll = hard_nll
     return nll, is_temporal
 
 
 def compute_loss(logits: jax.Array, batch: dict, config: MomentorConfig):
     """logits [B, L, V(+N)] -> (scalar loss, aux dict of scalars). All arithmetic in fp32."""
-    vocab_size = config.llm.vocab_size
+    return compute_loss_parts(*split_logits(logits, config), batch, config)
+
+
+def compute_loss_parts(text_logits: jax.Array, temporal_logits, batch: dict, config: MomentorConfig):
+    """`compute_loss` of the logits' two column groups (text [B, L, V], temporal [B, L, N] or None without TPM),
+    as `Momentor.output_logit_parts` returns them."""
     mask = batch["loss_mask"].astype(jnp.float32)
-    nll, is_temporal = token_losses(logits, batch, config)
+    nll, is_temporal = token_losses_parts(text_logits, temporal_logits, batch, config)
 
     temporal_mask = mask * is_temporal
     text_mask = mask - temporal_mask
@@ -64,7 +96,7 @@ def compute_loss(logits: jax.Array, batch: dict, config: MomentorConfig):
     }
     if config.tpm_enabled:
         # Argmax among the N temporal columns within one token of the continuous target position p (N - 1).
-        predicted = jnp.argmax(logits[..., vocab_size:], axis=-1).astype(jnp.float32)
+        predicted = jnp.argmax(temporal_logits, axis=-1).astype(jnp.float32)
         target_position = jnp.clip(batch["target_times"], 0.0, 1.0) * (config.num_temporal_tokens - 1)
         hit = (jnp.abs(predicted - target_position) <= 1.0 + 1e-4).astype(jnp.float32)
         aux["temporal_accuracy"] = _safe_mean(jnp.sum(hit * temporal_mask), num_temporal)

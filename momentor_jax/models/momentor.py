@@ -154,10 +154,15 @@ class Momentor(nn.Module):
 
     def output_logits(self, hidden) -> jax.Array:
         """[B, L, D] -> [B, L, V + N] float32: LM head columns, then hidden @ E_out'^T (V only without TPM)."""
-        logits = self.llm.logits(hidden)
-        if self.config.tpm_enabled:
-            logits = jnp.concatenate([logits, self.tpm.logits(hidden)], axis=-1)
+        text, temporal = self.output_logit_parts(hidden)
+        logits = text if temporal is None else jnp.concatenate([text, temporal], axis=-1)
         return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+    def output_logit_parts(self, hidden):
+        """[B, L, D] -> (LM head logits [B, L, V], temporal logits [B, L, N] or None without TPM), float32: what
+        `output_logits` concatenates, for a loss that need not (loss.compute_loss_parts)."""
+        text = self.llm.logits(hidden)
+        return text, (self.tpm.logits(hidden) if self.config.tpm_enabled else None)
 
     def video_from_batch(self, batch: dict) -> Optional[jax.Array]:
         """The batch's frames (or cached features, per config), or None for a text-only batch."""

@@ -30,7 +30,7 @@ import optax
 from momentor_jax import checkpoints, fileio
 from momentor_jax.models import momentor as momentor_lib
 from momentor_jax.models import partition
-from momentor_jax.models.loss import compute_loss
+from momentor_jax.models.loss import compute_loss, compute_loss_parts
 from momentor_jax.models.config import MomentorConfig
 from momentor_jax.training import flops as flops_lib
 from momentor_jax.training import metrics_writer as metrics_lib
@@ -108,7 +108,8 @@ def momentor_fns(model_config: MomentorConfig) -> ModelFns:
         fields = {k: batch[k] for k in LOSS_FIELDS}
 
         def head(hidden, fields):
-            return loss(model.apply({"params": params}, hidden, method=momentor_lib.Momentor.output_logits), fields)
+            parts = model.apply({"params": params}, hidden, method=momentor_lib.Momentor.output_logit_parts)
+            return compute_loss_parts(*parts, fields, model_config)
 
         def at_supervised(hidden, fields):
             gathered = jnp.take_along_axis(hidden, indices[..., None], axis=1)
