@@ -119,39 +119,106 @@ def blocked_causal_attention(q, k, v, mask, block: int):
     up to summation order, without computing, masking and differentiating the upper triangle of the scores: n blocks
     compute (n + 1) / 2n of the [L, L] matrix. The blocks are a static python loop (L and block are static).
 
-    The arithmetic is jax's XLA attention (logits in fp32 scaled by head_dim ** -0.5, masked to a large negative,
-    softmax in fp32, probabilities in v's dtype; query heads grouped as [kv_heads, heads / kv_heads]). Layout, for
-    XLA:CPU's dots (timings in docs/measurements.md): q, k and v go head-major once per call, not per block (slicing
-    token-major arrays per block made XLA copy every block's keys and values into the dot's layout), and each dot
-    has one batch dimension, B x kv_heads, with a block's query heads and queries as its rows ([B * kv_heads,
-    groups * n, head_dim]): the same dots with batch dimensions [B, kv_heads, groups] ran slower."""
+    The forward is jax's XLA attention arithmetic (logits in fp32 scaled by head_dim ** -0.5, masked to a large
+    negative, softmax in fp32, probabilities in v's dtype; query heads grouped as [kv_heads, heads / kv_heads]); the
+    backward is written out (`_blocked_attention_backward`). Layout, for XLA:CPU (timings in docs/measurements.md):
+    q, k and v go head-major once per call, not per block (slicing token-major arrays per block made XLA copy every
+    block's keys and values into the dot's layout); every dot has one batch dimension, B x kv_heads, with a block's
+    query heads and queries as its rows ([B * kv_heads, groups * n, head_dim]), which ran faster than the same dots
+    with batch dimensions [B, kv_heads, groups]; and the key and value gradients are summed over the blocks in place,
+    where autodiff of the per-block key slices padded each block's share to L and summed them in one fusion with the
+    rotary embedding's backward and the transpose to the projections' layout."""
+    return _blocked_attention(q, k, v, mask, block)
+
+
+# Contract head_dim (queries x keys), keys (probabilities x values), rows (a block's queries: weight-like gradients
+# of keys and values); dimension 0, B x kv_heads, is the batch of each.
+_SCORES_DIMS = (((2,), (2,)), ((0,), (0,)))
+_VALUES_DIMS = (((2,), (1,)), ((0,), (0,)))
+_ROWS_DIMS = (((1,), (1,)), ((0,), (0,)))
+
+
+def _logits_precision(dtype):
+    # jax's choice for bf16 logits: an explicit algorithm keeps the backward's dot dtypes consistent (jax#24047).
+    return jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if dtype == jnp.bfloat16 else None
+
+
+def _block_mask(mask, start: int, stop: int, kv_heads: int, groups: int):
+    """mask [B, 1, L, L] -> the block's [B * kv_heads, groups * (stop - start), stop]."""
+    batch, rows = mask.shape[0], stop - start
+    block_mask = jnp.broadcast_to(mask[:, :, None, start:stop, :stop], (batch, kv_heads, groups, rows, stop))
+    return block_mask.reshape(batch * kv_heads, groups * rows, stop)
+
+
+def _blocked_attention_forward(q, k, v, mask, block: int):
+    """(output [B, L, heads, head_dim], residuals: head-major q, k, v and output, each block's fp32 probabilities)."""
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     groups = heads // kv_heads
-    # jax's choice for bf16 logits: an explicit algorithm keeps the backward's dot dtypes consistent (jax#24047).
-    precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
-    q = jnp.transpose(q.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
-    q = q.reshape(batch * kv_heads, groups, length, head_dim)
-    k, v = (jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * kv_heads, length, head_dim) for x in (k, v))
+    qh = jnp.transpose(q.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
+    qh = qh.reshape(batch * kv_heads, groups, length, head_dim)
+    kh, vh = (jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * kv_heads, length, head_dim) for x in (k, v))
     scale = jnp.float32(head_dim ** -0.5)
     large_negative = jnp.float32(-0.7 * jnp.finfo(jnp.float32).max)
-    # Contract head_dim (queries x keys), then keys (probabilities x values); dimension 0 is the batch of both.
-    scores_dims, values_dims = (((2,), (2,)), ((0,), (0,))), (((2,), (1,)), ((0,), (0,)))
-    outputs = []
+    outputs, probabilities = [], []
     for start in range(0, length, block):
         stop = min(start + block, length)
         rows = groups * (stop - start)
-        queries = q[:, :, start:stop].reshape(batch * kv_heads, rows, head_dim)
-        logits = jax.lax.dot_general(queries, k[:, :stop], scores_dims, precision=precision,
+        queries = qh[:, :, start:stop].reshape(batch * kv_heads, rows, head_dim)
+        logits = jax.lax.dot_general(queries, kh[:, :stop], _SCORES_DIMS, precision=_logits_precision(q.dtype),
                                      preferred_element_type=jnp.float32) * scale
-        block_mask = jnp.broadcast_to(mask[:, :, None, start:stop, :stop],
-                                      (batch, kv_heads, groups, stop - start, stop))
-        logits = jnp.where(block_mask.reshape(batch * kv_heads, rows, stop), logits, large_negative)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jax.lax.dot_general(probs, v[:, :stop], values_dims)  # [B * kv_heads, groups * n, head_dim]
-        out = jnp.transpose(out.reshape(batch, kv_heads, groups, stop - start, head_dim), (0, 3, 1, 2, 4))
-        outputs.append(out.reshape(batch, stop - start, heads, head_dim))
-    return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
+        logits = jnp.where(_block_mask(mask, start, stop, kv_heads, groups), logits, large_negative)
+        probs = jax.nn.softmax(logits, axis=-1)
+        probabilities.append(probs)
+        out = jax.lax.dot_general(probs.astype(v.dtype), vh[:, :stop], _VALUES_DIMS)
+        outputs.append(out.reshape(batch * kv_heads, groups, stop - start, head_dim))
+    oh = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=2)  # [B * kv_heads, groups, L, hd]
+    out = jnp.transpose(oh.reshape(batch, kv_heads, groups, length, head_dim), (0, 3, 1, 2, 4))
+    return out.reshape(batch, length, heads, head_dim), (qh, kh, vh, oh, probabilities, mask)
+
+
+def _blocked_attention_backward(block: int, residuals, d_out):
+    """Per block, with P its probabilities and dO the output's gradient: dV += P^T dO; dS = P * (dO V^T - rowsum(dO *
+    O)) * scale on unmasked scores (0 where masked, as the forward's `where` passes no gradient); dQ = dS K;
+    dK += dS^T Q. Key and value gradients accumulate in fp32."""
+    qh, kh, vh, oh, probabilities, mask = residuals
+    batch_heads, groups, length, head_dim = qh.shape
+    batch = mask.shape[0]
+    kv_heads = batch_heads // batch
+    scale = jnp.float32(head_dim ** -0.5)
+    precision = _logits_precision(qh.dtype)
+    d_oh = jnp.transpose(d_out.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
+    d_oh = d_oh.reshape(batch_heads, groups, length, head_dim)
+    row_sums = jnp.sum(d_oh.astype(jnp.float32) * oh.astype(jnp.float32), axis=-1)  # [B * kv_heads, groups, L]
+    dk = jnp.zeros(kh.shape, jnp.float32)
+    dv = jnp.zeros(vh.shape, jnp.float32)
+    dq_blocks = []
+    for index, start in enumerate(range(0, length, block)):
+        stop = min(start + block, length)
+        rows = groups * (stop - start)
+        probs = probabilities[index]
+        d_block = d_oh[:, :, start:stop].reshape(batch_heads, rows, head_dim)
+        queries = qh[:, :, start:stop].reshape(batch_heads, rows, head_dim)
+        dv = dv.at[:, :stop].add(jax.lax.dot_general(probs.astype(vh.dtype), d_block, _ROWS_DIMS,
+                                                     preferred_element_type=jnp.float32))
+        d_probs = jax.lax.dot_general(d_block, vh[:, :stop], _SCORES_DIMS, preferred_element_type=jnp.float32)
+        d_scores = probs * (d_probs - row_sums[:, :, start:stop].reshape(batch_heads, rows)[..., None]) * scale
+        d_scores = jnp.where(_block_mask(mask, start, stop, kv_heads, groups), d_scores, 0.0).astype(qh.dtype)
+        dq = jax.lax.dot_general(d_scores, kh[:, :stop], _VALUES_DIMS, precision=precision,
+                                 preferred_element_type=jnp.float32)
+        dq_blocks.append(dq.astype(qh.dtype).reshape(batch_heads, groups, stop - start, head_dim))
+        dk = dk.at[:, :stop].add(jax.lax.dot_general(d_scores, queries, _ROWS_DIMS, precision=precision,
+                                                     preferred_element_type=jnp.float32))
+    dqh = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=2)
+    dq = jnp.transpose(dqh.reshape(batch, kv_heads, groups, length, head_dim), (0, 3, 1, 2, 4))
+    dk, dv = (jnp.transpose(x.reshape(batch, kv_heads, length, head_dim), (0, 2, 1, 3)).astype(like.dtype)
+              for x, like in ((dk, kh), (dv, vh)))
+    return dq.reshape(batch, length, kv_heads * groups, head_dim), dk, dv, None
+
+
+_blocked_attention = jax.custom_vjp(lambda q, k, v, mask, block: _blocked_attention_forward(q, k, v, mask, block)[0],
+                                    nondiff_argnums=(4,))
+_blocked_attention.defvjp(_blocked_attention_forward, _blocked_attention_backward)
 
 
 class Attention(nn.Module):
