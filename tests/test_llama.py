@@ -1,6 +1,7 @@
 """Flax LLaMA vs Hugging Face LlamaForCausalLM in fp32; scan vs loop; KV-cache decoding vs a full forward."""
 import dataclasses
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,7 @@ pytest.importorskip("transformers")
 
 import hf_tiny_models as tiny  # noqa: E402
 from momentor_jax.convert import hf  # noqa: E402
-from momentor_jax.models import llama  # noqa: E402
+from momentor_jax.models import layers, llama  # noqa: E402
 from momentor_jax.models.llama import LlamaForCausalLM, init_cache  # noqa: E402
 
 TOL = 1e-4
@@ -294,6 +295,27 @@ def test_blocked_attention_backward_equals_autodiff():
     autodiff = grads(lambda q, k, v: llama._blocked_attention_forward(q, k, v, mask, 10)[0])
     for name, got, want in zip(("dq", "dk", "dv"), written, autodiff):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_swiglu_backward_equals_autodiff(dtype, tolerance):
+    """`layers.swiglu` (backward written out) gives `nn.silu(gate) * up` and its gradients, over large positive and
+    negative gates: in fp32 autodiff's, in bf16 fp32 autodiff's on the same (bf16-valued) inputs up to bf16 rounding
+    of the results (its backward computes in fp32)."""
+    rng = np.random.default_rng(11)
+    gate, up, weights = (jnp.asarray(rng.standard_normal((3, 5, 64)) * 6.0, dtype) for _ in range(3))
+
+    def run(fn, input_dtype):
+        value, grads = jax.jit(jax.value_and_grad(
+            lambda g, u: jnp.sum(fn(g, u).astype(jnp.float32) * weights.astype(jnp.float32)), argnums=(0, 1)))(
+                gate.astype(input_dtype), up.astype(input_dtype))
+        assert all(g.dtype == input_dtype for g in grads)
+        return [np.asarray(x, np.float32) for x in (value, *grads)]
+
+    ours = run(layers.swiglu, dtype)
+    autodiff = run(lambda g, u: flax.linen.silu(g) * u, jnp.float32)
+    for name, got, want in zip(("value", "d_gate", "d_up"), ours, autodiff):
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance, err_msg=name)
 
 
 @pytest.mark.parametrize("overrides,message", [

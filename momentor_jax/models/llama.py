@@ -42,7 +42,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from momentor_jax.models.config import LlamaConfig
 from momentor_jax.models.layers import (DEFAULT_INIT, Dense, RMSNorm, rotary_embedding, splash_attention, stack_layers,
-                                        to_dtype)
+                                        swiglu, to_dtype)
 
 # "splash": the TPU Pallas kernel for full-sequence forwards (training, scoring); calls with a KV cache use "xla".
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
@@ -276,7 +276,7 @@ class MLP(nn.Module):
         d, f = cfg.hidden_size, cfg.intermediate_size
         gate = Dense((d,), (f,), ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, name="gate_proj")(x)
         up = Dense((d,), (f,), ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, name="up_proj")(x)
-        h = checkpoint_name(nn.silu(gate) * up, "mlp_in")
+        h = checkpoint_name(swiglu(gate, up), "mlp_in")
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         out = Dense((f,), (d,), ("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, name="down_proj")(h)
         return checkpoint_name(out, "mlp_out")
