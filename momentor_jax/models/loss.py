@@ -39,9 +39,8 @@ def token_losses(logits: jax.Array, batch: dict, config: MomentorConfig):
 
 def token_losses_parts(text_logits: jax.Array, temporal_logits, batch: dict, config: MomentorConfig):
     """`token_losses` of the two column groups of the logits, never concatenated: the log-softmax over V + N is
-    x - logsumexp, with the logsumexp joined from the two groups (the same arithmetic up to summation order).
-    Writing [B, L, V + N] fp32 logits and splitting their gradient again cost ~3% of the bench step (profile in
-    docs/measurements.md)."""
+    x - logsumexp, with the logsumexp joined from the two groups (the same arithmetic up to summation order), so no
+    [B, L, V + N] fp32 copy of the logits is written (a measurable share of the bench step: docs/measurements.md)."""
     vocab_size = config.llm.vocab_size
     targets = batch["targets"].astype(jnp.int32)
     text = text_logits.astype(jnp.float32)
