@@ -37,6 +37,13 @@ def token_losses(logits: jax.Array, batch: dict, config: MomentorConfig):
     return token_losses_parts(*split_logits(logits, config), batch, config)
 
 
+def _log_normalizer(text: jax.Array, temporal: jax.Array) -> jax.Array:
+    """logsumexp over the V text and N temporal columns together, [..., V], [..., N] -> [...] (fp32)."""
+    peak = jax.lax.stop_gradient(jnp.maximum(jnp.max(text, axis=-1), jnp.max(temporal, axis=-1)))[..., None]
+    total = jnp.sum(jnp.exp(text - peak), axis=-1) + jnp.sum(jnp.exp(temporal - peak), axis=-1)
+    return peak[..., 0] + jnp.log(total)
+
+
 def token_losses_parts(text_logits: jax.Array, temporal_logits, batch: dict, config: MomentorConfig):
     """`token_losses` of the two column groups of the logits, never concatenated: the log-softmax over V + N is
     x - logsumexp, with the logsumexp joined from the two groups (the same arithmetic up to summation order), so no
@@ -51,9 +58,9 @@ def token_losses_parts(text_logits: jax.Array, temporal_logits, batch: dict, con
                              f"{None if temporal_logits is None else temporal_logits.shape[-1]} columns; expected "
                              f"V = {vocab_size} and N = {config.num_temporal_tokens}")
         temporal = temporal_logits.astype(jnp.float32)
-        peak = jax.lax.stop_gradient(jnp.maximum(jnp.max(text, axis=-1), jnp.max(temporal, axis=-1)))[..., None]
-        total = jnp.sum(jnp.exp(text - peak), axis=-1) + jnp.sum(jnp.exp(temporal - peak), axis=-1)
-        log_normalizer = peak[..., 0] + jnp.log(total)
+        # Rematerialized: the backward recomputes exp(x - peak) inside its own elementwise pass, so no [B, L, V] fp32
+        # array of them is written in the forward and kept until the backward (docs/measurements.md).
+        log_normalizer = jax.checkpoint(_log_normalizer)(text, temporal)
         target_text = jnp.take_along_axis(text, jnp.clip(targets, 0, vocab_size - 1)[..., None], axis=-1)[..., 0]
         target_temporal = jnp.take_along_axis(temporal, jnp.clip(targets - vocab_size, 0, temporal.shape[-1] - 1)
                                               [..., None], axis=-1)[..., 0]
