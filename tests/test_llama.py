@@ -248,18 +248,25 @@ def test_blocked_attention_equals_unblocked(layout):
             assert abs(blocked_flops - flops) <= 0.01 * flops
 
 
-@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
-def test_blocked_attention_matches_jax_attention(dtype, tolerance):
-    """`blocked_causal_attention` against `jax.nn.dot_product_attention` (XLA) over the whole mask, in the input
-    dtype: grouped query heads (6 over 2 key/value heads), a packed row and a right-padded one, blocks that do not
-    divide the length; the outputs and the gradients of q, k and v."""
-    rng = np.random.default_rng(3)
+def _attention_inputs(dtype, seed: int):
+    """q, k, v (6 query heads over 2 key/value heads, 24 tokens, head_dim 8) in `dtype`, the model's mask for a
+    packed row and a right-padded one, and fp32 output weights for a scalar loss."""
+    rng = np.random.default_rng(seed)
     batch, length, heads, kv_heads, head_dim = 2, 24, 6, 2, 8
     q, k, v = (jnp.asarray(rng.standard_normal((batch, length, n, head_dim)), dtype)
                for n in (heads, kv_heads, kv_heads))
     segment_ids = jnp.asarray([[1] * 7 + [2] * 11 + [3] * 6, [1] * 17 + [0] * 7], jnp.int32)
     mask = llama._attention_mask(segment_ids, None)[0]
     weights = jnp.asarray(rng.standard_normal((batch, length, heads, head_dim)), jnp.float32)
+    return q, k, v, mask, weights
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_blocked_attention_matches_jax_attention(dtype, tolerance):
+    """`blocked_causal_attention` against `jax.nn.dot_product_attention` (XLA) over the whole mask, in the input
+    dtype: grouped query heads (6 over 2 key/value heads), a packed row and a right-padded one, blocks that do not
+    divide the length; the outputs and the gradients of q, k and v."""
+    q, k, v, mask, weights = _attention_inputs(dtype, seed=3)
 
     def run(fn):
         def loss(q, k, v):
@@ -280,13 +287,8 @@ def test_blocked_attention_backward_equals_autodiff():
     """The written-out backward of `blocked_causal_attention` gives autodiff's gradients of its own forward: grouped
     query heads, packed and padded rows, blocks that do not divide the length, and a query that sees no key (its
     probabilities are uniform and its scores get no gradient through the mask, as autodiff of the `where` gives)."""
-    rng = np.random.default_rng(5)
-    batch, length, heads, kv_heads, head_dim = 2, 24, 6, 2, 8
-    q, k, v = (jnp.asarray(rng.standard_normal((batch, length, n, head_dim)), jnp.float32)
-               for n in (heads, kv_heads, kv_heads))
-    segment_ids = jnp.asarray([[1] * 7 + [2] * 11 + [3] * 6, [1] * 17 + [0] * 7], jnp.int32)
-    mask = llama._attention_mask(segment_ids, None)[0].at[0, 0, 12].set(False)
-    weights = jnp.asarray(rng.standard_normal((batch, length, heads, head_dim)), jnp.float32)
+    q, k, v, mask, weights = _attention_inputs(jnp.float32, seed=5)
+    mask = mask.at[0, 0, 12].set(False)
 
     def grads(fn):
         return jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) * weights), argnums=(0, 1, 2)))(q, k, v)
