@@ -124,6 +124,8 @@ def test_two_processes_resume_and_match_single_process(tmp_path, data_dir, singl
     multi_dir = f"{request.getfixturevalue('gcs_bucket')}/multi" if storage == "gcs" else str(tmp_path / "multi")
     first = run_two_processes(multi_dir, data_dir, 2, use_env=False, log_dir=str(tmp_path))
     assert all("process {} of 2, 8 devices".format(i) in out for i, out in enumerate(first))
+    # The coordinator stopped its service only after process 1 had disconnected (distributed.shutdown at exit).
+    assert "the other processes disconnected" in first[0]
     assert all("done at step 2" in out and "skipping example" not in out for out in first)
     second = run_two_processes(multi_dir, data_dir, 4, use_env=True, log_dir=str(tmp_path))
     assert all("resumed from step 2" in out and "done at step 4" in out and "skipping example" not in out
@@ -163,3 +165,34 @@ def test_maybe_initialize_single_process_and_bad_arguments(monkeypatch):
     with pytest.raises(ValueError, match="MOMENTOR_NUM_PROCESSES"):
         distributed.maybe_initialize()
     assert not jax.distributed.is_initialized()
+
+
+def test_peer_connections_counts_other_processes_only():
+    """The coordinator's exit waits on this count: a connection from another process counts until that process
+    closes it; the process's own connection to its own port never does."""
+    from momentor_jax.training import distributed  # noqa: PLC0415
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as server:  # dual-stack, like JAX's "[::]:port"
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        server.bind(("::", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        own_client = socket.create_connection(("127.0.0.1", port))
+        own_accepted, _ = server.accept()
+        assert distributed.peer_connections(port) == 0
+        peer = subprocess.Popen([sys.executable, "-c", "import socket, sys; "
+                                 f"s = socket.create_connection(('127.0.0.1', {port})); sys.stdin.read()"],
+                                stdin=subprocess.PIPE)
+        try:
+            accepted, _ = server.accept()
+            assert distributed.peer_connections(port) == 1
+            assert distributed.peer_connections(port + 1 if port < 65535 else port - 1) == 0
+            assert distributed.wait_for_peers_to_disconnect(port, timeout_s=0.2)[0] == 1  # bounded while it stays
+            peer.stdin.close()  # the peer exits: its connection closes
+            left, waited = distributed.wait_for_peers_to_disconnect(port, timeout_s=30)
+            assert left == 0 and waited < 30
+        finally:
+            peer.kill()
+            peer.wait()
+        accepted.close()
+        own_client.close()
+        own_accepted.close()

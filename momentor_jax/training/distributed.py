@@ -6,12 +6,21 @@ Call `maybe_initialize()` first thing in a program, before anything touches a JA
   - else on a Cloud TPU VM, or when MOMENTOR_DISTRIBUTED=1 (set by launch/tpu.py), `jax.distributed.initialize()`
     with no arguments: JAX reads the slice's workers from the TPU metadata;
   - else nothing (one process).
+
+Leaving: `shutdown()` (registered at exit by `maybe_initialize`, so every program and every error path takes it)
+shuts this process's client down (a barrier with every other process), and on the coordinator waits until the
+other processes have closed their connections before it stops the coordination service. JAX's own exit handler
+stops the service right after the barrier, while the other processes may still be closing theirs; gRPC then
+sometimes aborts the coordinator in the server's destructor (SIGABRT after a finished run: a pod launcher reads
+a failed run).
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import logging
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -20,6 +29,14 @@ ENV_COORDINATOR = "MOMENTOR_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "MOMENTOR_NUM_PROCESSES"
 ENV_PROCESS_ID = "MOMENTOR_PROCESS_ID"
 ENV_DISTRIBUTED = "MOMENTOR_DISTRIBUTED"
+
+# Upper bound on the coordinator's wait for the other processes to disconnect (a process that exits closes its
+# connection at once; one still alive after the shutdown barrier only has its channel left to close).
+DISCONNECT_TIMEOUT_S = 10.0
+_POLL_S = 0.02
+_BLIND_GRACE_S = 1.0
+_TCP_ESTABLISHED = "01"
+_IPV4_MAPPED_PREFIX = "0000000000000000FFFF0000"
 
 _GOOGLE_PCI_VENDOR = "0x1ae0"
 _NON_TPU_GOOGLE_DEVICES = {"0x0042"}  # gVNIC network card, same vendor id
@@ -76,9 +93,111 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
                      num_processes, process_id)
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                    process_id=process_id)
+        atexit.register(shutdown)  # runs before JAX's handler, which was registered when jax was imported
         return True
     if os.environ.get(ENV_DISTRIBUTED) == "1" or tpu_chips_attached():
         jax.distributed.initialize()
+        atexit.register(shutdown)
         logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
         return True
     return False
+
+
+def _socket_inodes(pid: int | str = "self") -> set:
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def _endpoint(hex_endpoint: str) -> tuple[str, int]:
+    """'0100007F:1F90' or an IPv6 (IPv4-mapped: same key as the IPv4 form) endpoint of /proc/net/tcp*."""
+    address, port = hex_endpoint.rsplit(":", 1)
+    if len(address) == 32 and address.startswith(_IPV4_MAPPED_PREFIX):
+        address = address[len(_IPV4_MAPPED_PREFIX):]
+    return address, int(port, 16)
+
+
+def peer_connections(port: int, pid: int | str = "self") -> int | None:
+    """Established TCP connections that process `pid` accepted on `port` from a socket of another process.
+
+    None where /proc/net/tcp* cannot be read (not Linux). The process's own connections to its own port (JAX's
+    client in the coordinator) are not counted: their client end is one of its sockets too.
+    """
+    rows = []
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9:
+                rows.append((_endpoint(fields[1]), _endpoint(fields[2]), fields[3], fields[9]))
+    if not readable:
+        return None
+    own = _socket_inodes(pid)
+    own_ends = {local for local, _, _, inode in rows if inode in own}
+    return sum(1 for local, remote, state, inode in rows
+               if state == _TCP_ESTABLISHED and local[1] == port and inode in own and remote not in own_ends)
+
+
+def wait_for_peers_to_disconnect(port: int, timeout_s: float = DISCONNECT_TIMEOUT_S) -> tuple[int | None, float]:
+    """Polls `peer_connections(port)` until it is 0 or `timeout_s` passes; returns (the last count, seconds)."""
+    start = time.monotonic()
+    while True:
+        count = peer_connections(port)
+        waited = time.monotonic() - start
+        if count is None:  # connections not visible: a short fixed grace instead
+            time.sleep(_BLIND_GRACE_S)
+            return None, time.monotonic() - start
+        if count == 0 or waited >= timeout_s:
+            return count, waited
+        time.sleep(_POLL_S)
+
+
+def _service_port(coordinator_address: str) -> int | None:
+    bind = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS") or coordinator_address
+    try:
+        return int(bind.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def shutdown() -> None:
+    """Leaves the multi-controller runtime (a no-op when it is not running); see the module docstring."""
+    from jax._src import distributed as jax_distributed  # noqa: PLC0415 (the service is not public API)
+    state = jax_distributed.global_state
+    service = state.service
+    if service is None:  # not the coordinator, or not running
+        jax.distributed.shutdown()
+        return
+    state.service = None
+    jax.distributed.shutdown()  # this process's client: returns when every process has reached its shutdown
+    port = _service_port(state.coordinator_address or "")
+    if port is None:
+        logging.warning("coordination service address %r has no port: not waiting for the other processes",
+                        state.coordinator_address)
+    else:
+        left, waited = wait_for_peers_to_disconnect(port)
+        if left is None:
+            logging.info("coordination service: waited %.1f s for the other processes (no /proc/net here)", waited)
+        elif left:
+            logging.warning("coordination service: %d connection(s) still open after %.1f s; stopping it anyway",
+                            left, waited)
+        else:
+            logging.info("coordination service: the other processes disconnected in %.2f s", waited)
+    service.shutdown()
