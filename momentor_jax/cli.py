@@ -26,6 +26,9 @@
     cpu_decode_flags()         for commands that decode (predict, evaluate, the decode bench): on the CPU, XLA's
                                small-while-loop hoisting off (the batch-1 decode loop 1.86x faster), unless XLA_FLAGS
                                already sets backend options
+    retain_freed_memory()      for the bench suites that time train steps on the CPU: re-executes the command with
+                               glibc's allocator keeping freed memory for reuse (MALLOC_* variables, read only at
+                               process start), unless the environment already sets them
     progress(message)          one timestamped line on stderr (stdout stays for results, e.g. predict --json)
     phase(what)                progress lines when a long phase starts and when it ends, with its seconds
 """
@@ -250,6 +253,28 @@ def cpu_decode_flags() -> bool:
         return False
     os.environ["XLA_FLAGS"] = f"{current} --xla_backend_extra_options={CPU_DECODE_OPTION}".strip()
     return True
+
+
+# XLA:CPU allocates each step's temporaries as one block (2.76 GB for configs/bench.py's step), and PyTorch's
+# eager step many large tensors. By default glibc maps every block over 32 MiB fresh and unmaps it when freed, so
+# each step the kernel zero-fills the same memory again: ~700K page faults and ~1 s of system time per step of
+# either side. One arena, no mmap and no trimming keep freed memory in the heap for the next step (README,
+# Performance). Only for benchmark processes: one arena would serialize the allocations of many host threads.
+RETAINED_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def retained_memory_settings() -> dict:
+    """The RETAINED_MEMORY_ENV variables this process was started with (for the printed line and the JSON)."""
+    return {name: os.environ[name] for name in RETAINED_MEMORY_ENV if name in os.environ}
+
+
+def retain_freed_memory() -> None:
+    """Re-executes this command (same interpreter, options and arguments) with RETAINED_MEMORY_ENV, unless one of
+    those variables is already set (the first run's own re-execution included, or a user's choice) or the system is
+    not Linux. Call first thing under `if __name__ == "__main__"`: the process is replaced."""
+    if sys.platform != "linux" or retained_memory_settings():
+        return
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **RETAINED_MEMORY_ENV})
 
 
 def progress(message: str) -> None:

@@ -1,11 +1,14 @@
 """The `train` benchmark suite end to end on the tiny config, its in-memory batch, and the `gpu` suite's skip path."""
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from momentor_jax import constants
+from momentor_jax import cli, constants
 from momentor_jax.models import config as model_configs
 from momentor_jax.tools.bench import __main__ as bench
 from momentor_jax.tools.bench import gpu, train
@@ -37,10 +40,17 @@ def test_synthetic_batch_has_the_loader_layout():
 
 
 def test_train_suite_writes_its_figures(tmp_path):
+    """The real command: it re-executes itself with the allocator settings (cli.retain_freed_memory) and says so."""
     overrides = ["--config.trainable=all", "--config.mesh", "(1, 1, 1)"]
-    assert bench.main(["train", "--config", "configs/tiny.py", *overrides, "--steps", "2", "--warmup", "1",
-                       "--peak_size", "256", "--out", str(tmp_path)]) == 0
+    env = {k: v for k, v in os.environ.items() if k not in cli.RETAINED_MEMORY_ENV}
+    done = subprocess.run([sys.executable, "-m", "momentor_jax.tools.bench", "train", "--config", "configs/tiny.py",
+                           *overrides, "--steps", "2", "--warmup", "1", "--peak_size", "256", "--out", str(tmp_path)],
+                          cwd=cli.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = " ".join(f"{name}={value}" for name, value in cli.RETAINED_MEMORY_ENV.items())
+    assert settings in done.stdout.splitlines()[0]  # the hardware line
     result = json.loads((tmp_path / "train.json").read_text())
+    assert result["hardware"]["malloc"] == cli.RETAINED_MEMORY_ENV
     assert result["suite"] == "train" and result["hardware"]["backend"] == "cpu"
     assert result["overrides"] == ["trainable=all", "mesh=(1, 1, 1)"]
     assert result["num_trainable"] == result["num_params"] and result["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
@@ -77,3 +87,38 @@ def test_train_suite_packed_vs_unpacked_on_the_length_model(tmp_path):
         assert _positive(side["useful_tokens_per_s"]) and _positive(side["step_time_s"]["median_s"])
     assert result["packed_over_unpacked"] == pytest.approx(packed["useful_tokens_per_s"]
                                                            / unpacked["useful_tokens_per_s"])
+
+
+RETAIN_PROBE = """
+import ctypes, os, resource, sys
+from momentor_jax import cli
+cli.retain_freed_memory()  # replaces this process unless the settings are already in the environment
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+size = 256 << 20
+for attempt in range(2):
+    block = libc.malloc(ctypes.c_size_t(size))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ctypes.memset(block, 1, size)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    libc.free(ctypes.c_void_p(block))
+print(os.environ.get("MALLOC_ARENA_MAX"), faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
+def test_retained_memory_reuses_a_freed_block_without_page_faults():
+    """A 256 MiB block freed and allocated again: by default glibc maps it fresh (every page faults again); under
+    the settings retain_freed_memory re-executes with, the second block reuses the first one's pages."""
+    def probe(**extra):
+        env = {k: v for k, v in os.environ.items() if k not in cli.RETAINED_MEMORY_ENV}
+        done = subprocess.run([sys.executable, "-c", RETAIN_PROBE], env={**env, **extra}, cwd=cli.REPO_ROOT,
+                              capture_output=True, text=True, timeout=120, check=True)
+        arena, faults = done.stdout.split()
+        return arena, int(faults)
+
+    pages = (256 << 20) // os.sysconf("SC_PAGE_SIZE")
+    arena, faults = probe()                                      # re-executed with the settings
+    assert arena == cli.RETAINED_MEMORY_ENV["MALLOC_ARENA_MAX"] and faults < pages // 100
+    arena, faults = probe(MALLOC_ARENA_MAX="8")                  # a user's own setting: no re-execution
+    assert arena == "8" and faults > pages // 2                  # glibc's default: the block mapped afresh

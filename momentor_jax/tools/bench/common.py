@@ -44,7 +44,8 @@ def config_record(args) -> dict:
 
 
 def hardware() -> dict:
-    """What the figures were measured on: CPU model and count, JAX backend and devices, versions, XLA_FLAGS."""
+    """What the figures were measured on: CPU model and count, JAX backend and devices, versions, XLA_FLAGS, the
+    allocator settings (cli.retained_memory_settings)."""
     import jax  # noqa: PLC0415
 
     cpu = platform.processor() or platform.machine()
@@ -60,12 +61,15 @@ def hardware() -> dict:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
             "backend": jax.default_backend(), "devices": [d.device_kind for d in devices],
             "jax": jax.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": cli.retained_memory_settings()}
 
 
 def hardware_line(info: Optional[dict] = None) -> str:
     info = info or hardware()
     flags = f", XLA_FLAGS={info['xla_flags']}" if info.get("xla_flags") else ""
+    malloc = info.get("malloc")
+    if malloc:
+        flags += ", " + " ".join(f"{name}={value}" for name, value in malloc.items())
     return (f"{info['cpu']} ({info['affinity']} of {info['cpu_count']} cores usable), jax {info['jax']} "
             f"{info['backend']} x{len(info['devices'])} ({info['devices'][0]}){flags}")
 
