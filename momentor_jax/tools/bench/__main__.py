@@ -9,7 +9,9 @@ transformers generate), loader (Grain examples/s vs what the train step consumes
 gpu (train and decode on an NVIDIA GPU; skipped elsewhere). Shared machines are noisy: compare the ratios, which
 are measured in the same run. The suites that take a config (all but peak) take it as every command does
 (momentor_jax/cli.py): `--config=configs/X.py[:variant]` and `--config.KEY=VALUE` (or `--config.KEY VALUE`), and
-record both in the JSON. Exit status: 0; 2 on a bad suite or flag.
+record both in the JSON. `train` and `torch`, run as this module, first re-execute themselves with glibc keeping
+freed memory for the next step (cli.retain_freed_memory; the hardware line and the JSON's `hardware.malloc` show
+it). Exit status: 0; 2 on a bad suite or flag.
 """
 from __future__ import annotations
 
