@@ -257,9 +257,10 @@ def cpu_decode_flags() -> bool:
 
 # XLA:CPU allocates each step's temporaries as one block (2.76 GB for configs/bench.py's step), and PyTorch's
 # eager step many large tensors. By default glibc maps every block over 32 MiB fresh and unmaps it when freed, so
-# each step the kernel zero-fills the same memory again: ~700K page faults and ~1 s of system time per step of
-# either side. One arena, no mmap and no trimming keep freed memory in the heap for the next step (README,
-# Performance). Only for benchmark processes: one arena would serialize the allocations of many host threads.
+# each step the kernel zero-fills the same memory again: 700-900K page faults and 1-1.5 s of system time per
+# step of either side on the bench config. One arena, no mmap and no trimming keep freed memory in the heap for the
+# next step (README, Performance). Only for benchmark processes: one arena would serialize the allocations of many
+# host threads.
 RETAINED_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 

@@ -103,9 +103,9 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
     return False
 
 
-def _socket_inodes(pid: int | str = "self") -> set:
+def _socket_inodes() -> set:
     inodes = set()
-    fd_dir = f"/proc/{pid}/fd"
+    fd_dir = "/proc/self/fd"
     try:
         names = os.listdir(fd_dir)
     except OSError:
@@ -128,8 +128,8 @@ def _endpoint(hex_endpoint: str) -> tuple[str, int]:
     return address, int(port, 16)
 
 
-def peer_connections(port: int, pid: int | str = "self") -> int | None:
-    """Established TCP connections that process `pid` accepted on `port` from a socket of another process.
+def peer_connections(port: int) -> int | None:
+    """Established TCP connections that this process accepted on `port` from a socket of another process.
 
     None where /proc/net/tcp* cannot be read (not Linux). The process's own connections to its own port (JAX's
     client in the coordinator) are not counted: their client end is one of its sockets too.
@@ -149,7 +149,7 @@ def peer_connections(port: int, pid: int | str = "self") -> int | None:
                 rows.append((_endpoint(fields[1]), _endpoint(fields[2]), fields[3], fields[9]))
     if not readable:
         return None
-    own = _socket_inodes(pid)
+    own = _socket_inodes()
     own_ends = {local for local, _, _, inode in rows if inode in own}
     return sum(1 for local, remote, state, inode in rows
                if state == _TCP_ESTABLISHED and local[1] == port and inode in own and remote not in own_ends)
@@ -186,11 +186,17 @@ def shutdown() -> None:
         jax.distributed.shutdown()
         return
     state.service = None
-    jax.distributed.shutdown()  # this process's client: returns when every process has reached its shutdown
-    port = _service_port(state.coordinator_address or "")
+    try:
+        jax.distributed.shutdown()  # this process's client: returns when every process has reached its shutdown
+    finally:
+        _stop_service(service, state.coordinator_address)
+
+
+def _stop_service(service, coordinator_address: str | None) -> None:
+    port = _service_port(coordinator_address or "")
     if port is None:
         logging.warning("coordination service address %r has no port: not waiting for the other processes",
-                        state.coordinator_address)
+                        coordinator_address)
     else:
         left, waited = wait_for_peers_to_disconnect(port)
         if left is None:
