@@ -39,10 +39,14 @@ def test_synthetic_batch_has_the_loader_layout():
         np.testing.assert_array_equal(batch["positions"][row, :real], np.arange(real))
 
 
+def _env_without_allocator_settings() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in cli.RETAINED_MEMORY_ENV}
+
+
 def test_train_suite_writes_its_figures(tmp_path):
     """The real command: it re-executes itself with the allocator settings (cli.retain_freed_memory) and says so."""
     overrides = ["--config.trainable=all", "--config.mesh", "(1, 1, 1)"]
-    env = {k: v for k, v in os.environ.items() if k not in cli.RETAINED_MEMORY_ENV}
+    env = _env_without_allocator_settings()
     done = subprocess.run([sys.executable, "-m", "momentor_jax.tools.bench", "train", "--config", "configs/tiny.py",
                            *overrides, "--steps", "2", "--warmup", "1", "--peak_size", "256", "--out", str(tmp_path)],
                           cwd=cli.REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -111,9 +115,8 @@ def test_retained_memory_reuses_a_freed_block_without_page_faults():
     """A 256 MiB block freed and allocated again: by default glibc maps it fresh (every page faults again); under
     the settings retain_freed_memory re-executes with, the second block reuses the first one's pages."""
     def probe(**extra):
-        env = {k: v for k, v in os.environ.items() if k not in cli.RETAINED_MEMORY_ENV}
-        done = subprocess.run([sys.executable, "-c", RETAIN_PROBE], env={**env, **extra}, cwd=cli.REPO_ROOT,
-                              capture_output=True, text=True, timeout=120, check=True)
+        done = subprocess.run([sys.executable, "-c", RETAIN_PROBE], env={**_env_without_allocator_settings(), **extra},
+                              cwd=cli.REPO_ROOT, capture_output=True, text=True, timeout=120, check=True)
         arena, faults = done.stdout.split()
         return arena, int(faults)
 

@@ -150,14 +150,41 @@ def _block_mask(mask, start: int, stop: int, kv_heads: int, groups: int):
     return block_mask.reshape(batch * kv_heads, groups * rows, stop)
 
 
+def _queries_head_major(x, kv_heads: int):
+    """[B, L, heads, head_dim] -> [B * kv_heads, groups, L, head_dim] (query heads grouped per key/value head)."""
+    batch, length, heads, head_dim = x.shape
+    groups = heads // kv_heads
+    x = jnp.transpose(x.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
+    return x.reshape(batch * kv_heads, groups, length, head_dim)
+
+
+def _queries_token_major(x, batch: int):
+    """The inverse of `_queries_head_major`: [B * kv_heads, groups, L, head_dim] -> [B, L, heads, head_dim]."""
+    batch_heads, groups, length, head_dim = x.shape
+    kv_heads = batch_heads // batch
+    x = jnp.transpose(x.reshape(batch, kv_heads, groups, length, head_dim), (0, 3, 1, 2, 4))
+    return x.reshape(batch, length, kv_heads * groups, head_dim)
+
+
+def _keys_head_major(x):
+    """[B, L, kv_heads, head_dim] -> [B * kv_heads, L, head_dim]."""
+    batch, length, kv_heads, head_dim = x.shape
+    return jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * kv_heads, length, head_dim)
+
+
+def _keys_token_major(x, batch: int):
+    """The inverse of `_keys_head_major`: [B * kv_heads, L, head_dim] -> [B, L, kv_heads, head_dim]."""
+    batch_heads, length, head_dim = x.shape
+    return jnp.transpose(x.reshape(batch, batch_heads // batch, length, head_dim), (0, 2, 1, 3))
+
+
 def _blocked_attention_forward(q, k, v, mask, block: int):
     """(output [B, L, heads, head_dim], residuals: head-major q, k, v and output, each block's fp32 probabilities)."""
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     groups = heads // kv_heads
-    qh = jnp.transpose(q.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
-    qh = qh.reshape(batch * kv_heads, groups, length, head_dim)
-    kh, vh = (jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * kv_heads, length, head_dim) for x in (k, v))
+    qh = _queries_head_major(q, kv_heads)
+    kh, vh = _keys_head_major(k), _keys_head_major(v)
     scale = jnp.float32(head_dim ** -0.5)
     large_negative = jnp.float32(-0.7 * jnp.finfo(jnp.float32).max)
     outputs, probabilities = [], []
@@ -173,8 +200,7 @@ def _blocked_attention_forward(q, k, v, mask, block: int):
         out = jax.lax.dot_general(probs.astype(v.dtype), vh[:, :stop], _VALUES_DIMS)
         outputs.append(out.reshape(batch * kv_heads, groups, stop - start, head_dim))
     oh = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=2)  # [B * kv_heads, groups, L, hd]
-    out = jnp.transpose(oh.reshape(batch, kv_heads, groups, length, head_dim), (0, 3, 1, 2, 4))
-    return out.reshape(batch, length, heads, head_dim), (qh, kh, vh, oh, probabilities, mask)
+    return _queries_token_major(oh, batch), (qh, kh, vh, oh, probabilities, mask)
 
 
 def _blocked_attention_backward(block: int, residuals, d_out):
@@ -187,8 +213,7 @@ def _blocked_attention_backward(block: int, residuals, d_out):
     kv_heads = batch_heads // batch
     scale = jnp.float32(head_dim ** -0.5)
     precision = _logits_precision(qh.dtype)
-    d_oh = jnp.transpose(d_out.reshape(batch, length, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
-    d_oh = d_oh.reshape(batch_heads, groups, length, head_dim)
+    d_oh = _queries_head_major(d_out, kv_heads)
     row_sums = jnp.sum(d_oh.astype(jnp.float32) * oh.astype(jnp.float32), axis=-1)  # [B * kv_heads, groups, L]
     dk = jnp.zeros(kh.shape, jnp.float32)
     dv = jnp.zeros(vh.shape, jnp.float32)
@@ -210,10 +235,8 @@ def _blocked_attention_backward(block: int, residuals, d_out):
         dk = dk.at[:, :stop].add(jax.lax.dot_general(d_scores, queries, _ROWS_DIMS, precision=precision,
                                                      preferred_element_type=jnp.float32))
     dqh = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=2)
-    dq = jnp.transpose(dqh.reshape(batch, kv_heads, groups, length, head_dim), (0, 3, 1, 2, 4))
-    dk, dv = (jnp.transpose(x.reshape(batch, kv_heads, length, head_dim), (0, 2, 1, 3)).astype(like.dtype)
-              for x, like in ((dk, kh), (dv, vh)))
-    return dq.reshape(batch, length, kv_heads * groups, head_dim), dk, dv, None
+    return (_queries_token_major(dqh, batch), _keys_token_major(dk, batch).astype(kh.dtype),
+            _keys_token_major(dv, batch).astype(vh.dtype), None)
 
 
 _blocked_attention = jax.custom_vjp(lambda q, k, v, mask, block: _blocked_attention_forward(q, k, v, mask, block)[0],

@@ -91,16 +91,18 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         logging.info("jax.distributed.initialize(%s, %d processes, process %d)", coordinator_address,
                      num_processes, process_id)
-        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                                   process_id=process_id)
-        atexit.register(shutdown)  # runs before JAX's handler, which was registered when jax was imported
+        _initialize(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
         return True
     if os.environ.get(ENV_DISTRIBUTED) == "1" or tpu_chips_attached():
-        jax.distributed.initialize()
-        atexit.register(shutdown)
+        _initialize()
         logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
         return True
     return False
+
+
+def _initialize(**arguments) -> None:
+    jax.distributed.initialize(**arguments)
+    atexit.register(shutdown)  # runs before JAX's handler, which was registered when jax was imported
 
 
 def _socket_inodes() -> set:
